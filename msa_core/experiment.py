@@ -1,0 +1,265 @@
+"""What an experiment is: checkpoint folders, evaluation data, coefficient ranges.
+
+An experiment file is small human-readable YAML; relative paths resolve against the
+file's own folder, so a demo folder can be moved as a whole::
+
+    name: demo
+    checkpoints:
+      clean: models/clean          # before the model saw the forget data
+      corrupted: models/corrupted  # the final model that did see it
+      forget: models/forget        # clean fine-tuned on the forget set
+      retain: models/retain        # clean fine-tuned on a retain sample
+      reference: models/reference  # optional: the ideal (retain-only) model
+    data:
+      tofu: data/tofu              # optional: TOFU-format folder
+      forget_split: forget10
+      retain_split: retain_perturbed
+      holdout_split: holdout10
+      muse: data/muse              # optional: MUSE-format folder
+    reference_eval: null           # optional: open-unlearning TOFU_EVAL.json
+    alpha_range: [0.0, 5.0]
+    beta_range: [0.0, 5.0]
+
+:func:`load_experiment` validates every field and path, raising an error that names it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+CHECKPOINT_ROLES = ("clean", "corrupted", "forget", "retain")
+OPTIONAL_ROLES = ("reference",)
+DEFAULT_ALPHA_RANGE = (0.0, 5.0)
+DEFAULT_BETA_RANGE = (0.0, 5.0)
+
+
+@dataclass(frozen=True)
+class Checkpoints:
+    """Local Hugging Face model folders, one per role."""
+
+    clean: Path
+    corrupted: Path
+    forget: Path
+    retain: Path
+    reference: Optional[Path] = None
+
+    def as_dict(self, include_reference: bool = True) -> dict[str, Path]:
+        """Role → folder, in canonical order (reference last, only when set)."""
+        roles = {r: getattr(self, r) for r in CHECKPOINT_ROLES}
+        if include_reference and self.reference is not None:
+            roles["reference"] = self.reference
+        return roles
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the evaluation data lives and which splits to use."""
+
+    tofu: Optional[Path] = None
+    forget_split: str = "forget10"
+    retain_split: str = "retain_perturbed"
+    holdout_split: str = "holdout10"
+    muse: Optional[Path] = None
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A complete MSA experiment, as read from (or written to) an experiment file."""
+
+    name: str
+    checkpoints: Checkpoints
+    data: DataConfig = field(default_factory=DataConfig)
+    reference_eval: Optional[Path] = None
+    alpha_range: tuple[float, float] = DEFAULT_ALPHA_RANGE
+    beta_range: tuple[float, float] = DEFAULT_BETA_RANGE
+    trust_remote_code: bool = False
+    source: Optional[Path] = None
+
+    def validate_coefficients(self, alpha: float, beta: float) -> None:
+        """Raise ValueError if α or β is non-finite or outside the experiment's range."""
+        validate_coefficients(alpha, beta, self.alpha_range, self.beta_range)
+
+
+def validate_coefficients(
+    alpha: float,
+    beta: float,
+    alpha_range: tuple[float, float] = DEFAULT_ALPHA_RANGE,
+    beta_range: tuple[float, float] = DEFAULT_BETA_RANGE,
+) -> None:
+    """Raise ValueError naming the coefficient if it is non-finite or out of range."""
+    for name, value, (lo, hi) in (("alpha", alpha, alpha_range), ("beta", beta, beta_range)):
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a number, got {value!r}") from None
+        if not math.isfinite(v):
+            raise ValueError(f"{name} must be finite, got {value!r}")
+        if not lo <= v <= hi:
+            raise ValueError(f"{name}={v} is outside the allowed range [{lo}, {hi}]")
+
+
+def _resolve(base: Path, value: Any, where: str) -> Path:
+    if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+        raise ValueError(f"{where}: expected a path string, got {value!r}")
+    p = Path(os.path.expanduser(str(value)))
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+def _check_model_folder(path: Path, where: str) -> None:
+    if not path.is_dir():
+        raise FileNotFoundError(f"{where}: model folder {path} does not exist")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{where}: {path} has no config.json (not a Hugging Face model folder)")
+    has_weights = any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
+    if not has_weights:
+        raise FileNotFoundError(f"{where}: {path} has no *.safetensors (or *.bin) weight files")
+
+
+def _range(raw: Any, default: tuple[float, float], where: str) -> tuple[float, float]:
+    if raw is None:
+        return default
+    if not isinstance(raw, (list, tuple)) or len(raw) != 2:
+        raise ValueError(f"{where}: expected [low, high], got {raw!r}")
+    try:
+        lo, hi = float(raw[0]), float(raw[1])
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: bounds must be numbers, got {raw!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
+        raise ValueError(f"{where}: need finite low <= high, got {raw!r}")
+    return (lo, hi)
+
+
+def experiment_from_dict(raw: Any, base: Path, *, source: Optional[Path] = None, check_paths: bool = True) -> Experiment:
+    """Build and validate an :class:`Experiment` from parsed YAML; paths resolve against ``base``."""
+    where = str(source) if source else "experiment"
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: expected a mapping at the top level, got {type(raw).__name__}")
+    ck = raw.get("checkpoints")
+    if not isinstance(ck, dict):
+        raise KeyError(f"{where}: missing 'checkpoints' mapping with clean/corrupted/forget/retain")
+    unknown = set(ck) - set(CHECKPOINT_ROLES) - set(OPTIONAL_ROLES)
+    if unknown:
+        raise ValueError(f"{where}: unknown checkpoint role(s) {sorted(unknown)}")
+    paths: dict[str, Optional[Path]] = {}
+    for role in CHECKPOINT_ROLES:
+        if role not in ck or ck[role] is None:
+            raise KeyError(f"{where}: checkpoints.{role} is missing")
+        paths[role] = _resolve(base, ck[role], f"{where}: checkpoints.{role}")
+    paths["reference"] = (
+        _resolve(base, ck["reference"], f"{where}: checkpoints.reference") if ck.get("reference") else None
+    )
+    if check_paths:
+        for role, p in paths.items():
+            if p is not None:
+                _check_model_folder(p, f"{where}: checkpoints.{role}")
+
+    data_raw = raw.get("data") or {}
+    if not isinstance(data_raw, dict):
+        raise ValueError(f"{where}: 'data' must be a mapping")
+    data_kwargs: dict[str, Any] = {}
+    for key in ("tofu", "muse"):
+        if data_raw.get(key):
+            p = _resolve(base, data_raw[key], f"{where}: data.{key}")
+            if check_paths and not p.is_dir():
+                raise FileNotFoundError(f"{where}: data.{key} folder {p} does not exist")
+            data_kwargs[key] = p
+    for key in ("forget_split", "retain_split", "holdout_split"):
+        if key in data_raw and data_raw[key] is not None:
+            if not isinstance(data_raw[key], str) or not data_raw[key]:
+                raise ValueError(f"{where}: data.{key} must be a non-empty string")
+            data_kwargs[key] = data_raw[key]
+
+    ref_eval = None
+    if raw.get("reference_eval"):
+        ref_eval = _resolve(base, raw["reference_eval"], f"{where}: reference_eval")
+        if check_paths and not ref_eval.is_file():
+            raise FileNotFoundError(f"{where}: reference_eval file {ref_eval} does not exist")
+
+    name = raw.get("name") or (source.stem if source else "experiment")
+    if not isinstance(name, str):
+        raise ValueError(f"{where}: name must be a string")
+    trc = raw.get("trust_remote_code", False)
+    if not isinstance(trc, bool):
+        raise ValueError(f"{where}: trust_remote_code must be true or false")
+    return Experiment(
+        name=name,
+        checkpoints=Checkpoints(**paths),  # type: ignore[arg-type]
+        data=DataConfig(**data_kwargs),
+        reference_eval=ref_eval,
+        alpha_range=_range(raw.get("alpha_range"), DEFAULT_ALPHA_RANGE, f"{where}: alpha_range"),
+        beta_range=_range(raw.get("beta_range"), DEFAULT_BETA_RANGE, f"{where}: beta_range"),
+        trust_remote_code=trc,
+        source=source,
+    )
+
+
+def load_experiment(path: str | os.PathLike[str], *, check_paths: bool = True) -> Experiment:
+    """Read and validate an experiment YAML file."""
+    p = Path(path).expanduser().resolve()
+    if not p.is_file():
+        raise FileNotFoundError(f"experiment file {p} does not exist")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{p}: not valid YAML: {exc}") from None
+    return experiment_from_dict(raw, p.parent, source=p, check_paths=check_paths)
+
+
+def experiment_to_dict(exp: Experiment, base: Optional[Path] = None) -> dict[str, Any]:
+    """A YAML-ready dict; paths are written relative to ``base`` when they lie under it."""
+
+    def rel(p: Optional[Path]) -> Optional[str]:
+        if p is None:
+            return None
+        if base is not None:
+            try:
+                return str(Path(p).resolve().relative_to(Path(base).resolve()))
+            except ValueError:
+                pass
+        return str(p)
+
+    ck = {role: rel(path) for role, path in exp.checkpoints.as_dict().items()}
+    data = {
+        "tofu": rel(exp.data.tofu),
+        "forget_split": exp.data.forget_split,
+        "retain_split": exp.data.retain_split,
+        "holdout_split": exp.data.holdout_split,
+        "muse": rel(exp.data.muse),
+    }
+    return {
+        "name": exp.name,
+        "checkpoints": ck,
+        "data": data,
+        "reference_eval": rel(exp.reference_eval),
+        "alpha_range": list(exp.alpha_range),
+        "beta_range": list(exp.beta_range),
+        "trust_remote_code": exp.trust_remote_code,
+    }
+
+
+def save_experiment(exp: Experiment, path: str | os.PathLike[str]) -> Path:
+    """Write ``exp`` as YAML atomically (temp file + rename); returns the path written."""
+    p = Path(path).expanduser().resolve()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(experiment_to_dict(exp, p.parent), sort_keys=False)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, p)
+    except OSError:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
+
+
+def with_source(exp: Experiment, source: Path) -> Experiment:
+    """A copy of ``exp`` recording the file it came from."""
+    return replace(exp, source=source)

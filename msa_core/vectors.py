@@ -1,0 +1,219 @@
+"""Forget and retain vectors: τ_f = θ_forget − θ_clean, τ_r = θ_retain − θ_clean.
+
+Computed tensor by tensor from memory-mapped checkpoints in fp32 and streamed straight
+to disk, so peak memory is a few tensors, not four models. Stored under
+``<cache>/vectors/<fingerprint>/`` as ``forget.safetensors``, ``retain.safetensors`` and
+``meta.json`` (inputs, fingerprints, per-tensor norms, file sizes and SHA-256), written
+in a temp folder and renamed into place. A cache folder whose files are missing,
+truncated, of the wrong size or hash, or whose tensors are not finite, is rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from msa_core.checkpoints import TensorReader, check_compatible, checkpoint_fingerprint, read_tensor_index
+from msa_core.experiment import Experiment
+from msa_core.paths import default_cache_dir
+from msa_core.progress import Progress, report
+from msa_core.safetensors_stream import StreamingSafetensorsWriter
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = "1"
+VECTOR_KINDS = ("forget", "retain")
+# Hash cache files fully only below this size; larger ones are checked by size, header and finiteness.
+_FULL_HASH_LIMIT = 2 * 1024**3
+
+
+@dataclass(frozen=True)
+class VectorSet:
+    """The forget and retain vectors of an experiment (fp32 CPU tensors, by tensor name)."""
+
+    forget: dict[str, torch.Tensor]
+    retain: dict[str, torch.Tensor]
+    fingerprint: str
+    path: Path
+    from_cache: bool
+    seconds: float
+    norms: dict[str, dict[str, float]] = field(default_factory=dict)  # tensor → {"forget": ‖τ_f‖, "retain": ‖τ_r‖, "cosine": cos}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.forget)
+
+
+def vectors_fingerprint(exp: Experiment) -> str:
+    """Hash of the clean, forget and retain checkpoints (the vectors' only inputs)."""
+    h = hashlib.sha256(f"msa-vectors-v{CACHE_VERSION};".encode())
+    for role in ("clean", "forget", "retain"):
+        h.update(f"{role}={checkpoint_fingerprint(getattr(exp.checkpoints, role))};".encode())
+    return h.hexdigest()[:16]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _float_names(folder: Path) -> list[tuple[str, tuple[int, ...]]]:
+    return [(n, s) for n, (d, s) in read_tensor_index(folder).items() if d.startswith(("float", "bfloat"))]
+
+
+def _build(exp: Experiment, target: Path, fingerprint: str, progress: Optional[Progress]) -> None:
+    specs = _float_names(exp.checkpoints.clean)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    try:
+        writers = {
+            k: StreamingSafetensorsWriter(
+                tmp / f"{k}.safetensors", [(n, s, torch.float32) for n, s in specs], {"kind": k, "fingerprint": fingerprint}
+            )
+            for k in VECTOR_KINDS
+        }
+        norms: dict[str, dict[str, float]] = {}
+        with TensorReader(exp.checkpoints.clean) as clean, TensorReader(exp.checkpoints.forget) as forget, TensorReader(
+            exp.checkpoints.retain
+        ) as retain:
+            for i, (name, _shape) in enumerate(specs):
+                base = clean.get(name).to(torch.float32)
+                tf = forget.get(name).to(torch.float32) - base
+                tr = retain.get(name).to(torch.float32) - base
+                for kind, t in (("forget", tf), ("retain", tr)):
+                    if not torch.isfinite(t).all():
+                        raise ValueError(f"{kind} vector tensor {name} has NaN/Inf values (check the {kind} checkpoint)")
+                writers["forget"].write(name, tf)
+                writers["retain"].write(name, tr)
+                nf, nr = float(tf.norm()), float(tr.norm())
+                cos = float(torch.dot(tf.flatten(), tr.flatten()) / (nf * nr)) if nf > 0 and nr > 0 else 0.0
+                norms[name] = {"forget": nf, "retain": nr, "cosine": cos}
+                del base, tf, tr
+                report(progress, (i + 1) / len(specs), f"vectors: {name}")
+        for w in writers.values():
+            w.close()
+        files = {}
+        for k in VECTOR_KINDS:
+            p = tmp / f"{k}.safetensors"
+            files[k] = {"size": p.stat().st_size, "sha256": _sha256(p) if p.stat().st_size < _FULL_HASH_LIMIT else None}
+        meta = {
+            "version": CACHE_VERSION,
+            "fingerprint": fingerprint,
+            "inputs": {r: str(getattr(exp.checkpoints, r)) for r in ("clean", "forget", "retain")},
+            "dtype": "float32",
+            "num_tensors": len(specs),
+            "files": files,
+            "norms": norms,
+            "created": time.time(),
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _validate_cache(target: Path, fingerprint: str) -> Optional[dict]:
+    """The cache's meta if every file is present and intact, else None (with the reason logged)."""
+    meta_path = target / "meta.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        log.warning("vector cache %s: meta.json is corrupt; rebuilding", target)
+        return None
+    if meta.get("fingerprint") != fingerprint or meta.get("version") != CACHE_VERSION:
+        log.warning("vector cache %s: fingerprint/version mismatch; rebuilding", target)
+        return None
+    for k in VECTOR_KINDS:
+        p = target / f"{k}.safetensors"
+        info = (meta.get("files") or {}).get(k) or {}
+        if not p.is_file() or p.stat().st_size != info.get("size"):
+            log.warning("vector cache %s: %s is missing or truncated; rebuilding", target, p.name)
+            return None
+        if info.get("sha256") and _sha256(p) != info["sha256"]:
+            log.warning("vector cache %s: %s content hash mismatch; rebuilding", target, p.name)
+            return None
+    return meta
+
+
+def _load(target: Path, meta: dict) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for k in VECTOR_KINDS:
+        p = target / f"{k}.safetensors"
+        tensors: dict[str, torch.Tensor] = {}
+        try:
+            with safe_open(str(p), framework="pt", device="cpu") as fh:
+                for name in fh.keys():
+                    tensors[name] = fh.get_tensor(name)
+        except SafetensorError as exc:
+            raise ValueError(f"{p}: unreadable ({exc})") from None
+        if len(tensors) != meta.get("num_tensors"):
+            raise ValueError(f"{p}: holds {len(tensors)} tensors, meta.json says {meta.get('num_tensors')}")
+        for name, t in tensors.items():
+            if not torch.isfinite(t).all():
+                raise ValueError(f"{p}: tensor {name} has NaN/Inf values")
+        out[k] = tensors
+    return out["forget"], out["retain"]
+
+
+def compute_vectors(
+    exp: Experiment,
+    cache_dir: Optional[Path] = None,
+    progress: Optional[Progress] = None,
+    *,
+    check: bool = True,
+) -> VectorSet:
+    """Load τ_f and τ_r from the cache, or compute and cache them (fp32, streamed).
+
+    Raises ValueError naming the tensor when checkpoints are incompatible or a vector
+    has NaN/Inf values.
+    """
+    t0 = time.perf_counter()
+    if check:
+        check_compatible(exp)
+    fingerprint = vectors_fingerprint(exp)
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    target = root / "vectors" / fingerprint
+    target.parent.mkdir(parents=True, exist_ok=True)
+    meta = _validate_cache(target, fingerprint)
+    from_cache = False
+    if meta is not None:
+        try:
+            forget, retain = _load(target, meta)
+            from_cache = True
+            log.info("vectors loaded from cache %s", target)
+            report(progress, 1.0, f"vectors loaded from cache {target}")
+        except ValueError as exc:
+            log.warning("vector cache %s unusable (%s); rebuilding", target, exc)
+            meta = None
+    if meta is None:
+        log.info("computing vectors into %s", target)
+        _build(exp, target, fingerprint, progress)
+        meta = json.loads((target / "meta.json").read_text())
+        forget, retain = _load(target, meta)
+    return VectorSet(
+        forget=forget,
+        retain=retain,
+        fingerprint=fingerprint,
+        path=target,
+        from_cache=from_cache,
+        seconds=time.perf_counter() - t0,
+        norms=meta.get("norms", {}),
+    )

@@ -1,0 +1,49 @@
+"""Shared pytest fixtures: tiny checkpoint sets, a private cache dir, the real-data path."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+from tiny import make_checkpoints  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    """A private MSA cache folder for the test."""
+    d = tmp_path / "cache"
+    d.mkdir()
+    monkeypatch.setenv("MSA_CACHE_DIR", str(d))
+    return d
+
+
+@pytest.fixture
+def tiny_experiment(tmp_path):
+    """Five tiny fp32 Llama checkpoints (untied) and their experiment."""
+    return make_checkpoints(tmp_path / "ckpt")
+
+
+@pytest.fixture
+def tiny_experiment_tied(tmp_path):
+    return make_checkpoints(tmp_path / "ckpt_tied", tie=True, seed=1)
+
+
+@pytest.fixture
+def tiny_experiment_bf16(tmp_path):
+    return make_checkpoints(tmp_path / "ckpt_bf16", dtype=torch.bfloat16, seed=2)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is absent")
+    return SHARED_DATA
