@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import pickle
 import struct
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -93,7 +94,7 @@ def read_tensor_index(folder: Path) -> dict[str, TensorInfo]:
 def _load_bin(path: Path) -> dict[str, torch.Tensor]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, OSError, EOFError) as exc:
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as exc:
         raise ValueError(f"{path}: cannot read weights safely ({exc})") from None
 
 

@@ -260,6 +260,17 @@ def save_experiment(exp: Experiment, path: str | os.PathLike[str]) -> Path:
     return p
 
 
+def replace_ranges(
+    exp: Experiment, *, alpha_range: Optional[tuple[float, float]] = None, beta_range: Optional[tuple[float, float]] = None
+) -> Experiment:
+    """A copy of ``exp`` with new α/β ranges (validated like the file's)."""
+    return replace(
+        exp,
+        alpha_range=_range(alpha_range, exp.alpha_range, "alpha_range"),
+        beta_range=_range(beta_range, exp.beta_range, "beta_range"),
+    )
+
+
 def with_source(exp: Experiment, source: Path) -> Experiment:
     """A copy of ``exp`` recording the file it came from."""
     return replace(exp, source=source)

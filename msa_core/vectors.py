@@ -161,7 +161,8 @@ def _load(target: Path, meta: dict) -> tuple[dict[str, torch.Tensor], dict[str, 
         try:
             with safe_open(str(p), framework="pt", device="cpu") as fh:
                 for name in fh.keys():
-                    tensors[name] = fh.get_tensor(name)
+                    # Copy out of the memory map: a cache file rewritten later must not change live vectors.
+                    tensors[name] = fh.get_tensor(name).clone()
         except SafetensorError as exc:
             raise ValueError(f"{p}: unreadable ({exc})") from None
         if len(tensors) != meta.get("num_tensors"):
