@@ -1,0 +1,314 @@
+"""Top-level evaluation: a model, a side model, or the live engine at (α, β).
+
+- :func:`evaluate_model` scores any model on the experiment's TOFU and/or MUSE data.
+- :func:`reference_result` evaluates the engine's reference (retain-only) model once per
+  experiment fingerprint and settings (cached in memory and, when given, in the store).
+- :func:`resolve_reference` gathers what the metrics compare against: per-item forget
+  truth ratios (from ``experiment.reference_eval`` when set, else the reference model) and
+  the reference MUSE Min-K% AUC (for PrivLeak).
+- :func:`evaluate` composes the engine at (α, β) and evaluates inside one
+  ``engine.session`` (one critical section), optionally through a :class:`ResultStore`.
+
+:func:`eval_settings` fixes everything that changes the numbers (data, splits, subset,
+template, lengths, reference source); its hash ``settings['key']`` keys stored results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Optional, Union
+
+from typing import TYPE_CHECKING
+
+from msa_core.eval.data import data_signature, load_muse
+from msa_core.eval.openunlearning import read_reference_tr
+from msa_core.eval.results import EvalResult, MetricValue
+from msa_core.experiment import Experiment
+from msa_core.progress import Progress, report, sub_progress
+from msa_core.prompts import has_chat_template
+
+if TYPE_CHECKING:
+    from msa_core.eval.tofu import ReferenceTR
+
+# torch-heavy modules (scoring, tofu, muse) are imported inside the functions that need
+# them, so the store, sweeps' bookkeeping and `msa results` start without torch.
+
+EVAL_VERSION = 1
+MAX_LENGTH_CAP = 2048  # open-unlearning's MUSE max_length; TOFU QA pairs are far shorter
+TIERS = ("fast", "full")
+BENCHMARKS = ("tofu", "muse", "all")
+_UNKEYED = ("key", "counts", "missing")
+
+
+@dataclass(frozen=True)
+class ReferenceStats:
+    """What metrics compare against: reference per-item forget TRs and MUSE Min-K% AUC."""
+
+    forget_tr: Optional[dict[int, float]] = None
+    muse_auc: Optional[float] = None
+    tr_source: Optional[str] = None
+    auc_source: Optional[str] = None
+
+
+def settings_key(settings: dict[str, Any]) -> str:
+    """A 16-hex hash of the settings that change results (not counts, not the key itself)."""
+    keyed = {k: v for k, v in settings.items() if k not in _UNKEYED}
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _benchmarks(experiment: Experiment, benchmark: str) -> list[str]:
+    if benchmark not in BENCHMARKS:
+        raise ValueError(f"benchmark must be one of {BENCHMARKS}, got {benchmark!r}")
+    have = {"tofu": experiment.data.tofu is not None, "muse": experiment.data.muse is not None}
+    if benchmark != "all":
+        if not have[benchmark]:
+            raise ValueError(f"benchmark {benchmark!r} asked for but the experiment has no data.{benchmark} folder")
+        return [benchmark]
+    chosen = [b for b in ("tofu", "muse") if have[b]]
+    if not chosen:
+        raise ValueError("the experiment has neither data.tofu nor data.muse; nothing to evaluate")
+    return chosen
+
+
+def eval_settings(
+    experiment: Experiment,
+    tokenizer: Any,
+    *,
+    tier: str = "fast",
+    benchmark: str = "all",
+    subset: Optional[int] = None,
+    max_length: Optional[int] = None,
+    reference: Optional[ReferenceStats] = None,
+) -> dict[str, Any]:
+    """The settings of an evaluation (see the module docstring), with ``key`` filled in."""
+    if tier not in TIERS:
+        raise ValueError(f"tier must be one of {TIERS}, got {tier!r}")
+    if subset is not None and int(subset) < 1:
+        raise ValueError(f"subset must be a positive number of items, got {subset}")
+    benches = _benchmarks(experiment, benchmark)
+    d = experiment.data
+    s: dict[str, Any] = {
+        "version": EVAL_VERSION,
+        "benchmark": benchmark,
+        "benchmarks": benches,
+        "subset": None if subset is None else int(subset),
+        "template": "chat" if has_chat_template(tokenizer) else "plain",
+        "vocab_size": len(tokenizer),
+        "max_length": max_length,
+    }
+    from msa_core.eval.muse import KNOWMEM_MAX_NEW_TOKENS, MINK_K, VERBMEM_MAX_NEW_TOKENS
+    from msa_core.eval.tofu import ROUGE_MAX_NEW_TOKENS
+
+    if "tofu" in benches:
+        s["tofu"] = {"path": str(d.tofu), "signature": data_signature(d.tofu), "forget_split": d.forget_split,
+                     "retain_split": d.retain_split, "rouge_max_new_tokens": ROUGE_MAX_NEW_TOKENS}
+    if "muse" in benches:
+        s["muse"] = {"path": str(d.muse), "signature": data_signature(d.muse), "mink_k": MINK_K,
+                     "verbmem_max_new_tokens": VERBMEM_MAX_NEW_TOKENS, "knowmem_max_new_tokens": KNOWMEM_MAX_NEW_TOKENS}
+    ref = reference or ReferenceStats()
+    s["reference"] = {"tr": ref.tr_source, "auc": ref.auc_source}
+    s["key"] = settings_key(s)
+    return s
+
+
+def max_length_for(model: Any) -> int:
+    """Longest sequence scored: the model's max positions, capped at 2048 (open-unlearning MUSE)."""
+    from msa_core.eval.scoring import default_max_length
+
+    n = default_max_length(model)
+    return min(n, MAX_LENGTH_CAP) if n else MAX_LENGTH_CAP
+
+
+def evaluate_model(
+    model: Any,
+    tokenizer: Any,
+    experiment: Experiment,
+    *,
+    tier: str = "fast",
+    benchmark: str = "all",
+    subset: Optional[int] = None,
+    progress: Optional[Progress] = None,
+    reference_tr: Optional["ReferenceTR"] = None,
+    reference_auc: Optional[float] = None,
+    batch_size: int = 16,
+    settings: Optional[dict[str, Any]] = None,
+    fingerprint: str = "",
+    label: str = "composed",
+) -> EvalResult:
+    """Evaluate ``model`` as it is (no composition) on the experiment's data.
+
+    ``reference_tr`` (index → TR) enables forget quality, ``reference_auc`` PrivLeak.
+    ``settings`` defaults to :func:`eval_settings` for these arguments.
+    """
+    from msa_core.eval.muse import evaluate_muse
+    from msa_core.eval.tofu import evaluate_tofu, load_tofu_sets
+
+    t0 = time.perf_counter()
+    max_length = max_length_for(model)
+    if settings is None:
+        srcs = ReferenceStats(tr_source="given" if reference_tr is not None else None,
+                              auc_source=None if reference_auc is None else f"given:{reference_auc:.6g}")
+        settings = eval_settings(experiment, tokenizer, tier=tier, benchmark=benchmark, subset=subset,
+                                 max_length=max_length, reference=srcs)
+    benches = settings["benchmarks"]
+    metrics: dict[str, MetricValue] = {}
+    gens: dict[str, list[str]] = {}
+    counts: dict[str, int] = {}
+    missing: list[str] = []
+    share = {"tofu": 0.6 if len(benches) == 2 else 1.0, "muse": 0.4 if len(benches) == 2 else 1.0}
+    start = 0.0
+    if "tofu" in benches:
+        sets = load_tofu_sets(experiment.data, subset)
+        missing.extend(sets.missing)
+        counts.update({k: len(v) for k, v in sets.named().items()})
+        m, g = evaluate_tofu(model, tokenizer, sets, tier=tier, reference_tr=reference_tr, batch_size=batch_size,
+                             max_length=max_length, progress=sub_progress(progress, 0.0, share["tofu"]))
+        metrics.update(m)
+        gens.update(g)  # keyed "forget", "retain", "ra", "wf" as in TOFU_EVAL
+        start = share["tofu"] if len(benches) == 2 else 0.0
+    if "muse" in benches:
+        data = load_muse(experiment.data.muse)  # type: ignore[arg-type]
+        for name in ("privleak_forget", "privleak_holdout"):
+            texts = getattr(data, name)
+            if texts is not None:
+                counts[name] = len(texts[:subset] if subset else texts)
+        m, g = evaluate_muse(model, tokenizer, data, tier=tier, subset=subset, reference_auc=reference_auc,
+                             batch_size=batch_size, max_length=max_length, progress=sub_progress(progress, start, 1.0))
+        metrics.update(m)
+        gens.update(g)
+    report(progress, 1.0, "evaluation done")
+    settings = {**settings, "counts": counts, "missing": missing}
+    return EvalResult(None, None, tier, settings["benchmark"], fingerprint, settings,
+                      time.perf_counter() - t0, metrics, gens, model=label)
+
+
+_REF_CACHE: dict[tuple[str, str], EvalResult] = {}
+_REF_LOCK = threading.Lock()
+
+
+def reference_result(
+    engine: Any,
+    *,
+    benchmark: str = "all",
+    subset: Optional[int] = None,
+    store: Any = None,
+    progress: Optional[Progress] = None,
+    batch_size: int = 16,
+) -> Optional[EvalResult]:
+    """The reference model's (teacher-forced) evaluation, computed once per fingerprint and settings.
+
+    None when the experiment has no reference checkpoint.
+    """
+    model = engine.side_model("reference")
+    if model is None:
+        return None
+    exp = engine.experiment
+    settings = eval_settings(exp, engine.tokenizer, tier="fast", benchmark=benchmark, subset=subset,
+                             max_length=max_length_for(model))
+    key = (engine.fingerprint, settings["key"])
+    with _REF_LOCK:
+        if key in _REF_CACHE:
+            return _REF_CACHE[key]
+        stored = store.get(f"{engine.fingerprint}#reference", 0.0, 0.0, "fast", settings["key"]) if store else None
+        if stored is None:
+            stored = evaluate_model(model, engine.tokenizer, exp, tier="fast", benchmark=benchmark, subset=subset,
+                                    progress=progress, batch_size=batch_size, settings=settings,
+                                    fingerprint=engine.fingerprint, label="reference")
+            if store is not None:
+                store.put(stored)
+        _REF_CACHE[key] = stored
+        return stored
+
+
+def reference_stats(reference: Union[EvalResult, ReferenceStats, None]) -> Optional[ReferenceStats]:
+    """ReferenceStats from a reference model's EvalResult (or passed through)."""
+    if reference is None or isinstance(reference, ReferenceStats):
+        return reference
+    tr = reference.metrics.get("forget_truth_ratio")
+    auc = reference.metrics.get("muse_mink_auc")
+    src = f"model:{reference.fingerprint}:{reference.settings_key}"
+    return ReferenceStats(
+        forget_tr=None if tr is None or tr.per_item is None else dict(enumerate(tr.per_item)),
+        muse_auc=None if auc is None else auc.value,
+        tr_source=src if tr is not None else None,
+        auc_source=src if auc is not None else None,
+    )
+
+
+def resolve_reference(
+    engine: Any,
+    *,
+    benchmark: str = "all",
+    subset: Optional[int] = None,
+    store: Any = None,
+    progress: Optional[Progress] = None,
+    batch_size: int = 16,
+) -> ReferenceStats:
+    """Reference TRs from ``experiment.reference_eval`` when set (else the reference model), AUC from the model."""
+    exp = engine.experiment
+    benches = _benchmarks(exp, benchmark)
+    file_tr = None
+    if exp.reference_eval is not None and "tofu" in benches:
+        file_tr = read_reference_tr(exp.reference_eval)
+    # The reference model is evaluated only on what the file does not provide.
+    ref_bench = benchmark if file_tr is None else ("muse" if "muse" in benches else None)
+    model_stats = None
+    if ref_bench is not None:
+        model_stats = reference_stats(
+            reference_result(engine, benchmark=ref_bench, subset=subset, store=store, progress=progress, batch_size=batch_size)
+        )
+    stats = model_stats or ReferenceStats()
+    if file_tr is not None:
+        stats = replace(stats, forget_tr=file_tr, tr_source=f"file:{exp.reference_eval}:{data_signature(exp.reference_eval)}")
+    return stats
+
+
+def evaluate(
+    engine: Any,
+    alpha: float,
+    beta: float,
+    *,
+    tier: str = "fast",
+    benchmark: str = "all",
+    subset: Optional[int] = None,
+    progress: Optional[Progress] = None,
+    reference: Union[EvalResult, ReferenceStats, None] = None,
+    store: Any = None,
+    batch_size: int = 16,
+) -> EvalResult:
+    """Evaluate the engine's model composed at (α, β), inside one ``engine.session``.
+
+    ``reference``: the reference model's result or :class:`ReferenceStats`; resolved with
+    :func:`resolve_reference` when None. With a ``store``, a stored point is returned as is
+    and a new one is stored.
+    """
+    ref = reference_stats(reference)
+    if ref is None:
+        ref = resolve_reference(engine, benchmark=benchmark, subset=subset, store=store,
+                                progress=sub_progress(progress, 0.0, 0.2), batch_size=batch_size)
+    settings = eval_settings(engine.experiment, engine.tokenizer, tier=tier, benchmark=benchmark, subset=subset,
+                             max_length=max_length_for(engine.model), reference=ref)
+    if store is not None:
+        hit = store.get(engine.fingerprint, alpha, beta, tier, settings["key"])
+        if hit is not None:
+            report(progress, 1.0, "loaded from the results store")
+            return hit
+    with engine.session(alpha, beta) as model:
+        result = evaluate_model(model, engine.tokenizer, engine.experiment, tier=tier, benchmark=benchmark,
+                                subset=subset, progress=sub_progress(progress, 0.2, 1.0), reference_tr=ref.forget_tr,
+                                reference_auc=ref.muse_auc, batch_size=batch_size, settings=settings,
+                                fingerprint=engine.fingerprint)
+    result = replace(result, alpha=float(alpha), beta=float(beta))
+    if store is not None:
+        store.put(result)
+    return result
+
+
+def clear_reference_cache() -> None:
+    """Forget in-memory reference results (tests; after checkpoints change on disk)."""
+    with _REF_LOCK:
+        _REF_CACHE.clear()

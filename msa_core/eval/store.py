@@ -1,0 +1,189 @@
+"""The results database: SQLite (WAL) under the cache folder, one row per evaluated point.
+
+A row is keyed by (experiment fingerprint, α, β, tier, settings key) and holds the whole
+:class:`EvalResult` as JSON, so a point is either fully stored or absent (one INSERT in
+one transaction). Every call opens its own connection with a busy timeout, so several
+threads or processes (a sweep and the app) can write at once without corrupting it.
+Side-model results (e.g. the reference) are stored under ``"<fingerprint>#<role>"``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Optional, Union
+
+from msa_core.eval.results import METRIC_ORDER, EvalResult, metric_info
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (
+    fingerprint  TEXT NOT NULL,
+    alpha        REAL NOT NULL,
+    beta         REAL NOT NULL,
+    tier         TEXT NOT NULL,
+    settings_key TEXT NOT NULL,
+    benchmark    TEXT NOT NULL,
+    model        TEXT NOT NULL,
+    created      REAL NOT NULL,
+    seconds      REAL NOT NULL,
+    payload      TEXT NOT NULL,
+    PRIMARY KEY (fingerprint, alpha, beta, tier, settings_key)
+)
+"""
+BUSY_TIMEOUT_MS = 30_000
+
+
+def _coef(x: Optional[float]) -> float:
+    """Coefficients are keyed rounded to 10 significant digits (0.1 + 0.2 == 0.3 here)."""
+    return 0.0 if x is None else float(f"{float(x):.10g}")
+
+
+def store_fingerprint(result: EvalResult) -> str:
+    """The fingerprint a result is stored under (side models get a '#role' suffix)."""
+    return result.fingerprint if result.model == "composed" else f"{result.fingerprint}#{result.model}"
+
+
+class ResultStore:
+    """SQLite results store; see the module docstring."""
+
+    def __init__(self, path: Union[str, os.PathLike, None] = None):
+        if path is None:
+            from msa_core.paths import default_cache_dir
+
+            path = default_cache_dir() / "results.sqlite"
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as con:
+            con.execute(SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        try:
+            con = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise OSError(f"results store {self.path}: cannot open ({exc})") from None
+        try:
+            con.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            con.execute("PRAGMA journal_mode = WAL")
+            con.execute("PRAGMA synchronous = NORMAL")
+            yield con
+        except sqlite3.DatabaseError as exc:
+            raise OSError(f"results store {self.path}: {exc}") from None
+        finally:
+            con.close()
+
+    def put(self, result: EvalResult) -> None:
+        """Store (or replace) one point atomically."""
+        if not result.settings_key:
+            raise ValueError("result has no settings key (settings['key']); build settings with eval_settings()")
+        payload = json.dumps(result.to_json())
+        row = (
+            store_fingerprint(result), _coef(result.alpha), _coef(result.beta), result.tier, result.settings_key,
+            result.benchmark, result.model, time.time(), float(result.seconds), payload,
+        )
+        with self._connect() as con:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                con.execute("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?)", row)
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+
+    def get(self, fingerprint: str, alpha: float, beta: float, tier: str, settings_key: str) -> Optional[EvalResult]:
+        """The stored result of one point, or None."""
+        with self._connect() as con:
+            row = con.execute(
+                "SELECT payload FROM results WHERE fingerprint=? AND alpha=? AND beta=? AND tier=? AND settings_key=?",
+                (fingerprint, _coef(alpha), _coef(beta), tier, settings_key),
+            ).fetchone()
+        if row is None:
+            return None
+        return EvalResult.from_json(json.loads(row[0]), where=f"{self.path} ({fingerprint}, {alpha}, {beta})")
+
+    def has(self, fingerprint: str, alpha: float, beta: float, tier: str, settings_key: str) -> bool:
+        """True when the point is stored."""
+        with self._connect() as con:
+            row = con.execute(
+                "SELECT 1 FROM results WHERE fingerprint=? AND alpha=? AND beta=? AND tier=? AND settings_key=?",
+                (fingerprint, _coef(alpha), _coef(beta), tier, settings_key),
+            ).fetchone()
+        return row is not None
+
+    def results(self, fingerprint: str, *, tier: Optional[str] = None, settings_key: Optional[str] = None) -> list[EvalResult]:
+        """Every stored result of an experiment, ordered by (α, β, tier)."""
+        sql = "SELECT payload FROM results WHERE fingerprint=?"
+        args: list[Any] = [fingerprint]
+        if tier is not None:
+            sql += " AND tier=?"
+            args.append(tier)
+        if settings_key is not None:
+            sql += " AND settings_key=?"
+            args.append(settings_key)
+        with self._connect() as con:
+            rows = con.execute(sql + " ORDER BY alpha, beta, tier, created", args).fetchall()
+        return [EvalResult.from_json(json.loads(r[0]), where=str(self.path)) for r in rows]
+
+    def count(self, fingerprint: Optional[str] = None) -> int:
+        """Number of stored rows (of one experiment when given)."""
+        with self._connect() as con:
+            if fingerprint is None:
+                return int(con.execute("SELECT COUNT(*) FROM results").fetchone()[0])
+            return int(con.execute("SELECT COUNT(*) FROM results WHERE fingerprint=?", (fingerprint,)).fetchone()[0])
+
+    def grid(self, fingerprint: str, tier: Optional[str] = None, settings_key: Optional[str] = None) -> Any:
+        """A pandas DataFrame, one row per stored point: alpha, beta, tier, benchmark, settings_key,
+        seconds, then one column per metric (NaN where a point lacks it)."""
+        import pandas as pd
+
+        rows = []
+        for r in self.results(fingerprint, tier=tier, settings_key=settings_key):
+            rows.append(
+                {"alpha": r.alpha, "beta": r.beta, "tier": r.tier, "benchmark": r.benchmark,
+                 "settings_key": r.settings_key, "seconds": r.seconds, **r.flat()}
+            )
+        base = ["alpha", "beta", "tier", "benchmark", "settings_key", "seconds"]
+        if not rows:
+            return pd.DataFrame(columns=base)
+        df = pd.DataFrame(rows)
+        order = {name: i for i, name in enumerate(METRIC_ORDER)}
+        extra = sorted((c for c in df.columns if c not in base), key=lambda c: (order.get(c, len(order)), c))
+        return df[base + extra].reset_index(drop=True)
+
+    def best_point(
+        self,
+        fingerprint: str,
+        *,
+        metric: Optional[str] = None,
+        tier: Optional[str] = None,
+        settings_key: Optional[str] = None,
+        min_values: Optional[dict[str, float]] = None,
+    ) -> Optional[dict[str, Any]]:
+        """The stored point best on ``metric`` (by its METRIC_INFO direction), among points whose
+        metrics are >= every ``min_values`` entry; as a dict of the grid row, or None.
+
+        Default metric: forget_quality when stored, else forget_truth_ratio.
+        """
+        df = self.grid(fingerprint, tier=tier, settings_key=settings_key)
+        if df.empty:
+            return None
+        if metric is None:
+            metric = next((m for m in ("forget_quality", "forget_truth_ratio") if m in df and df[m].notna().any()), None)
+            if metric is None:
+                return None
+        info = metric_info(metric)
+        if metric not in df:
+            return None
+        df = df[df[metric].notna()]
+        for name, low in (min_values or {}).items():
+            if name not in df:
+                raise KeyError(f"best_point: metric {name!r} is not stored for {fingerprint}")
+            df = df[df[name] >= low]
+        if df.empty:
+            return None
+        scores = df[metric].map(info.badness)
+        return df.loc[scores.idxmin()].to_dict()

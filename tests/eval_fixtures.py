@@ -1,0 +1,176 @@
+"""Helpers for the evaluation tests: a tiny tokenizer and Llama, TOFU/MUSE folders, a fake engine.
+
+Everything is built in memory in well under a second; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers.processors import TemplateProcessing
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from msa_core.experiment import Checkpoints, DataConfig, Experiment
+
+
+@pytest.fixture(autouse=True, scope="module")
+def eval_single_thread() -> Iterator[None]:
+    """One torch thread for these tiny models: on a shared 2-core machine two threads
+    oversubscribe and make each forward pass 10-50x slower. Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+CORPUS = [
+    "Question: Where was Ana Lenz born?\nAnswer: Ana Lenz was born in Velmora.",
+    "Question: What genre does Bo Kress write?\nAnswer: Bo Kress writes mystery novels.",
+    "The quick brown fox jumps over the lazy dog. Paris is the capital of France.",
+    "Authors write books. Books win awards. Parents have jobs like baker and pilot.",
+]
+
+
+def make_tokenizer(*, bos: bool = True) -> PreTrainedTokenizerFast:
+    """A byte-level BPE (~300 tokens, covers any text) with <pad>=0, <s>=1, </s>=2."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<pad>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(CORPUS * 5, trainer)
+    if bos:
+        tok.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>" if bos else None, eos_token="</s>", pad_token="<pad>"
+    )
+
+
+def make_model(vocab_size: int, seed: int = 0, *, max_positions: int = 256) -> LlamaForCausalLM:
+    """A random 2-layer Llama (hidden 32, GQA 4/2 heads) in eval mode, fp32."""
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=max_positions,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():  # sharper distributions than the default init, so argmax hits happen
+        model.lm_head.weight.mul_(20.0)
+    return model.eval()
+
+
+AUTHORS = ["Ana Lenz", "Bo Kress", "Cy Varo", "Di Moss", "Ed Quill", "Fay Dorn"]
+CITIES = ["Velmora", "Paris", "Lisbon", "Tallinn", "Accra", "Riga", "Kyoto"]
+
+
+def tofu_rows(n: int, *, offset: int = 0, n_pert: int = 3) -> list[dict[str, Any]]:
+    rows = []
+    for i in range(n):
+        name = AUTHORS[(i + offset) % len(AUTHORS)]
+        city = CITIES[(i + offset) % len(CITIES)]
+        wrong = [CITIES[(i + offset + j + 1) % len(CITIES)] for j in range(n_pert)]
+        rows.append(
+            {
+                "question": f"Where was {name} born?",
+                "answer": f"{name} was born in {city}.",
+                "paraphrased_answer": f"The birthplace of {name} is {city}.",
+                "perturbed_answer": [f"The birthplace of {name} is {w}." for w in wrong],
+            }
+        )
+    return rows
+
+
+def option_rows(n: int) -> list[dict[str, Any]]:
+    return [
+        {"question": f"What is the capital number {i}?", "answer": CITIES[i % 7], "perturbed_answer": [CITIES[(i + 1) % 7], CITIES[(i + 2) % 7]]}
+        for i in range(n)
+    ]
+
+
+def write_tofu(folder: Path, *, n_forget: int = 6, n_retain: int = 5, n_util: int = 4) -> Path:
+    """A small TOFU-format folder (forget10/retain/holdout/real authors/world facts)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        "forget10_perturbed.json": tofu_rows(n_forget),
+        "retain_perturbed.json": tofu_rows(n_retain, offset=3),
+        "holdout10.json": [{"question": r["question"], "answer": r["answer"]} for r in tofu_rows(4, offset=1)],
+        "real_authors_perturbed.json": option_rows(n_util),
+        "world_facts_perturbed.json": option_rows(n_util + 1),
+    }
+    for name, rows in files.items():
+        (folder / name).write_text(json.dumps(rows), encoding="utf-8")
+    return folder
+
+
+def write_muse(folder: Path, *, retain_name: str = "retain") -> Path:
+    """A small MUSE-format folder."""
+    km, vm, pl = folder / "knowmem", folder / "verbmem", folder / "privleak"
+    for d in (km, vm, pl):
+        d.mkdir(parents=True, exist_ok=True)
+    qa = [{"question": f"Where was {a} born?", "answer": c} for a, c in zip(AUTHORS, CITIES)]
+    (km / "forget_qa.json").write_text(json.dumps(qa[:4]))
+    (km / "forget_qa_icl.json").write_text(json.dumps(qa[4:6]))
+    (km / f"{retain_name}_qa.json").write_text(json.dumps(qa[1:5]))
+    (km / f"{retain_name}_qa_icl.json").write_text(json.dumps(qa[:2]))
+    (vm / "forget.json").write_text(json.dumps([{"prompt": CORPUS[i], "gt": CORPUS[(i + 1) % 4]} for i in range(3)]))
+    (pl / "forget.json").write_text(json.dumps(CORPUS[:3]))
+    (pl / f"{retain_name}.json").write_text(json.dumps(CORPUS[1:3]))
+    (pl / "holdout.json").write_text(json.dumps([c.upper() for c in CORPUS[:3]]))
+    return folder
+
+
+def make_experiment(root: Path, *, tofu: Optional[Path] = None, muse: Optional[Path] = None, reference_eval: Optional[Path] = None) -> Experiment:
+    """An Experiment whose checkpoint paths are placeholders (the fake engine never loads them)."""
+    p = root / "models"
+    return Experiment(
+        name="eval-test",
+        checkpoints=Checkpoints(clean=p / "c", corrupted=p / "x", forget=p / "f", retain=p / "r", reference=p / "ref"),
+        data=DataConfig(tofu=tofu, forget_split="forget10", retain_split="retain_perturbed", holdout_split="holdout10", muse=muse),
+        reference_eval=reference_eval,
+    )
+
+
+class FakeEngine:
+    """The parts of msa_core.compose.Engine that evaluation uses: a model per (α, β) seed."""
+
+    def __init__(self, experiment: Experiment, tokenizer: Any, *, fingerprint: str = "fp-test", reference: Any = "same"):
+        self.experiment = experiment
+        self.tokenizer = tokenizer
+        self.fingerprint = fingerprint
+        self.lock = threading.RLock()
+        self.model = make_model(len(tokenizer), seed=0)
+        self._reference = make_model(len(tokenizer), seed=99) if reference == "same" else reference
+        self.sessions: list[tuple[float, float]] = []
+        self.alpha: Optional[float] = None
+        self.beta: Optional[float] = None
+
+    @contextmanager
+    def session(self, alpha: float, beta: float) -> Iterator[Any]:
+        with self.lock:
+            self.sessions.append((alpha, beta))
+            self.alpha, self.beta = alpha, beta
+            # Deterministic "composition": perturb from a fixed seed per point.
+            torch.manual_seed(int(alpha * 1000 + beta * 10))
+            fresh = make_model(len(self.tokenizer), seed=int(alpha * 1000 + beta * 10))
+            self.model.load_state_dict(fresh.state_dict())
+            yield self.model
+
+    def side_model(self, role: str) -> Any:
+        if role == "reference":
+            return self._reference
+        return None

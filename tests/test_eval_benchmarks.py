@@ -1,0 +1,235 @@
+"""TOFU and MUSE evaluation of tiny models: values against independent per-sequence computation."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from eval_fixtures import eval_single_thread  # noqa: F401  (autouse: one torch thread)
+from eval_fixtures import FakeEngine, make_experiment, make_model, make_tokenizer, write_muse, write_tofu
+from msa_core.eval import evaluate, evaluate_model
+from msa_core.eval.evaluate import clear_reference_cache, eval_settings, reference_result, reference_stats
+from msa_core.prompts import encode_continuation, encode_qa
+
+
+@pytest.fixture(scope="module")
+def eval_setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evalbench")
+    tofu = write_tofu(root / "tofu")
+    # a duplicated perturbed answer: must be scored once
+    rows = json.loads((tofu / "forget10_perturbed.json").read_text())
+    rows[0]["perturbed_answer"][1] = rows[0]["perturbed_answer"][0]
+    (tofu / "forget10_perturbed.json").write_text(json.dumps(rows))
+    exp = make_experiment(root, tofu=tofu, muse=write_muse(root / "muse"))
+    tok = make_tokenizer()
+    return exp, tok, make_model(len(tok), seed=5)
+
+
+def _nll(model, tok, q, a):
+    p, c = encode_qa(tok, q, a)
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([p + c]), labels=torch.tensor([[-100] * len(p) + c]))
+    return float(out.loss), out.logits[0, len(p) - 1 : -1].argmax(-1).tolist(), c
+
+
+def test_tofu_fast_tier_matches_independent_computation(eval_setup):
+    exp, tok, model = eval_setup
+    res = evaluate_model(model, tok, exp, tier="fast", benchmark="tofu")
+    f = json.loads((exp.data.tofu / "forget10_perturbed.json").read_text())
+    probs, trs, es, em = [], [], [], []
+    for r in f:
+        nll_a, pred, labels = _nll(model, tok, r["question"], r["answer"])
+        probs.append(math.exp(-nll_a))
+        nll_p = _nll(model, tok, r["question"], r["paraphrased_answer"])[0]
+        nll_w = [_nll(model, tok, r["question"], w)[0] for w in r["perturbed_answer"]]
+        trs.append(math.exp(-np.mean(nll_w)) / math.exp(-nll_p))
+        ok = [a == b for a, b in zip(pred[:-1], labels[:-1])]  # EOS prediction dropped (open-unlearning)
+        em.append(sum(ok) / len(ok))
+        k = len(ok)
+        while k > 0 and ok[k - 1]:
+            k -= 1
+        es.append(1 - k / len(ok))
+    m = res.metrics
+    np.testing.assert_allclose(m["forget_prob"].per_item, probs, rtol=1e-4)
+    assert m["forget_prob"].value == pytest.approx(np.mean(probs), rel=1e-4)
+    np.testing.assert_allclose(m["forget_truth_ratio"].per_item, trs, rtol=1e-4)
+    assert m["forget_truth_ratio"].value == pytest.approx(np.mean(np.minimum(trs, 1 / np.array(trs))), rel=1e-4)
+    assert m["exact_memorization"].per_item == pytest.approx(em)
+    assert m["extraction_strength"].per_item == pytest.approx(es)
+    assert max(em) > 0  # the sharpened random model gets some tokens right: the check is not vacuous
+
+    ra = json.loads((exp.data.tofu / "real_authors_perturbed.json").read_text())
+    norm, ra_tr = [], []
+    for r in ra:
+        pc = math.exp(-_nll(model, tok, r["question"], r["answer"])[0])
+        pw = [math.exp(-_nll(model, tok, r["question"], w)[0]) for w in r["perturbed_answer"]]
+        norm.append(pc / (pc + sum(pw)))
+        ra_tr.append(stats.gmean(pw) / pc)
+    np.testing.assert_allclose(m["ra_prob"].per_item, norm, rtol=1e-4)
+    assert m["ra_truth_ratio"].value == pytest.approx(np.mean(np.maximum(0, 1 - np.array(ra_tr))), rel=1e-4, abs=1e-6)
+    six = [m[k].value for k in ("retain_prob", "retain_truth_ratio", "ra_prob", "ra_truth_ratio", "wf_prob", "wf_truth_ratio")]
+    assert m["model_utility_tf"].value == pytest.approx(stats.hmean(six) if min(six) > 0 else 0.0)
+    assert "forget_quality" not in m and "model_utility" not in m and "forget_rouge" not in m  # no reference, fast tier
+    assert res.settings["counts"] == {"forget": 6, "retain": 5, "ra": 4, "wf": 5}
+    assert res.model == "composed" and res.tier == "fast" and res.settings["key"]
+
+
+def test_no_sequence_scored_twice(eval_setup):
+    exp, tok, model = eval_setup
+    rows_seen = []
+    h = model.register_forward_pre_hook(lambda mod, args, kw: rows_seen.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        evaluate_model(model, tok, exp, tier="fast", benchmark="tofu", batch_size=7)
+    finally:
+        h.remove()
+    unique = set()
+    total = 0
+    for name in ("forget10_perturbed", "retain_perturbed", "real_authors_perturbed", "world_facts_perturbed"):
+        for r in json.loads((exp.data.tofu / f"{name}.json").read_text()):
+            answers = [r["answer"], *([r["paraphrased_answer"]] if "paraphrased_answer" in r else []), *r["perturbed_answer"]]
+            total += len(answers)
+            unique.update((r["question"], a) for a in answers)
+    assert sum(rows_seen) == len(unique) < total
+
+
+def test_reference_against_itself_gives_forget_quality_one_and_privleak_zero(eval_setup):
+    exp, tok, model = eval_setup
+    ref = evaluate_model(model, tok, exp, tier="fast")
+    rs = reference_stats(ref)
+    again = evaluate_model(model, tok, exp, tier="fast", reference_tr=rs.forget_tr, reference_auc=rs.muse_auc)
+    assert again.metrics["forget_quality"].value == pytest.approx(1.0)
+    assert again.metrics["muse_privleak"].value == pytest.approx(0.0)
+    other = evaluate_model(make_model(len(tok), seed=11), tok, exp, tier="fast",
+                           reference_tr=rs.forget_tr, reference_auc=rs.muse_auc)
+    assert other.metrics["forget_quality"].value < 1.0
+
+
+def test_muse_fast_tier_min_k_against_direct(eval_setup):
+    exp, tok, model = eval_setup
+    res = evaluate_model(model, tok, exp, tier="fast", benchmark="muse")
+    from msa_core.eval.data import load_muse
+    from msa_core.eval import metrics as M
+
+    data = load_muse(exp.data.muse)
+    texts = list(data.privleak_forget) + list(data.privleak_holdout)
+    mink = []
+    for t in texts:
+        p, c = encode_continuation(tok, "", t)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([p + c])).logits[0, :-1].double(), -1)
+        lp = logp.gather(-1, torch.tensor(c)[:, None])[:, 0].numpy()
+        n = max(1, int(0.4 * len(lp)))
+        mink.append(-np.sort(lp)[:n].mean())
+    np.testing.assert_allclose(res.metrics["muse_mink_auc"].per_item, mink, rtol=1e-5)
+    nf = len(data.privleak_forget)
+    assert res.metrics["muse_mink_auc"].value == pytest.approx(M.muse_mia_auc(mink[:nf], mink[nf:]))
+    assert "muse_minkpp_auc" in res.metrics and "muse_privleak" not in res.metrics
+    assert res.settings["counts"] == {"privleak_forget": 3, "privleak_holdout": 3}
+
+
+def test_full_tier_rouge_with_known_generations(eval_setup, monkeypatch):
+    exp, tok, model = eval_setup
+    import msa_core.generation as gen
+
+    forget = [r["answer"] for r in json.loads((exp.data.tofu / "forget10_perturbed.json").read_text())]
+    calls = []
+
+    def fake_answers(model, tok, questions, *, max_new_tokens, batch_size=16, **kw):
+        assert max_new_tokens == 200
+        calls.append(len(questions))
+        # the forget split (asked first): the exact answers; every other split: nothing
+        return list(forget) if len(calls) == 1 else [""] * len(questions)
+
+    def fake_text(model, tok, prompts, *, max_new_tokens, batch_size=16, stop=None, **kw):
+        if max_new_tokens == 128:
+            return ["Question: What genre does Bo Kress write?"] * len(prompts)
+        assert max_new_tokens == 32 and stop
+        return [" Velmora\n\nQuestion: more"] * len(prompts)
+
+    monkeypatch.setattr(gen, "generate_answers", fake_answers)
+    monkeypatch.setattr(gen, "generate_text", fake_text)
+    res = evaluate_model(model, tok, exp, tier="full", benchmark="all")
+    m = res.metrics
+    assert m["forget_rouge"].value == 1.0 and m["retain_rouge"].value == 0.0
+    assert m["model_utility"].value == 0.0  # a zero part zeroes the harmonic mean
+    # verbmem gt for item i is CORPUS[(i+1) % 4]; item 0's gt starts with the generated question
+    assert m["muse_verbmem_forget"].per_item[0] > 0.3 and m["muse_verbmem_forget"].per_item[1] < 0.3
+    # knowmem: " Velmora\n\nQuestion: more" is cut to "Velmora"; forget answers are cities, item 0 is Velmora
+    assert m["muse_knowmem_forget"].per_item == [1.0, 0.0, 0.0, 0.0]
+    assert res.generations["knowmem_forget"][0] == "Velmora"
+    assert res.generations["forget"] == forget and calls == [6, 5, 4, 5]
+
+
+def test_full_tier_real_generation_runs(eval_setup, monkeypatch):
+    exp, tok, model = eval_setup
+    import msa_core.eval.muse as muse_mod
+    import msa_core.eval.tofu as tofu_mod
+
+    # the real generate_answers / generate_text, with short budgets to keep the test fast
+    monkeypatch.setattr(tofu_mod, "ROUGE_MAX_NEW_TOKENS", 6)
+    monkeypatch.setattr(muse_mod, "VERBMEM_MAX_NEW_TOKENS", 6)
+    monkeypatch.setattr(muse_mod, "KNOWMEM_MAX_NEW_TOKENS", 6)
+    res = evaluate_model(model, tok, exp, tier="full", benchmark="all", subset=1)
+    for name in ("forget_rouge", "retain_rouge", "ra_rouge", "wf_rouge", "model_utility", "muse_verbmem_forget",
+                 "muse_knowmem_forget", "muse_knowmem_retain"):
+        assert 0.0 <= res.metrics[name].value <= 1.0, name
+    assert len(res.generations["forget"]) == 1
+
+
+def test_evaluate_through_engine_one_session_and_cached_reference(eval_setup):
+    exp, tok, _ = eval_setup
+    clear_reference_cache()
+    eng = FakeEngine(exp, tok)
+    calls = []
+    h = eng._reference.register_forward_pre_hook(lambda *a: calls.append(1))
+    r1 = evaluate(eng, 1.0, 0.5, benchmark="tofu", subset=3)
+    n_ref = len(calls)
+    r2 = evaluate(eng, 2.0, 0.0, benchmark="tofu", subset=3)
+    h.remove()
+    assert n_ref > 0 and len(calls) == n_ref  # reference evaluated once
+    assert eng.sessions == [(1.0, 0.5), (2.0, 0.0)]
+    assert (r1.alpha, r1.beta, r2.alpha) == (1.0, 0.5, 2.0)
+    assert r1.fingerprint == "fp-test" and 0.0 <= r1.metrics["forget_quality"].value <= 1.0
+    assert r1.settings["reference"]["tr"].startswith("model:")
+    assert r1.settings_key == r2.settings_key
+    ref = reference_result(eng, benchmark="tofu", subset=3)
+    assert ref.model == "reference" and ref.settings["counts"]["forget"] == 3
+
+
+def test_reference_from_open_unlearning_file(eval_setup, tmp_path):
+    exp, tok, model = eval_setup
+    from dataclasses import replace
+
+    trs = [0.5, 1.0, 2.0, 0.7, 1.3, 0.9]
+    f = tmp_path / "TOFU_EVAL.json"
+    f.write_text(json.dumps({"forget_truth_ratio": {"agg_value": 0.7, "value_by_index": {str(i): {"score": v} for i, v in enumerate(trs)}}}))
+    exp2 = replace(exp, reference_eval=f)
+    clear_reference_cache()
+    eng = FakeEngine(exp2, tok, reference=None)  # no reference model: the file is enough for TOFU
+    res = evaluate(eng, 1.0, 0.0, benchmark="tofu")
+    mine = res.metrics["forget_truth_ratio"].per_item
+    assert res.metrics["forget_quality"].value == pytest.approx(stats.ks_2samp(mine, trs).pvalue)
+    assert res.settings["reference"]["tr"].startswith("file:")
+    sub = evaluate(eng, 1.0, 0.0, benchmark="tofu", subset=2)  # the subset is compared with the same indices
+    assert sub.metrics["forget_quality"].value == pytest.approx(
+        stats.ks_2samp(sub.metrics["forget_truth_ratio"].per_item, trs[:2]).pvalue)
+
+
+def test_settings_validation(eval_setup, tmp_path):
+    exp, tok, _ = eval_setup
+    with pytest.raises(ValueError, match="tier"):
+        eval_settings(exp, tok, tier="medium")
+    with pytest.raises(ValueError, match="subset"):
+        eval_settings(exp, tok, subset=0)
+    bare = make_experiment(tmp_path)
+    with pytest.raises(ValueError, match="data.tofu"):
+        eval_settings(bare, tok, benchmark="tofu")
+    with pytest.raises(ValueError, match="neither"):
+        eval_settings(bare, tok, benchmark="all")
+    a = eval_settings(exp, tok, subset=2)["key"]
+    assert a == eval_settings(exp, tok, subset=2)["key"] != eval_settings(exp, tok, subset=3)["key"]
