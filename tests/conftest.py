@@ -47,3 +47,12 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is absent")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def quick_demo(tmp_path_factory) -> Path:
+    """The quick demo experiment, built once per test session (returns experiment.yaml)."""
+    from msa_core.demo import build_demo
+
+    out = tmp_path_factory.mktemp("quick_demo") / "demo"
+    return build_demo(out, quick=True, seed=0)
