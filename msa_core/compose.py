@@ -43,7 +43,12 @@ from msa_core.vectors import VectorSet, compute_vectors
 log = logging.getLogger(__name__)
 
 # fp32 scratch used when the model dtype is not fp32: bounded so it never costs a model's worth.
+# On CUDA it also bounds a foreach group (few, large kernel launches).
 SCRATCH_ELEMENTS = 32 * 1024 * 1024
+# CPU compose step (elements): each slice goes through every term while it sits in the L2
+# cache, so memory traffic is the minimum (read θ_c, τ_f, τ_r once, write w once) instead of
+# one full pass per operation. See BENCHMARKS.md (recompose bandwidth) for the measurement.
+CPU_STEP_ELEMENTS = 512 * 1024
 SIDE_ROLES = ("clean", "reference", "forget", "retain")
 _LAYER_RE = re.compile(r"\.layers\.(\d+)\.")
 
@@ -187,13 +192,21 @@ class Engine:
         return engine
 
     def _make_groups(self) -> list[list[int]]:
-        """Tensor indices in groups of at most SCRATCH_ELEMENTS elements (a lone big tensor is its own group)."""
+        """Tensor indices in groups processed together by ``_compose_into``.
+
+        A group holds at most CPU_STEP_ELEMENTS elements on the CPU (small tensors batched
+        with foreach ops and still cache-resident) and SCRATCH_ELEMENTS elsewhere (few,
+        large launches); a bigger tensor is its own group, walked in CPU_STEP_ELEMENTS
+        slices on the CPU. On the CPU only the first CPU_STEP_ELEMENTS of the fp32 scratch
+        are ever touched, so its untouched pages cost no resident memory.
+        """
+        limit = CPU_STEP_ELEMENTS if self.device.type == "cpu" else SCRATCH_ELEMENTS
         groups: list[list[int]] = []
         current: list[int] = []
         size = 0
         for i, p in enumerate(self._params):
             n = p.numel()
-            if current and size + n > SCRATCH_ELEMENTS:
+            if current and size + n > limit:
                 groups.append(current)
                 current, size = [], 0
             current.append(i)
@@ -204,24 +217,88 @@ class Engine:
 
     @torch.no_grad()
     def _compose_into(self, alpha: float, beta: float) -> None:
-        """Write cast(θ_c − α·τ_f + β·τ_r) into every parameter, group by group."""
-        for g in self._groups:
-            params = [self._params[i] for i in g]
-            base = [self._pristine[i] for i in g]
-            if self._scratch is None:
+        """Write cast(θ_c − α·τ_f + β·τ_r) into every parameter, group by group.
+
+        The arithmetic is fp32 and left to right (θ_c, then −α·τ_f, then +β·τ_r, each a
+        fused multiply-add), terms with a zero coefficient are skipped, and (0, 0) is a
+        plain copy of θ_c (bit-exact). On the CPU a tensor bigger than CPU_STEP_ELEMENTS
+        is processed in slices of that size so that every term runs on cache-resident data:
+        the result is bit-identical to whole-tensor passes, with about half the memory
+        traffic (fp32) or a third of it (bf16, through the fp32 scratch).
+        """
+        ca, cb = -alpha, beta
+        use_a, use_b = alpha != 0.0, beta != 0.0
+        scratch = self._scratch
+
+        def apply(idx: list[int]) -> None:
+            params = [self._params[j] for j in idx]
+            base = [self._pristine[j] for j in idx]
+            if not (use_a or use_b):
+                torch._foreach_copy_(params, base)  # θ_c itself: no fp32 round trip needed
+                return
+            if scratch is None:
                 work = params  # fp32 model: compute directly in the parameters
             else:
                 work, off = [], 0
                 for p in params:
-                    work.append(self._scratch[off : off + p.numel()].view(p.shape))
+                    work.append(scratch[off : off + p.numel()].view(p.shape))
                     off += p.numel()
             torch._foreach_copy_(work, base)
-            if alpha != 0.0:
-                torch._foreach_add_(work, [self._tau_f[i] for i in g], alpha=-alpha)
-            if beta != 0.0:
-                torch._foreach_add_(work, [self._tau_r[i] for i in g], alpha=beta)
+            if use_a:
+                torch._foreach_add_(work, [self._tau_f[j] for j in idx], alpha=ca)
+            if use_b:
+                torch._foreach_add_(work, [self._tau_r[j] for j in idx], alpha=cb)
             if work is not params:
                 torch._foreach_copy_(params, work)
+
+        if self.device.type != "cpu":
+            for g in self._groups:
+                apply(g)
+            return
+
+        step = CPU_STEP_ELEMENTS
+        plan = getattr(self, "_cpu_plan", None)
+        if plan is None or plan[0] != step:
+            # Per group: None (whole tensors, foreach) or the views of its slices, built once.
+            entries: list[tuple[list[int], Optional[list[tuple[torch.Tensor, ...]]]]] = []
+            for g in self._groups:
+                i = g[0]
+                ts = (self._params[i], self._pristine[i], self._tau_f[i], self._tau_r[i])
+                if len(g) > 1 or ts[0].numel() <= step or not all(t.is_contiguous() for t in ts):
+                    entries.append((g, None))
+                    continue
+                flat = [t.view(-1) for t in ts]
+                n = flat[0].numel()
+                views = []
+                for s0 in range(0, n, step):
+                    s1 = min(s0 + step, n)
+                    sl = tuple(t[s0:s1] for t in flat)
+                    views.append(sl + ((scratch[: s1 - s0],) if scratch is not None else ()))
+                entries.append((g, views))
+            plan = (step, entries)
+            self._cpu_plan = plan
+        for g, views in plan[1]:
+            if views is None:
+                apply(g)
+            elif not (use_a or use_b):
+                for v in views:
+                    v[0].copy_(v[1])
+            elif scratch is None:  # fp32: first term written straight into w, the second added in cache
+                for p, b, f, r in views:
+                    if use_a:
+                        torch.add(b, f, alpha=ca, out=p)
+                        if use_b:
+                            p.add_(r, alpha=cb)
+                    else:
+                        torch.add(b, r, alpha=cb, out=p)
+            else:  # low-precision model: fp32 scratch slice, then one rounding cast
+                for p, b, f, r, w in views:
+                    w.copy_(b)
+                    if use_a:
+                        w.add_(f, alpha=ca)
+                    if use_b:
+                        w.add_(r, alpha=cb)
+                    p.copy_(w)
 
     def set_coefficients(self, alpha: float, beta: float) -> float:
         """Recompose the working model at (α, β); returns seconds spent (0.0 if unchanged).

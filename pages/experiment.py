@@ -1,0 +1,120 @@
+"""Experiment page: build the demo or load an experiment; what was loaded and the vectors' shape.
+
+Shows the compatibility report, parameter count, device placement, whether τ_f/τ_r were
+computed or read from the cache (and how long that took), and per-layer norms of τ_f
+and τ_r with their cosine similarity.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.subplots import make_subplots
+
+from msa_core.experiment import experiment_from_dict, save_experiment
+from msa_core.paths import default_cache_dir
+from pages import state, ui
+
+ui.page_guard()
+st.title(":material/science: Experiment")
+engine = state.loaded_engine()
+
+
+def _load_forms() -> None:
+    with st.expander("Load an experiment file or checkpoint folders", expanded=engine is None):
+        c1, c2 = st.columns(2)
+        for col, label, options, key, helptext in (
+            (c1, "Device", ["auto", "cpu", "cuda"], state.K_DEVICE,
+             "auto = the GPU when there is one. Changing it loads a second engine."),
+            (c2, "Dtype", ["auto", "float32", "bfloat16", "float16"], state.K_DTYPE,
+             "auto = the checkpoint's dtype (bf16 on a GPU for fp32 checkpoints)."),
+        ):
+            wkey = state.widget_mirror(key)
+            col.selectbox(label, options, key=wkey, help=helptext, on_change=state.copy_widget, args=(wkey, key))
+        path = st.text_input("Experiment file (.yaml)", key="w_page_exp_path", placeholder="/path/to/experiment.yaml")
+        if st.button("Load experiment file", key="w_page_exp_load", disabled=not path.strip()):
+            if ui.try_choose_experiment(path.strip()):
+                st.rerun()
+        st.markdown("**…or give the checkpoint folders** (local Hugging Face folders, safetensors):")
+        with st.form("ckpt_form", border=True):
+            name = st.text_input("Name", value="my-experiment", key="w_form_name")
+            fields = {}
+            cols = st.columns(2)
+            for i, role in enumerate(("clean", "corrupted", "forget", "retain", "reference")):
+                label = f"θ_{role} folder" + (" (optional)" if role == "reference" else "")
+                fields[role] = cols[i % 2].text_input(label, key=f"w_form_{role}")
+            tofu = cols[1].text_input("TOFU-format data folder (optional)", key="w_form_tofu")
+            muse = st.text_input("MUSE-format data folder (optional)", key="w_form_muse")
+            submitted = st.form_submit_button("Create and load")
+        if submitted:
+            raw = {"name": name.strip() or "experiment",
+                   "checkpoints": {r: v.strip() for r, v in fields.items() if v.strip()},
+                   "data": {"tofu": tofu.strip() or None, "muse": muse.strip() or None}}
+            try:
+                exp = experiment_from_dict(raw, Path.cwd())
+                target = default_cache_dir() / "experiments" / f"{exp.name}.yaml"
+                save_experiment(exp, target)
+            except ui.CORE_ERRORS as exc:
+                ui.show_error("Cannot create this experiment", exc)
+            else:
+                if ui.try_choose_experiment(str(target)):
+                    st.rerun()
+
+
+if engine is None:
+    ui.no_experiment_offer()
+    _load_forms()
+    st.stop()
+
+_load_forms()
+exp = engine.experiment
+vec = engine.vectors
+st.subheader(exp.name)
+c = st.columns(5)
+c[0].metric("Parameters", f"{engine.parameter_count / 1e6:.2f} M")
+c[1].metric("Device", str(engine.device))
+c[2].metric("Dtype", str(engine.dtype).replace("torch.", ""))
+c[3].metric("Engine load", ui.fmt_seconds(engine.load_seconds))
+c[4].metric("Vectors", "from cache" if vec.from_cache else "computed", f"in {ui.fmt_seconds(vec.seconds)}",
+            delta_color="off", delta_arrow="off")
+st.caption(f"Experiment file `{exp.source}` · fingerprint `{engine.fingerprint}` · vector cache `{vec.path}`")
+
+st.markdown("#### Checkpoints and compatibility")
+rep = engine.compat
+rows = [{"role": role, "folder": str(folder), "dtype": (rep.dtypes.get(role, "") if rep else "")}
+        for role, folder in exp.checkpoints.as_dict().items()]
+st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+if rep is not None:
+    st.success(f"All {len(rep.roles)} checkpoints are compatible: {rep.architecture}, {rep.num_tensors} tensors, "
+               f"{rep.num_parameters / 1e6:.2f} M parameters, vocabulary {rep.vocab_size}.", icon=":material/check_circle:")
+    for p in rep.problems:
+        st.warning(p)
+mem = engine.memory_bytes()
+st.caption("Memory in use: " + ", ".join(f"{k} {ui.fmt_bytes(v)}" for k, v in mem.items())
+           + f" · side models loaded: {', '.join(engine.loaded_side_models()) or 'none'}")
+data = exp.data
+st.caption(f"Data: TOFU `{data.tofu or '—'}` (forget `{data.forget_split}`, retain `{data.retain_split}`, "
+           f"holdout `{data.holdout_split}`) · MUSE `{data.muse or '—'}` · α ∈ {list(exp.alpha_range)}, "
+           f"β ∈ {list(exp.beta_range)}")
+
+st.markdown("#### Forget and retain vectors per layer")
+layers = ui.layer_norms(vec.norms)
+if layers.empty:
+    st.info("The vector cache holds no per-tensor norms.")
+else:
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("‖τ‖ per layer (L2 over the layer's tensors)",
+                                                        "cos(τ_f, τ_r) per layer"))
+    fig.add_trace(go.Bar(x=layers["layer"], y=layers["forget"], name="‖τ_f‖ forget vector"), 1, 1)
+    fig.add_trace(go.Bar(x=layers["layer"], y=layers["retain"], name="‖τ_r‖ retain vector"), 1, 1)
+    fig.add_trace(go.Scatter(x=layers["layer"], y=layers["cosine"], mode="lines+markers", name="cosine"), 1, 2)
+    fig.update_yaxes(title_text="L2 norm", row=1, col=1)
+    fig.update_yaxes(title_text="cosine similarity", range=[-1, 1], row=1, col=2)
+    fig.update_layout(height=380, barmode="group", margin=dict(t=40, b=10), legend=dict(orientation="h"))
+    st.plotly_chart(fig, key="norms_chart")
+    st.caption("High cosine means τ_f and τ_r move the same weights the same way: subtracting α·τ_f then also "
+               "removes retained knowledge, which β·τ_r puts back.")
+    with st.expander("Per-layer table"):
+        st.dataframe(layers, hide_index=True, width="stretch")

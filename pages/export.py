@@ -1,0 +1,90 @@
+"""Export page: write the unlearned model at the current (α, β) as a Hugging Face folder.
+
+Uses the same core function as ``msa compose`` (:func:`msa_core.export.export_model`), with
+a model card holding α, β, the input fingerprints and the latest metrics. Also downloads
+the current metrics as JSON/CSV and shows the CLI commands that reproduce this view.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shlex
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from msa_core.export import export_model
+from msa_core.paths import default_cache_dir
+from pages import state, ui
+
+engine = ui.require_engine()
+alpha, beta = state.point()
+exp = engine.experiment
+st.title(":material/download: Export")
+st.markdown(f"Experiment **{exp.name}** at **α = {alpha:.3f}, β = {beta:.3f}**.")
+
+last = st.session_state.get("msa_last_metrics")
+metrics = last if last and last.get("alpha") == alpha and last.get("beta") == beta else None
+
+st.markdown("#### Unlearned model as a Hugging Face folder")
+default_out = default_cache_dir() / "exports" / f"{exp.name}-a{alpha:g}-b{beta:g}"
+out = st.text_input("Output folder", value=str(default_out), key="w_exp_out")
+force = st.checkbox("Overwrite the folder if it exists", value=False, key="w_exp_force")
+if metrics is None:
+    st.caption("No metrics for this point yet: the model card will hold α, β and fingerprints only. "
+               "Compute metrics below (or on the Playground) to include them.")
+if st.button("Export model", type="primary", key="w_export_btn", disabled=not out.strip()):
+    with st.spinner(f"Writing {out}…"):
+        try:
+            folder = export_model(engine, alpha, beta, Path(out.strip()), force=force,
+                                  metrics=dict(metrics["metrics"]) if metrics else None)
+        except ui.CORE_ERRORS as exc:
+            ui.show_error("Export failed", exc)
+        else:
+            files = sorted(p.name for p in folder.iterdir())
+            st.success(f"Wrote `{folder}`: {', '.join(files)}", icon=":material/check_circle:")
+            card = folder / "README.md"
+            if card.is_file():
+                with st.expander("Model card (README.md)"):
+                    st.markdown(card.read_text(encoding="utf-8"))
+
+st.markdown("#### Metrics at this point")
+if st.button("Compute fast-tier metrics now", key="w_export_metrics"):
+    bar = st.progress(0.0, text="evaluating")
+    bench = "all" if exp.data.tofu and exp.data.muse else "tofu" if exp.data.tofu else "muse"
+    try:
+        result = state.evaluation(engine, alpha, beta, tier="fast", benchmark=bench, subset=None,
+                                  progress=lambda f, m: bar.progress(f, text=m))
+    except ui.CORE_ERRORS as exc:
+        ui.show_error("Evaluation failed", exc)
+    else:
+        metrics = {"alpha": alpha, "beta": beta, **result.to_json()}
+        st.session_state["msa_last_metrics"] = metrics
+    finally:
+        bar.empty()
+if metrics:
+    flat = {k: v for k, v in metrics["metrics"].items()}
+    table = pd.DataFrame([{"metric": k, "label": ui.metric_label(k, with_direction=False), "value": v,
+                           "better": ui.direction_text(k)} for k, v in flat.items()])
+    st.dataframe(table, hide_index=True, width="stretch")
+    stem = f"msa-metrics-{exp.name}-a{alpha:g}-b{beta:g}"
+    d1, d2 = st.columns(2)
+    d1.download_button("Download JSON", json.dumps(metrics, indent=2, default=str), file_name=f"{stem}.json",
+                       mime="application/json", key="w_dl_json")
+    buf = io.StringIO()
+    table.assign(alpha=alpha, beta=beta, tier=metrics.get("tier"), fingerprint=engine.fingerprint).to_csv(buf, index=False)
+    d2.download_button("Download CSV", buf.getvalue(), file_name=f"{stem}.csv", mime="text/csv", key="w_dl_csv")
+else:
+    st.caption("No metrics computed at this exact point yet.")
+
+st.markdown("#### Reproduce this view from the command line")
+src = shlex.quote(str(exp.source)) if exp.source else "EXPERIMENT.yaml"
+out_q = shlex.quote(out.strip() or str(default_out))
+lines = [
+    f"msa compose {src} --alpha {alpha:g} --beta {beta:g} --out {out_q}" + (" --force" if force else ""),
+    f"msa generate {src} --alpha {alpha:g} --beta {beta:g} --prompt {shlex.quote('Who is the author you know best?')}",
+]
+lines += ui.eval_cli_lines(src, alpha, beta, metrics)
+st.code("\n".join(lines), language="bash")

@@ -1,0 +1,439 @@
+"""Streamlit AppTest tests for the entrypoint and every page of the MSA Studio app.
+
+A tiny experiment (five random 2-layer Llama checkpoints from ``tiny.py`` plus a tiny
+TOFU-format data folder) is built once per test session into a private MSA_CACHE_DIR, so
+these run on the CPU in seconds per page. The quick embedded demo, built through the
+first-start button, is covered by a ``slow`` test.
+
+Note on ``pages/``: AppTest resets Streamlit's "legacy pages/ folder" flag before every
+run, so from the second run on it would execute the page alone, without app.py. A real
+server clears that flag for good at the first ``st.navigation`` call; the
+``_navigation_mode`` fixture reproduces that.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from streamlit.runtime.pages_manager import PagesManager
+from streamlit.testing.v1 import AppTest
+
+from tiny import make_checkpoints
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "app.py")
+if str(ROOT) not in sys.path:  # the pages package (app.py adds it itself when Streamlit runs it)
+    sys.path.insert(0, str(ROOT))
+TIMEOUT = 300
+MAX_NEW = 8  # tokens per answer in these tests: enough to tell answers apart, cheap on 2 cores
+
+
+# ----------------------------------------------------------------------------- fixtures
+def _tofu_rows(names: list[str]) -> list[dict]:
+    rows = []
+    for n in names:
+        for q, a, wrong in (
+            ("Where was {n} born?", "In Velmora.", ["In Tarsk.", "In Oddi.", "In Brell."]),
+            ("What genre does {n} write?", "Mystery novels.", ["Poetry.", "Satire.", "Fantasy."]),
+            ("Who are the parents of {n}?", "A baker and a pilot.", ["Two judges.", "A chef and a nurse.", "Two miners."]),
+        ):
+            rows.append({"question": q.format(n=n), "answer": a, "paraphrased_answer": f"{n}: {a}",
+                         "perturbed_answer": [f"{n}: {w}" for w in wrong],
+                         "paraphrased_question": "Tell me: " + q.format(n=n)})
+    return rows
+
+
+def make_tiny_app_experiment(root: Path) -> Path:
+    """Tiny checkpoints + a TOFU-format folder; returns the experiment YAML path."""
+    exp = make_checkpoints(root, seed=3)
+    tofu = root / "tofu"
+    tofu.mkdir(parents=True, exist_ok=True)
+    forget, retain = _tofu_rows(["Ana Lenz", "Bo Kress"]), _tofu_rows(["Cy Marr", "Di Voss"])
+    files = {
+        "forget10_perturbed.json": forget,
+        "forget10.json": [{"question": r["question"], "answer": r["answer"]} for r in forget],
+        "retain_perturbed.json": retain,
+        "holdout10.json": [{"question": r["question"], "answer": r["answer"]} for r in _tofu_rows(["Ed Holm"])],
+        "world_facts_perturbed.json": [{"question": "What is the capital of France?", "answer": "Paris",
+                                        "perturbed_answer": ["Rome", "Berlin", "Madrid"]}] * 3,
+        "real_authors_perturbed.json": [{"question": "Who wrote Hamlet?", "answer": "William Shakespeare",
+                                         "perturbed_answer": ["Jane Austen", "Leo Tolstoy", "Homer"]}] * 3,
+    }
+    for name, rows in files.items():
+        (tofu / name).write_text(json.dumps(rows), encoding="utf-8")
+    muse = root / "muse"
+    bios = [f"{n} was born in Velmora and writes mystery novels." for n in ("Ana Lenz", "Bo Kress", "Cy Marr")]
+    qa = [{"question": r["question"], "answer": r["answer"]} for r in forget[:3]]
+    muse_files = {
+        "knowmem/forget_qa.json": qa, "knowmem/forget_qa_icl.json": qa[:2],
+        "knowmem/retain_qa.json": [{"question": r["question"], "answer": r["answer"]} for r in retain[:3]],
+        "knowmem/retain_qa_icl.json": qa[:2],
+        "verbmem/forget.json": [{"prompt": b[:20], "gt": b[20:]} for b in bios],
+        "privleak/forget.json": bios, "privleak/retain.json": bios[::-1],
+        "privleak/holdout.json": [f"{n} lives in Tarsk and paints." for n in ("Ed Holm", "Fa Quill", "Gu Rhee")],
+    }
+    for name, rows in muse_files.items():
+        (muse / name).parent.mkdir(parents=True, exist_ok=True)
+        (muse / name).write_text(json.dumps(rows), encoding="utf-8")
+    text = (root / "experiment.yaml").read_text(encoding="utf-8")
+    text = text.replace("tofu: null", "tofu: tofu").replace("muse: null", "muse: muse")
+    (root / "experiment.yaml").write_text(text, encoding="utf-8")
+    return root / "experiment.yaml"
+
+
+@pytest.fixture(scope="session")
+def app_env(tmp_path_factory):
+    """A private cache folder for the whole session (the engine is cached per process)."""
+    cache = tmp_path_factory.mktemp("app_cache")
+    old = {k: os.environ.get(k) for k in ("MSA_CACHE_DIR", "MSA_DEMO_QUICK")}
+    os.environ["MSA_CACHE_DIR"] = str(cache)
+    os.environ["MSA_DEMO_QUICK"] = "1"
+    yield cache
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def tiny_yaml(app_env, tmp_path_factory) -> Path:
+    path = make_tiny_app_experiment(tmp_path_factory.mktemp("tiny_app") / "exp")
+    assert "tofu: tofu" in path.read_text() and "muse: muse" in path.read_text()
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _navigation_mode(monkeypatch):
+    original = PagesManager.__init__
+
+    def init(self, *args, **kwargs):
+        PagesManager.uses_pages_directory = False
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(PagesManager, "__init__", init)
+
+
+def no_exceptions(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def new_app() -> AppTest:
+    return AppTest.from_file(APP, default_timeout=TIMEOUT)
+
+
+def load_experiment(at: AppTest, path: Path) -> AppTest:
+    """Use the sidebar picker to load ``path``."""
+    at.run()
+    at.sidebar.radio(key="w_exp_source").set_value("Experiment file").run()
+    at.sidebar.text_input(key="w_exp_path_input").set_value(str(path)).run()
+    at.sidebar.button(key="w_exp_load").click().run()
+    no_exceptions(at)
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
+def set_alpha(at: AppTest, value: float) -> AppTest:
+    at.sidebar.number_input(key="w_alpha_num").set_value(value).run()
+    no_exceptions(at)
+    return at
+
+
+def playground(at: AppTest) -> AppTest:
+    at.switch_page("pages/playground.py").run()
+    no_exceptions(at)
+    return at
+
+
+# ----------------------------------------------------------------------------- entrypoint
+def test_first_start_offers_the_demo(app_env):
+    at = new_app().run()
+    no_exceptions(at)
+    assert at.title[0].value.endswith("Experiment")
+    assert at.button(key="w_offer_build").label == "Build the embedded demo"
+    # MSA_DEMO_QUICK=1 makes the quick demo the default choice, in the offer and the sidebar.
+    assert at.radio(key="w_offer_kind").value == "quick"
+    assert at.sidebar.toggle(key="w_demo_quick").value is True
+    # Every page without an experiment shows the offer, not an error.
+    for page in ("playground", "tradeoff", "probe", "export"):
+        at.switch_page(f"pages/{page}.py").run()
+        no_exceptions(at)
+        assert at.button(key="w_offer_build")
+
+
+def test_bad_experiment_path_shows_error(app_env, tmp_path):
+    at = new_app().run()
+    at.sidebar.radio(key="w_exp_source").set_value("Experiment file").run()
+    missing = tmp_path / "nope.yaml"
+    at.sidebar.text_input(key="w_exp_path_input").set_value(str(missing)).run()
+    at.sidebar.button(key="w_exp_load").click().run()
+    no_exceptions(at)
+    assert any(str(missing) in e.value and "does not exist" in e.value for e in at.sidebar.error)
+    # Malformed YAML and a file missing its checkpoints each get a readable error naming the problem.
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    at.sidebar.text_input(key="w_exp_path_input").set_value(str(bad)).run()
+    at.sidebar.button(key="w_exp_load").click().run()
+    no_exceptions(at)
+    assert any("not valid YAML" in e.value for e in at.sidebar.error)
+    partial = tmp_path / "partial.yaml"
+    partial.write_text("name: x\ncheckpoints:\n  clean: a\n")
+    at.sidebar.text_input(key="w_exp_path_input").set_value(str(partial)).run()
+    at.sidebar.button(key="w_exp_load").click().run()
+    no_exceptions(at)
+    assert any("checkpoints.corrupted is missing" in e.value for e in at.sidebar.error)
+    # The app is still usable: still no experiment, the demo offer is still there.
+    assert at.session_state["msa_exp_path"] is None
+    assert at.button(key="w_offer_build")
+
+
+def test_mismatched_checkpoints_show_error(app_env, tmp_path):
+    """Checkpoints of different shapes: loading fails with st.error naming the tensor, no traceback."""
+    a = make_checkpoints(tmp_path / "a", seed=5)
+    torch.manual_seed(0)
+    from tiny import save_model, tiny_config
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(a.checkpoints.clean)
+    wide = LlamaForCausalLM(tiny_config(len(tok), layers=3))
+    save_model(wide, tok, tmp_path / "a" / "retain")
+    at = new_app().run()
+    at.sidebar.radio(key="w_exp_source").set_value("Experiment file").run()
+    at.sidebar.text_input(key="w_exp_path_input").set_value(str(tmp_path / "a" / "experiment.yaml")).run()
+    at.sidebar.button(key="w_exp_load").click().run()
+    no_exceptions(at)
+    errors = " ".join(e.value for e in at.error)
+    assert "not compatible" in errors and "retain" in errors
+    assert at.session_state["msa_exp_path"] is None
+    assert at.button(key="w_offer_build")
+
+
+def test_experiment_page_after_loading(tiny_yaml):
+    at = load_experiment(new_app(), tiny_yaml)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Device"] == ("cuda:0" if torch.cuda.is_available() else "cpu")
+    assert metrics["Vectors"] in ("computed", "from cache")
+    params = sum(t.numel() for t in load_file(str(Path(tiny_yaml).parent / "corrupted" / "model.safetensors")).values())
+    assert metrics["Parameters"] == f"{params / 1e6:.2f} M"
+    assert any("compatible" in s.value for s in at.success)
+    assert at.get("plotly_chart"), "per-layer norm chart missing"
+    # The sidebar shows the engine and the vector cache.
+    captions = " ".join(c.value for c in at.sidebar.caption)
+    assert "Vectors:" in captions and f"Device `{metrics['Device']}`" in captions
+
+
+def test_sliders_number_inputs_presets_and_page_switch(tiny_yaml):
+    at = load_experiment(new_app(), tiny_yaml)
+    at.sidebar.slider(key="w_alpha_slider").set_value(2.5).run()
+    assert at.sidebar.number_input(key="w_alpha_num").value == pytest.approx(2.5)
+    at.sidebar.number_input(key="w_beta_num").set_value(0.123).run()
+    assert at.session_state["msa_beta"] == pytest.approx(0.123)
+    # The values survive a page switch (the widgets live in the entrypoint).
+    at.switch_page("pages/export.py").run()
+    no_exceptions(at)
+    assert at.session_state["msa_alpha"] == pytest.approx(2.5)
+    assert at.sidebar.number_input(key="w_beta_num").value == pytest.approx(0.123)
+    at.sidebar.button(key="w_preset_corrupted").click().run()
+    assert (at.session_state["msa_alpha"], at.session_state["msa_beta"]) == (0.0, 0.0)
+    at.sidebar.button(key="w_preset_paper").click().run()
+    assert (at.session_state["msa_alpha"], at.session_state["msa_beta"]) == (1.0, 1.0)
+    assert at.sidebar.slider(key="w_alpha_slider").value == pytest.approx(1.0)
+    # An out-of-range value is refused by the widget itself (the range comes from the experiment).
+    assert at.sidebar.number_input(key="w_alpha_num").max == pytest.approx(5.0)
+
+
+def _independent_answers(yaml_path: Path, alpha: float, beta: float, questions: list[str]) -> list[str]:
+    """θ_c − α(θ_f − θ_clean) + β(θ_r − θ_clean) built by hand from the files, then greedy answers."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from msa_core.generation import generate_answers
+
+    root = yaml_path.parent
+    sd = {r: load_file(str(root / r / "model.safetensors")) for r in ("clean", "corrupted", "forget", "retain")}
+    merged = {k: sd["corrupted"][k] - alpha * (sd["forget"][k] - sd["clean"][k]) + beta * (sd["retain"][k] - sd["clean"][k])
+              for k in sd["corrupted"]}
+    model = LlamaForCausalLM.from_pretrained(root / "corrupted").eval()
+    model.load_state_dict(merged, strict=False)
+    tok = AutoTokenizer.from_pretrained(root / "corrupted")
+    return generate_answers(model, tok, questions, max_new_tokens=MAX_NEW)
+
+
+def test_playground_slider_changes_only_the_unlearned_column(tiny_yaml):
+    at = load_experiment(new_app(), tiny_yaml)
+    at.sidebar.button(key="w_preset_corrupted").click().run()
+    playground(at)
+    at.number_input(key="w_pg_max_new").set_value(MAX_NEW).run()
+    no_exceptions(at)
+    first = dict(at.session_state["msa_answers"])
+    assert first["alpha"] == 0.0 and len(first["questions"]) == 3
+    # At (0, 0) the unlearned model is the corrupted one.
+    assert first["unlearned"] == first["corrupted"]
+    assert {"reference", "clean"} <= set(first)
+    set_alpha(at, 5.0)
+    second = dict(at.session_state["msa_answers"])
+    assert second["alpha"] == 5.0
+    assert second["corrupted"] == first["corrupted"]
+    assert second["unlearned"] != first["unlearned"]
+    assert second["unlearned"] == _independent_answers(tiny_yaml, 5.0, 0.0, second["questions"])
+    # Gold answers, the gold-fact marks and p(gold) are drawn for every column.
+    md = " ".join(m.value for m in at.markdown)
+    assert "Gold: `In Velmora.`" in md and ("gold fact absent" in md or "still contains the gold fact" in md)
+    assert sum("p(gold | q)" in c.value for c in at.caption) == 3 * 4
+    assert any("compose" in c.value and "generation" in c.value for c in at.caption)
+
+
+def test_playground_custom_prompt_and_metrics_panel(tiny_yaml):
+    at = load_experiment(new_app(), tiny_yaml)
+    playground(at)
+    at.number_input(key="w_pg_max_new").set_value(MAX_NEW).run()
+    at.selectbox(key="w_pg_source").set_value("custom prompt").run()
+    at.text_area(key="w_pg_custom").set_value("Who is Ana Lenz?").run()
+    no_exceptions(at)
+    assert at.session_state["msa_answers"]["questions"] == ["Who is Ana Lenz?"]
+    at.number_input(key="w_pg_subset").set_value(4).run()
+    at.button(key="w_pg_metrics").click().run()
+    no_exceptions(at)
+    labels = [m.label for m in at.metric]
+    assert any(label.startswith("Forget quality") for label in labels)
+    last = at.session_state["msa_last_metrics"]
+    assert last["alpha"] == 1.0 and "forget_truth_ratio" in last["metrics"]
+
+
+def test_probe_page(tiny_yaml):
+    at = load_experiment(new_app(), tiny_yaml)
+    at.switch_page("pages/probe.py").run()
+    no_exceptions(at)
+    assert at.selectbox(key="w_probe_entity_forget").options[0].startswith("Ana Lenz (3 QA pairs)")
+    at.button(key="w_probe_run").click().run(timeout=TIMEOUT)
+    no_exceptions(at)
+    table = at.dataframe[0].value
+    assert list(table["gold"]) == ["In Velmora.", "Mystery novels.", "A baker and a pilot."]
+    for col in ("corrupted answer", "unlearned TR", "reference p(gold)"):
+        assert col in table.columns
+    assert table["corrupted p(gold)"].between(0, 1).all()
+    assert (table["unlearned TR"] > 0).all()
+    # Paraphrased questions and the extraction prompts are answered too.
+    assert any("Tell me:" in str(v) for d in at.dataframe for v in d.value.get("paraphrased question", []))
+    assert any("Tell me everything about Ana Lenz" in m.value for m in at.markdown)
+
+
+def test_tradeoff_sweep_fills_the_charts(tiny_yaml, app_env):
+    at = load_experiment(new_app(), tiny_yaml)
+    at.switch_page("pages/tradeoff.py").run()
+    no_exceptions(at)
+    at.text_input(key="w_to_alphas").set_value("0, 5").run()
+    at.text_input(key="w_to_betas").set_value("0").run()
+    at.button(key="w_to_run").click().run(timeout=TIMEOUT)
+    no_exceptions(at)
+    charts = at.get("plotly_chart")
+    assert len(charts) >= 3  # heatmaps + scatter + lines
+    from msa_core.checkpoints import experiment_fingerprint
+    from msa_core.eval import ResultStore
+    from msa_core.experiment import load_experiment as read_experiment
+
+    fp = experiment_fingerprint(read_experiment(tiny_yaml))
+    df = ResultStore(app_env / "results.sqlite").grid(fp)
+    assert {(0.0, 0.0), (5.0, 0.0)} <= set(zip(df["alpha"], df["beta"]))
+    # The "best" preset now points at a stored point.
+    at.run()
+    assert not at.sidebar.button(key="w_preset_best").disabled
+    # MUSE data: its own sweep and heatmaps (Min-K% AUC, PrivLeak), titles saying which way is better.
+    at.radio(key="w_to_bench").set_value("muse").run()
+    at.button(key="w_to_run").click().run(timeout=TIMEOUT)
+    no_exceptions(at)
+    titles = " ".join(c.proto.spec for c in at.get("plotly_chart"))
+    assert "MUSE PrivLeak" in titles and "closer to 0 is better" in titles
+    # A bad grid value is an error, not a traceback.
+    at.text_input(key="w_to_alphas").set_value("0, banana").run()
+    no_exceptions(at)
+    assert any("banana" in e.value for e in at.error)
+
+
+def test_export_page_writes_a_model_and_refuses_to_overwrite(tiny_yaml, tmp_path):
+    at = load_experiment(new_app(), tiny_yaml)
+    at.switch_page("pages/export.py").run()
+    no_exceptions(at)
+    out = tmp_path / "unlearned"
+    at.text_input(key="w_exp_out").set_value(str(out)).run()
+    at.button(key="w_export_btn").click().run()
+    no_exceptions(at)
+    assert (out / "config.json").is_file() and (out / "msa.json").is_file() and (out / "README.md").is_file()
+    info = json.loads((out / "msa.json").read_text())
+    assert (info["alpha"], info["beta"]) == (1.0, 1.0)
+    code = at.code[0].value
+    assert f"msa compose {tiny_yaml} --alpha 1 --beta 1 --out {out}" in code
+    at.button(key="w_export_btn").click().run()
+    no_exceptions(at)
+    assert any("already exists" in e.value for e in at.error)
+    at.button(key="w_export_metrics").click().run()
+    no_exceptions(at)
+    assert at.get("download_button")
+
+
+@pytest.mark.slow
+def test_first_start_builds_the_quick_demo(app_env):
+    pytest.importorskip("msa_core.demo")
+    at = new_app().run()
+    at.button(key="w_offer_build").click().run(timeout=900)
+    no_exceptions(at)
+    at.run(timeout=600)
+    no_exceptions(at)
+    assert at.session_state["msa_exp_path"].endswith("experiment.yaml")
+    assert "demo" in at.session_state["msa_exp_path"]
+    assert {m.label for m in at.metric} >= {"Parameters", "Vectors"}
+
+
+# ----------------------------------------------------------------------------- page helpers
+def test_entity_groups_on_real_tofu(shared_data):
+    """TOFU lists 20 QA pairs per author; the Probe page's grouping must find exactly those."""
+    from pages.ui import entity_groups
+
+    rows = json.loads((shared_data / "tofu" / "forget10_perturbed.json").read_text())
+    groups = entity_groups(rows)
+    assert [idx for _, idx in groups] == [list(range(i, i + 20)) for i in range(0, 400, 20)]
+    assert groups[0][0] == "Hsiao Yun-Hwa"
+    assert all(all(name.split()[-1] in rows[i]["question"] + rows[i]["answer"] for i in idx[1:3])
+               for name, idx in groups)
+
+
+def test_layer_norms_match_the_concatenated_tensors():
+    from pages.ui import layer_norms
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {name: (torch.randn(shape, generator=g), torch.randn(shape, generator=g))
+               for name, shape in (("model.embed_tokens.weight", (7, 4)), ("model.layers.0.mlp.w", (4, 4)),
+                                   ("model.layers.0.attn.q", (4, 3)), ("model.layers.1.mlp.w", (4, 4)),
+                                   ("lm_head.weight", (7, 4)))}
+    norms = {n: {"forget": float(f.norm()), "retain": float(r.norm()),
+                 "cosine": float(torch.dot(f.flatten(), r.flatten()) / (f.norm() * r.norm()))}
+             for n, (f, r) in tensors.items()}
+    df = layer_norms(norms).set_index("layer")
+    assert list(df.index) == ["embed", "L0", "L1", "head"]
+    f0 = torch.cat([tensors[n][0].flatten() for n in ("model.layers.0.mlp.w", "model.layers.0.attn.q")])
+    r0 = torch.cat([tensors[n][1].flatten() for n in ("model.layers.0.mlp.w", "model.layers.0.attn.q")])
+    assert df.loc["L0", "forget"] == pytest.approx(float(f0.norm()), rel=1e-5)
+    assert df.loc["L0", "retain"] == pytest.approx(float(r0.norm()), rel=1e-5)
+    assert df.loc["L0", "cosine"] == pytest.approx(float(torch.dot(f0, r0) / (f0.norm() * r0.norm())), abs=1e-5)
+
+
+def test_pareto_front_is_the_set_of_undominated_points():
+    import pandas as pd
+
+    from pages.charts import pareto_front, parse_values
+
+    g = torch.Generator().manual_seed(1)
+    pts = pd.DataFrame({"fq": torch.rand(40, generator=g).tolist(), "mu": torch.rand(40, generator=g).tolist()})
+    front = pareto_front(pts, "fq", "mu")
+    brute = {i for i, p in pts.iterrows()
+             if not any((q.fq >= p.fq and q.mu >= p.mu) and (q.fq > p.fq or q.mu > p.mu) for _, q in pts.iterrows())}
+    assert set(front.index) == brute
+    assert list(front["fq"]) == sorted(front["fq"])
+    assert parse_values("2, 0,0.5 ,2", "α", (0.0, 5.0)) == [0.0, 0.5, 2.0]
+    with pytest.raises(ValueError, match="outside"):
+        parse_values("6", "α", (0.0, 5.0))

@@ -1,0 +1,212 @@
+"""Real-browser end-to-end test: ``streamlit run app.py`` driven by Debian's Chromium (Playwright).
+
+Starts the server as a subprocess (MSA_DEMO_QUICK=1, a private MSA_CACHE_DIR), builds the
+quick demo through the first-start offer, moves α on the Playground and checks that the
+unlearned answers change while the corrupted ones do not, opens every page without an
+error, runs a small sweep so the Trade-off charts fill in, checks that two browser
+sessions at different α each get their own answers, and saves a screenshot of every page
+under test-output/screenshots/ (Playground and Trade-off are copied to docs/screenshots/).
+
+Skipped cleanly when /usr/bin/chromium or playwright is missing. Marked slow + browser.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+import browser_helpers as bh
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "test-output" / "screenshots"
+DOCS = ROOT / "docs" / "screenshots"
+CACHE = ROOT / "test-output" / "browser-cache"
+PAGES = ("Experiment", "Playground", "Trade-off", "Probe", "Export")
+N_QUESTIONS = 3  # the Playground shows the first three forget questions by default
+BIG_ALPHA = 5.0  # the quick demo forgets little; a large α surely changes the composed model
+ALPHA_A, ALPHA_B = 0.5, 4.5  # the two sessions' points: not computed before, and non-empty answers
+PLAYGROUND_MAX_NEW = 48  # the Playground's default max new tokens
+
+if not bh.CHROMIUM.exists():
+    pytest.skip(f"{bh.CHROMIUM} is not installed", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """(base_url, log path, cache dir) of a running server; killed in a finally."""
+    pytest.importorskip("msa_core.demo")
+    work = tmp_path_factory.mktemp("browser")
+    # The cache (quick demo build, vectors) persists in the git-ignored test-output/ so a re-run
+    # reuses the demo; the results store is emptied so the sweep really runs every time.
+    cache = CACHE
+    cache.mkdir(parents=True, exist_ok=True)
+    for f in cache.glob("results.sqlite*"):
+        f.unlink()
+    port = bh.free_port()
+    log = work / "streamlit.log"
+    proc = bh.start_server(ROOT, port, cache, log)
+    try:
+        bh.wait_healthy(proc, port)
+        yield f"http://127.0.0.1:{port}", log, cache
+    finally:
+        bh.stop_server(proc)
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    with sync_api.sync_playwright() as p:
+        b = bh.launch(p)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _new_page(browser):
+    context = browser.new_context(viewport={"width": 1440, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(300_000)
+    return context, page
+
+
+def _shot(page, name: str) -> Path:
+    OUT.mkdir(parents=True, exist_ok=True)
+    return bh.screenshot(page, OUT / f"{name}.png")
+
+
+def _answers_at(page, alpha: float, beta: float) -> tuple[list[str], list[str]]:
+    bh.set_number(page, "w_alpha_num", alpha, wait=False)
+    bh.wait_point(page, alpha, beta)
+    bh.assert_no_exception(page)
+    return bh.column_answers(page, "corrupted", N_QUESTIONS), bh.column_answers(page, "unlearned", N_QUESTIONS)
+
+
+def test_end_to_end(server, browser):
+    base_url, log, cache = server
+    context, page = _new_page(browser)
+    try:
+        # A deep link as the very first request of a fresh server (Streamlit's legacy pages/
+        # mode at that moment) goes through the entrypoint: sidebar and demo offer are there.
+        page.goto(f"{base_url}/playground", timeout=120_000)
+        page.locator(".st-key-w_offer_build").wait_for(timeout=120_000)
+        page.locator(".st-key-w_exp_source").wait_for(timeout=60_000)
+        bh.assert_no_exception(page)
+        bh.load_demo(page, base_url)
+        bh.assert_no_exception(page)
+        _shot(page, "experiment")
+
+        # Playground: α = 0 (the corrupted model itself), then a large α. Only the unlearned column moves.
+        bh.set_number(page, "w_beta_num", 0)
+        bh.open_page(page, "Playground")
+        corrupted0, unlearned0 = _answers_at(page, 0.0, 0.0)
+        assert unlearned0 == corrupted0, "at α = β = 0 the unlearned model is the corrupted one"
+        corrupted5, unlearned5 = _answers_at(page, BIG_ALPHA, 0.0)
+        assert corrupted5 == corrupted0, "moving α must not change the corrupted column"
+        assert unlearned5 != unlearned0, "moving α from 0 to 5 must change at least one unlearned answer"
+        assert "compose" in page.locator("body").inner_text()
+        bh.set_number(page, "w_alpha_num", 1)
+        bh.set_number(page, "w_beta_num", 1, wait=False)
+        bh.wait_point(page, 1.0, 1.0)
+        # The fast-tier metrics fragment: tiles with deltas against the corrupted model.
+        page.locator(".st-key-w_pg_metrics button").click()
+        page.locator(".st-key-pg_metrics [data-testid='stMetric']").first.wait_for(timeout=600_000)
+        bh.wait_idle(page)
+        bh.assert_no_exception(page)
+        shutil.copyfile(_shot(page, "playground"), _docs("playground"))
+
+        # Trade-off: a small sweep; the charts fill in.
+        bh.open_page(page, "Trade-off")
+        page.locator(".st-key-w_to_alphas input").fill("0, 1, 2, 5")
+        page.locator(".st-key-w_to_alphas input").press("Enter")
+        page.locator(".st-key-w_to_betas input").fill("0, 1")
+        page.locator(".st-key-w_to_betas input").press("Enter")
+        bh.wait_idle(page)
+        page.get_by_role("button", name="Run / resume sweep (4×2 = 8 points)").click()
+        page.get_by_text("sweep finished").wait_for(timeout=600_000)
+        bh.wait_idle(page, 600_000)
+        assert page.locator('[data-testid="stPlotlyChart"]').count() >= 3
+        bh.assert_no_exception(page)
+        shutil.copyfile(_shot(page, "tradeoff"), _docs("tradeoff"))
+
+        for title in ("Probe", "Export", "Experiment"):
+            bh.open_page(page, title)
+            bh.assert_no_exception(page)
+            if title == "Probe":
+                page.locator(".st-key-w_probe_run button").click()
+                page.locator(".st-key-probe_table").wait_for(timeout=300_000)
+                bh.wait_idle(page)
+                bh.assert_no_exception(page)
+            _shot(page, title.lower())
+        experiment = Path(page.locator(".st-key-exp_current code").inner_text().strip())
+        _two_sessions(browser, base_url, experiment, cache)
+    except (AssertionError, sync_api.Error):
+        _shot(page, "failure")
+        raise
+    finally:
+        context.close()
+    assert "Traceback" not in log.read_text(encoding="utf-8", errors="replace")
+
+
+def _docs(name: str) -> Path:
+    DOCS.mkdir(parents=True, exist_ok=True)
+    return DOCS / f"{name}.png"
+
+
+def _squash(texts: list[str]) -> list[str]:
+    """Whitespace as a browser shows it (runs collapsed, ends stripped)."""
+    return [" ".join(t.split()) for t in texts]
+
+
+def _independent_answers(experiment: Path, cache: Path, alpha: float, qs: list[str]) -> list[str]:
+    """The same answers computed in this test process, through a separate engine (no server)."""
+    import torch
+
+    from msa_core.compose import Engine
+    from msa_core.experiment import load_experiment
+    from msa_core.generation import generate_answers
+
+    torch.set_num_threads(1)
+    engine = Engine.load(load_experiment(experiment), device="cpu", cache_dir=cache)
+    with engine.session(alpha, 0.0) as model:
+        return generate_answers(model, engine.tokenizer, qs, max_new_tokens=PLAYGROUND_MAX_NEW)
+
+
+def _two_sessions(browser, base_url: str, experiment: Path, cache: Path) -> None:
+    """Two contexts (two sessions of one server) moving α at the same time each see their own answers."""
+    (ca, a), (cb, b) = _new_page(browser), _new_page(browser)
+    try:
+        for page in (a, b):
+            bh.load_demo(page, base_url)
+            bh.set_number(page, "w_beta_num", 0)
+            bh.wait_idle(page)
+            bh.open_page(page, "Playground")
+        # Fire both moves before waiting for either, at points nobody computed yet, so the two
+        # compose-and-generate runs overlap on the server's one working model.
+        bh.set_number(a, "w_alpha_num", ALPHA_A, wait=False)
+        bh.set_number(b, "w_alpha_num", ALPHA_B, wait=False)
+        bh.wait_point(a, ALPHA_A, 0.0)
+        bh.wait_point(b, ALPHA_B, 0.0)
+        qs = bh.questions(a, N_QUESTIONS)
+        assert qs == bh.questions(b, N_QUESTIONS)
+        seen_a = bh.column_answers(a, "unlearned", N_QUESTIONS)
+        seen_b = bh.column_answers(b, "unlearned", N_QUESTIONS)
+        assert seen_a == _squash(_independent_answers(experiment, cache, ALPHA_A, qs))
+        assert seen_b == _squash(_independent_answers(experiment, cache, ALPHA_B, qs))
+        assert seen_a != seen_b
+        # The other way round (now served from the per-question memo): still each session's own point.
+        bh.set_number(a, "w_alpha_num", ALPHA_B, wait=False)
+        bh.set_number(b, "w_alpha_num", ALPHA_A, wait=False)
+        bh.wait_point(a, ALPHA_B, 0.0)
+        bh.wait_point(b, ALPHA_A, 0.0)
+        assert bh.column_answers(a, "unlearned", N_QUESTIONS) == seen_b
+        assert bh.column_answers(b, "unlearned", N_QUESTIONS) == seen_a
+        bh.assert_no_exception(a)
+        bh.assert_no_exception(b)
+    finally:
+        ca.close()
+        cb.close()
