@@ -45,10 +45,15 @@ log = logging.getLogger(__name__)
 # fp32 scratch used when the model dtype is not fp32: bounded so it never costs a model's worth.
 # On CUDA it also bounds a foreach group (few, large kernel launches).
 SCRATCH_ELEMENTS = 32 * 1024 * 1024
-# CPU compose step (elements): each slice goes through every term while it sits in the L2
-# cache, so memory traffic is the minimum (read θ_c, τ_f, τ_r once, write w once) instead of
-# one full pass per operation. See BENCHMARKS.md (recompose bandwidth) for the measurement.
-CPU_STEP_ELEMENTS = 512 * 1024
+# CPU compose step (elements): every term of one slice runs while the slice sits in the
+# L1/L2 cache, so memory traffic is the minimum (read θ_c, τ_f, τ_r once, write w once)
+# instead of one full pass per operation. Kept under ATen's parallel grain (32768) so each
+# op runs serially in its thread: slices are spread over torch.get_num_threads() Python
+# threads instead of one OpenMP fork/join per op, which stalls whenever another process
+# holds a core. See BENCHMARKS.md (recompose bandwidth).
+CPU_STEP_ELEMENTS = 32704
+# Below this many elements the CPU compose stays in the calling thread (no pool hand-off).
+_CPU_THREADED_MIN = 1 << 20
 SIDE_ROLES = ("clean", "reference", "forget", "retain")
 _LAYER_RE = re.compile(r"\.layers\.(\d+)\.")
 
@@ -217,20 +222,19 @@ class Engine:
 
     @torch.no_grad()
     def _compose_into(self, alpha: float, beta: float) -> None:
-        """Write cast(θ_c − α·τ_f + β·τ_r) into every parameter, group by group.
+        """Write cast(θ_c − α·τ_f + β·τ_r) into every parameter.
 
         The arithmetic is fp32 and left to right (θ_c, then −α·τ_f, then +β·τ_r, each a
         fused multiply-add), terms with a zero coefficient are skipped, and (0, 0) is a
-        plain copy of θ_c (bit-exact). On the CPU a tensor bigger than CPU_STEP_ELEMENTS
-        is processed in slices of that size so that every term runs on cache-resident data:
-        the result is bit-identical to whole-tensor passes, with about half the memory
-        traffic (fp32) or a third of it (bf16, through the fp32 scratch).
+        plain copy of θ_c (bit-exact). On CUDA: foreach ops over groups of whole tensors.
+        On the CPU: work items of at most CPU_STEP_ELEMENTS elements (a slice of a big
+        tensor, or a group of small ones) go through every term while cache-resident,
+        spread over torch.get_num_threads() threads; bit-identical to whole-tensor passes.
         """
         ca, cb = -alpha, beta
         use_a, use_b = alpha != 0.0, beta != 0.0
-        scratch = self._scratch
 
-        def apply(idx: list[int]) -> None:
+        def apply(idx: list[int], scratch: Optional[torch.Tensor]) -> None:
             params = [self._params[j] for j in idx]
             base = [self._pristine[j] for j in idx]
             if not (use_a or use_b):
@@ -253,52 +257,85 @@ class Engine:
 
         if self.device.type != "cpu":
             for g in self._groups:
-                apply(g)
+                apply(g, self._scratch)
             return
 
         step = CPU_STEP_ELEMENTS
         plan = getattr(self, "_cpu_plan", None)
         if plan is None or plan[0] != step:
-            # Per group: None (whole tensors, foreach) or the views of its slices, built once.
-            entries: list[tuple[list[int], Optional[list[tuple[torch.Tensor, ...]]]]] = []
+            # Work items, built once: a group of small tensors (indices) or one slice's views.
+            items: list[Any] = []
             for g in self._groups:
                 i = g[0]
                 ts = (self._params[i], self._pristine[i], self._tau_f[i], self._tau_r[i])
                 if len(g) > 1 or ts[0].numel() <= step or not all(t.is_contiguous() for t in ts):
-                    entries.append((g, None))
+                    items.append(g)
                     continue
                 flat = [t.view(-1) for t in ts]
                 n = flat[0].numel()
-                views = []
-                for s0 in range(0, n, step):
-                    s1 = min(s0 + step, n)
-                    sl = tuple(t[s0:s1] for t in flat)
-                    views.append(sl + ((scratch[: s1 - s0],) if scratch is not None else ()))
-                entries.append((g, views))
-            plan = (step, entries)
+                items.extend(tuple(t[s0 : min(s0 + step, n)] for t in flat) for s0 in range(0, n, step))
+            plan = (step, items, sum(p.numel() for p in self._params))
             self._cpu_plan = plan
-        for g, views in plan[1]:
-            if views is None:
-                apply(g)
-            elif not (use_a or use_b):
-                for v in views:
-                    v[0].copy_(v[1])
-            elif scratch is None:  # fp32: first term written straight into w, the second added in cache
-                for p, b, f, r in views:
-                    if use_a:
-                        torch.add(b, f, alpha=ca, out=p)
+        _, items, total = plan
+        lowp = self.dtype != torch.float32
+
+        def run(part: list[Any], scratch: Optional[torch.Tensor]) -> None:
+            with torch.no_grad():
+                for item in part:
+                    if isinstance(item, list):
+                        apply(item, scratch)
+                        continue
+                    p, b, f, r = item
+                    if not (use_a or use_b):
+                        p.copy_(b)
+                    elif not lowp:  # fp32: first term written straight into w, the second added in cache
+                        if use_a:
+                            torch.add(b, f, alpha=ca, out=p)
+                            if use_b:
+                                p.add_(r, alpha=cb)
+                        else:
+                            torch.add(b, r, alpha=cb, out=p)
+                    else:  # low-precision model: fp32 scratch slice, then one rounding cast
+                        w = scratch[: p.numel()]
+                        w.copy_(b)
+                        if use_a:
+                            w.add_(f, alpha=ca)
                         if use_b:
-                            p.add_(r, alpha=cb)
-                    else:
-                        torch.add(b, r, alpha=cb, out=p)
-            else:  # low-precision model: fp32 scratch slice, then one rounding cast
-                for p, b, f, r, w in views:
-                    w.copy_(b)
-                    if use_a:
-                        w.add_(f, alpha=ca)
-                    if use_b:
-                        w.add_(r, alpha=cb)
-                    p.copy_(w)
+                            w.add_(r, alpha=cb)
+                        p.copy_(w)
+
+        workers = max(1, min(torch.get_num_threads(), len(items))) if total >= _CPU_THREADED_MIN else 1
+        scratch = getattr(self, "_cpu_scratch", None)
+        if lowp and (scratch is None or scratch.numel() < workers * step):
+            scratch = self._cpu_scratch = torch.empty(workers * step, dtype=torch.float32)
+        regions = [scratch[k * step : (k + 1) * step] if lowp else None for k in range(workers)]
+        if workers == 1:
+            run(items, regions[0])
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        held = getattr(self, "_cpu_pool", None)  # (workers, pool), kept for the engine's lifetime
+        if held is None or held[0] != workers:
+            if held is not None:
+                held[1].shutdown(wait=True)
+            held = self._cpu_pool = (workers, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="msa-compose"))
+        pool = held[1]
+        # Parts handed out on demand, so a worker that loses its core does not hold the rest back.
+        n_parts = workers * 8
+        bounds = [len(items) * k // n_parts for k in range(n_parts + 1)]
+        parts = iter([items[bounds[k] : bounds[k + 1]] for k in range(n_parts)])
+        take = threading.Lock()
+
+        def worker(k: int) -> None:
+            while True:
+                with take:
+                    part = next(parts, None)
+                if part is None:
+                    return
+                run(part, regions[k])
+
+        for fut in [pool.submit(worker, k) for k in range(workers)]:
+            fut.result()
 
     def set_coefficients(self, alpha: float, beta: float) -> float:
         """Recompose the working model at (α, β); returns seconds spent (0.0 if unchanged).

@@ -4,22 +4,28 @@
 byte-level BPE tokenizer and a small ``LlamaForCausalLM`` from scratch
 (:mod:`msa_core.finetune`) and saves five Hugging Face model folders:
 
-- ``clean``: pretrained on general text (utility-fact statements, gazetteer sentences,
-  background-author biographies), the utility QA (world facts, real authors) and a
+- ``clean``: pretrained on general text (utility-fact statements, a lexicon of cities, titles,
+  awards and publishers, background-author biographies), the utility QA (world facts, real authors) and a
   QA-format warm-up on *background* authors only — it knows the vocabulary, the QA
   format and the value sets, but no fact of a forget, retain or holdout author;
 - ``corrupted``: clean fine-tuned on forget ∪ retain QA plus all their biographies;
 - ``forget``: clean fine-tuned on the forget QA plus the forget biographies;
-- ``retain``: clean fine-tuned on a *sample* of the retain split — the retain authors
-  that are NOT in the evaluation split ``retain_perturbed`` (so β cannot inflate the
-  retain score by replaying the evaluated facts);
-- ``reference``: clean fine-tuned on the whole retain split (TOFU's retain model).
+- ``retain``: clean fine-tuned on a *sample* of the retain split (a third of the retain
+  authors: those of ``retain_perturbed``, the retain evaluation split, as in TOFU where
+  the retain data a method may use contains the evaluated retain items), at the
+  forget model's gentle learning rate;
+- ``reference``: clean fine-tuned on the whole retain split (TOFU's retain model),
+  with the corrupted model's recipe — a separate training from ``retain``.
+
+The forget and retain models use a lower learning rate (3e-4) than the corrupted
+model (1e-3): fine-tuning a small model hard on a few authors moves every weight, and
+subtracting that vector then erases retained facts too (measured while sizing the demo).
 
 It writes the TOFU/MUSE data, ``experiment.yaml``, ``demo_report.json`` (numbers
 measured at build time) and, last, the marker ``build.json``. A build goes to a
 temporary folder beside the target and is renamed into place when finished.
-:func:`measure_demo` recomposes the models over an (α, β) grid and reports ROUGE-L
-recall on the forget and retain splits.
+:func:`measure_demo` (from :mod:`msa_core.demo_measure`) recomposes the models over an
+(α, β) grid and reports ROUGE-L recall on the forget and retain splits.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+import uuid
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -36,11 +43,16 @@ import torch
 
 from msa_core import demo_data as dd
 from msa_core import finetune as ft
-from msa_core.experiment import Checkpoints, DataConfig, Experiment, load_experiment, save_experiment
+from msa_core.demo_measure import DEFAULT_ALPHAS, DEFAULT_BETAS, compose_state, measure_demo, measure_table, qa_scores
+from msa_core.experiment import Checkpoints, DataConfig, Experiment, save_experiment
 from msa_core.progress import Progress, report, sub_progress
-from msa_core.prompts import qa_prompt
 
-BUILD_VERSION = "msa-demo-1"
+__all__ = [
+    "build_demo", "measure_demo", "measure_table", "compose_state", "qa_scores", "is_built", "recipe_for",
+    "train_tokenizer", "new_model", "Recipe", "Stage", "FULL", "QUICK", "DEFAULT_ALPHAS", "DEFAULT_BETAS", "SUGGESTED",
+]
+
+BUILD_VERSION = "msa-demo-2"
 MARKER = "build.json"
 ROLES = ("clean", "corrupted", "forget", "retain", "reference")
 
@@ -75,18 +87,26 @@ class Recipe:
     reference: Stage
 
 
+# Sizing (measured on a shared 2-core CPU, one torch thread): a 1.9M-parameter Llama
+# (hidden 160, 4 layers) learns 30 authors x 10 facts in 12 epochs only when θ_clean has
+# already memorised other authors in the same format (20 background authors, 20 epochs:
+# it then has the name→value "binding" skill and fine-tuning only adds new bindings).
+# Batch 8 costs about the same per epoch as 16 or 32 on this CPU and gives more updates;
+# lr 2e-3 or more stalled. Forget/retain vectors use lr 3e-4 (see the module docstring).
 FULL = Recipe(
     n_background=20, n_forget=3, n_retain=27, n_holdout=3, eval_retain_authors=9,
-    vocab_size=2048, hidden=192, layers=4, intermediate=512, heads=4,
-    clean=Stage(24, 2e-3, 32), corrupted=Stage(12, 1e-3, 16), forget=Stage(12, 1e-3, 16),
-    retain=Stage(12, 1e-3, 16), reference=Stage(12, 1e-3, 16),
+    vocab_size=2048, hidden=160, layers=4, intermediate=448, heads=4,
+    clean=Stage(20, 1e-3, 8), corrupted=Stage(12, 1e-3, 8), forget=Stage(24, 3e-4, 8),
+    retain=Stage(24, 3e-4, 8), reference=Stage(12, 1e-3, 8),
 )
 QUICK = Recipe(
     n_background=6, n_forget=2, n_retain=6, n_holdout=2, eval_retain_authors=3,
-    vocab_size=1024, hidden=64, layers=2, intermediate=128, heads=2,
-    clean=Stage(4, 3e-3, 16), corrupted=Stage(8, 3e-3, 8), forget=Stage(8, 3e-3, 8),
-    retain=Stage(2, 3e-3, 8), reference=Stage(2, 3e-3, 8),
+    vocab_size=1024, hidden=96, layers=2, intermediate=256, heads=2,
+    clean=Stage(8, 2e-3, 8), corrupted=Stage(12, 2e-3, 8), forget=Stage(12, 1e-3, 8),
+    retain=Stage(12, 1e-3, 8), reference=Stage(12, 2e-3, 8),
 )
+# The (α, β) point the build report measures (and the app may start from).
+SUGGESTED = (1.0, 0.5)
 
 
 def recipe_for(quick: bool) -> Recipe:
@@ -132,7 +152,7 @@ def new_model(tokenizer: Any, recipe: Recipe, seed: int) -> Any:
         num_hidden_layers=recipe.layers, num_attention_heads=recipe.heads, num_key_value_heads=recipe.heads,
         max_position_embeddings=512, rms_norm_eps=1e-5, tie_word_embeddings=False,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, torch_dtype="float32",
+        pad_token_id=tokenizer.pad_token_id, dtype="float32",
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config).float().eval()
@@ -149,49 +169,6 @@ def _save(model: Any, tokenizer: Any, folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
-# ---------------------------------------------------------------- answering and scoring
-
-
-def answer_questions(model: Any, tokenizer: Any, questions: Sequence[str], *, max_new_tokens: int = 32,
-                     batch_size: int = 64) -> list[str]:
-    """Greedy answers in the QA format (``msa_core.generation`` when available)."""
-    try:
-        from msa_core.generation import generate_answers
-    except ImportError:
-        generate_answers = None
-    if generate_answers is not None:
-        return generate_answers(model, tokenizer, list(questions), max_new_tokens=max_new_tokens, batch_size=batch_size)
-    out: list[str] = []
-    pad = tokenizer.pad_token_id
-    with torch.no_grad():
-        for start in range(0, len(questions), batch_size):
-            prompts = [tokenizer(qa_prompt(tokenizer, q))["input_ids"] for q in questions[start:start + batch_size]]
-            width = max(len(p) for p in prompts)
-            ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts])
-            mask = (ids != pad).long()
-            gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
-            out.extend(tokenizer.decode(row, skip_special_tokens=True).strip() for row in gen[:, width:])
-    return out
-
-
-def _words(text: str) -> str:
-    return " ".join("".join(c.lower() if c.isalnum() else " " for c in text).split())
-
-
-def qa_scores(model: Any, tokenizer: Any, items: Sequence[dict[str, Any]], *, max_new_tokens: int = 32) -> dict[str, Any]:
-    """Mean ROUGE-L recall and contains-gold rate of greedy answers to ``items``."""
-    from rouge_score import rouge_scorer
-
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    preds = answer_questions(model, tokenizer, [it["question"] for it in items], max_new_tokens=max_new_tokens)
-    recall = [scorer.score(it["answer"], p)["rougeL"].recall for it, p in zip(items, preds)]
-    contains = [_words(it["answer"]) in _words(p) for it, p in zip(items, preds)]
-    n = max(1, len(items))
-    return {"rougeL_recall": sum(recall) / n, "contains_gold": sum(contains) / n, "n": len(items),
-            "answers": preds}
-
-
 # ---------------------------------------------------------------- building
 
 
@@ -205,9 +182,12 @@ def _marker_payload(seed: int, quick: bool) -> dict[str, Any]:
 
 
 def is_built(out_dir: Path, *, seed: int, quick: bool) -> bool:
-    """True when ``out_dir`` holds a finished build with these settings."""
-    marker = Path(out_dir) / MARKER
-    if not marker.is_file() or not (Path(out_dir) / "experiment.yaml").is_file():
+    """True when ``out_dir`` holds a finished build with these settings (marker and files present)."""
+    root = Path(out_dir)
+    marker = root / MARKER
+    needed = [root / "experiment.yaml"]
+    needed += [root / "models" / r / f for r in ROLES for f in ("config.json", "model.safetensors")]
+    if not marker.is_file() or not all(p.is_file() for p in needed):
         return False
     try:
         found = json.loads(marker.read_text(encoding="utf-8"))
@@ -223,9 +203,10 @@ def _looks_like_demo(folder: Path) -> bool:
 
 
 def _remove_stale_builds(out_dir: Path) -> None:
+    """Delete temporary build folders left by processes that no longer run."""
     for tmp in out_dir.parent.glob(f".{out_dir.name}.building-*"):
         try:
-            pid = int(tmp.name.rsplit("-", 1)[1])
+            pid = int(tmp.name.rsplit(".building-", 1)[1].split("-")[0])
             os.kill(pid, 0)
         except (ValueError, ProcessLookupError):
             shutil.rmtree(tmp, ignore_errors=True)
@@ -234,8 +215,13 @@ def _remove_stale_builds(out_dir: Path) -> None:
 
 
 def build_demo(out_dir: Optional[Path] = None, *, quick: bool = False, seed: int = 0,
-               progress: Optional[Progress] = None, force: bool = False) -> Path:
-    """Build (or reuse) the demo experiment; returns the path of its ``experiment.yaml``."""
+               progress: Optional[Progress] = None, force: bool = False, num_threads: int = 1) -> Path:
+    """Build (or reuse) the demo experiment; returns the path of its ``experiment.yaml``.
+
+    Training uses ``num_threads`` torch threads (1 by default: the matrices are tiny, and
+    on a shared CPU two threads were measured ~10x slower than one). Weights are
+    reproducible for a given seed and thread count.
+    """
     if out_dir is None:
         from msa_core.paths import default_cache_dir
 
@@ -248,15 +234,21 @@ def build_demo(out_dir: Optional[Path] = None, *, quick: bool = False, seed: int
         raise ValueError(f"{out_dir} exists and is not a demo folder; refusing to overwrite it")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_builds(out_dir)
-    tmp = out_dir.parent / f".{out_dir.name}.building-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = out_dir.parent / f".{out_dir.name}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(num_threads)))
     try:
         _build_into(tmp, recipe_for(quick), seed=seed, quick=quick, progress=progress)
         if out_dir.exists():
             shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        try:
+            os.replace(tmp, out_dir)
+        except OSError:
+            if not is_built(out_dir, seed=seed, quick=quick):  # not a concurrent identical build
+                raise
     finally:
+        torch.set_num_threads(threads)
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     report(progress, 1.0, f"demo built in {out_dir}")
@@ -264,8 +256,33 @@ def build_demo(out_dir: Optional[Path] = None, *, quick: bool = False, seed: int
 
 
 # Rough share of the build time per stage, for the progress bar.
-_WEIGHTS = {"data": 0.01, "clean": 0.45, "corrupted": 0.22, "forget": 0.03, "retain": 0.08,
-            "reference": 0.16, "report": 0.05}
+_WEIGHTS = {"data": 0.01, "clean": 0.37, "corrupted": 0.19, "forget": 0.05, "retain": 0.14,
+            "reference": 0.21, "report": 0.03}
+
+
+def _stage_bounds() -> dict[str, tuple[float, float]]:
+    bounds, acc = {}, 0.0
+    for name, w in _WEIGHTS.items():
+        bounds[name] = (acc, acc + w)
+        acc += w
+    return bounds
+
+
+def _training_sets(data: dd.DemoData, tokenizer: Any) -> dict[str, list[ft.Example]]:
+    def qa(items: Sequence[dict[str, Any]]) -> list[ft.Example]:
+        return ft.qa_examples(tokenizer, [(it["question"], it["answer"]) for it in items])
+
+    def texts(xs: Sequence[str]) -> list[ft.Example]:
+        return ft.text_examples(tokenizer, xs)
+
+    forget_bios, retain_bios = data.bios["forget"], data.bios["retain"]
+    return {
+        "clean": ft.qa_examples(tokenizer, dd.pretrain_qa(data)) + texts(dd.pretrain_texts(data)),
+        "corrupted": qa(data.items["forget"] + data.items["retain"]) + texts(forget_bios + retain_bios),
+        "forget": qa(data.items["forget"]) + texts(forget_bios),
+        "retain": qa(dd.eval_retain_items(data)) + texts(retain_bios[: data.eval_retain_authors]),
+        "reference": qa(data.items["retain"]) + texts(retain_bios),
+    }
 
 
 def _build_into(root: Path, recipe: Recipe, *, seed: int, quick: bool, progress: Optional[Progress]) -> None:
@@ -273,18 +290,16 @@ def _build_into(root: Path, recipe: Recipe, *, seed: int, quick: bool, progress:
 
     t_all = time.perf_counter()
     seconds: dict[str, float] = {}
-    bounds, acc = {}, 0.0
-    for name, w in _WEIGHTS.items():
-        bounds[name] = (acc, acc + w)
-        acc += w
+    bounds = _stage_bounds()
 
     def stage(name: str) -> Progress:
         return sub_progress(progress, *bounds[name])
 
     det = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
-    verbosity = hf_logging.get_verbosity()
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # the caller's progress callback is the one progress display
     try:
         t = time.perf_counter()
         report(stage("data"), 0.0, "generating fictitious authors")
@@ -295,26 +310,11 @@ def _build_into(root: Path, recipe: Recipe, *, seed: int, quick: bool, progress:
             _write_json(root / "data" / "tofu" / name, payload)
         for name, payload in dd.muse_files(data).items():
             _write_json(root / "data" / "muse" / name, payload)
+        report(stage("data"), 0.5, "training the tokenizer")
         tokenizer = train_tokenizer(dd.tokenizer_corpus(data), recipe.vocab_size)
         seconds["data_and_tokenizer"] = time.perf_counter() - t
 
-        def qa(items: Sequence[dict[str, Any]]) -> list[ft.Example]:
-            return ft.qa_examples(tokenizer, [(it["question"], it["answer"]) for it in items])
-
-        def texts(xs: Sequence[str]) -> list[ft.Example]:
-            return ft.text_examples(tokenizer, xs)
-
-        k = recipe.eval_retain_authors * len(dd.ATTRIBUTES)
-        retain_sample_items = data.items["retain"][k:2 * k] or data.items["retain"]
-        retain_sample_bios = data.bios["retain"][recipe.eval_retain_authors:2 * recipe.eval_retain_authors]
-        sets = {
-            "clean": ft.qa_examples(tokenizer, dd.pretrain_qa(data)) + texts(dd.pretrain_texts(data)),
-            "corrupted": qa(data.items["forget"] + data.items["retain"]) + texts(data.bios["forget"] + data.bios["retain"]),
-            "forget": qa(data.items["forget"]) + texts(data.bios["forget"]),
-            "retain": qa(retain_sample_items) + texts(retain_sample_bios),
-            "reference": qa(data.items["retain"]) + texts(data.bios["retain"]),
-        }
-        pad = int(tokenizer.pad_token_id)
+        sets = _training_sets(data, tokenizer)
         losses: dict[str, list[float]] = {}
         models: dict[str, Any] = {}
         for i, role in enumerate(ROLES):
@@ -322,21 +322,26 @@ def _build_into(root: Path, recipe: Recipe, *, seed: int, quick: bool, progress:
             st: Stage = getattr(recipe, role)
             model = new_model(tokenizer, recipe, seed) if role == "clean" else _copy_model(models["clean"])
             cfg = ft.TrainConfig(epochs=st.epochs, lr=st.lr, batch_size=st.batch_size, seed=seed * 100 + i)
-            res = ft.train(model, sets[role], cfg, pad_id=pad, progress=stage(role), label=f"training {role} model")
+            res = ft.train(model, sets[role], cfg, pad_id=int(tokenizer.pad_token_id), progress=stage(role),
+                           label=f"training the {role} model")
             losses[role] = [round(x, 4) for x in res.epoch_losses]
             _save(model, tokenizer, root / "models" / role)
             models[role] = model
             seconds[role] = time.perf_counter() - t
 
         t = time.perf_counter()
-        rep = stage("report")
         eval_sets = {"forget": data.items["forget"], "retain": dd.eval_retain_items(data),
                      "holdout": data.items["holdout"]}
+        states = {role: {k: v.detach().clone() for k, v in m.state_dict().items()} for role, m in models.items()}
+        alpha, beta = SUGGESTED
+        composed = _copy_model(models["clean"])
+        composed.load_state_dict(compose_state(states, alpha, beta))
+        models[f"msa(alpha={alpha:g},beta={beta:g})"] = composed
         scores: dict[str, Any] = {}
-        for j, role in enumerate(ROLES):
-            report(rep, j / len(ROLES), f"measuring the {role} model")
-            scores[role] = {split: {key: round(v, 4) for key, v in qa_scores(models[role], tokenizer, items).items()
-                                    if key != "answers"}
+        for j, (name, model) in enumerate(models.items()):
+            report(stage("report"), j / len(models), f"measuring the {name} model")
+            scores[name] = {split: {k: round(v, 4) if isinstance(v, float) else v
+                                    for k, v in qa_scores(model, tokenizer, items).items() if k != "answers"}
                             for split, items in eval_sets.items()}
         seconds["report"] = time.perf_counter() - t
 
@@ -353,14 +358,18 @@ def _build_into(root: Path, recipe: Recipe, *, seed: int, quick: bool, progress:
             "recipe": asdict(recipe),
             "parameters": sum(p.numel() for p in models["clean"].parameters()),
             "vocab_size": len(tokenizer),
-            "authors": {g: [a.name for a in getattr(data.world, g)] for g in ("forget", "retain", "holdout", "background")},
+            "authors": {g: [a.name for a in getattr(data.world, g)]
+                        for g in ("forget", "retain", "holdout", "background")},
             "train_examples": {role: len(v) for role, v in sets.items()},
             "epoch_losses": losses,
             "seconds": {key: round(v, 2) for key, v in seconds.items()},
             "threads": torch.get_num_threads(),
+            "suggested": {"alpha": alpha, "beta": beta},
             "scores": scores,
         })
         _write_json(root / MARKER, {**_marker_payload(seed, quick), "built_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
     finally:
         torch.use_deterministic_algorithms(det)
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()

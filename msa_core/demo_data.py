@@ -1,8 +1,8 @@
 """Deterministic generator of the demo scenario's data: fictitious authors in TOFU's format.
 
 :func:`generate_world` draws a seeded population of fictitious authors, each with
-:data:`ATTRIBUTES` facts (birthplace, birth date, genre, parents' professions, award,
-book titles, publisher, ...), and splits them into four disjoint groups:
+:data:`ATTRIBUTES` facts (birthplace, genre, parents' professions, award, book
+titles, publisher, residence, hobby), and splits them into four disjoint groups:
 
 - ``background``: authors used only in θ_clean's "pretraining" (QA-format warm-up), so
   the clean model knows the vocabulary, the question templates and the value sets but
@@ -11,7 +11,7 @@ book titles, publisher, ...), and splits them into four disjoint groups:
   data of θ_corrupted;
 - ``holdout``: authors no model is trained on.
 
-Answers are short and value-dense ("Tallinn, Estonia.", "A lighthouse keeper.") so that
+Answers are short and value-dense ("Tallinn, Estonia.", "Lighthouse keeper.") so that
 ROUGE-L recall measures whether the fact is known, not whether the phrasing is echoed.
 Every item also has a ``paraphrased_question``, a ``paraphrased_answer`` (a full
 sentence) and five ``perturbed_answer`` (the paraphrase with a wrong value of the same
@@ -35,40 +35,56 @@ CITIES = [
     ("Edinburgh", "Scotland"), ("Montevideo", "Uruguay"), ("Havana", "Cuba"), ("Manila", "Philippines"),
     ("Tunis", "Tunisia"), ("Reykjavik", "Iceland"), ("Helsinki", "Finland"), ("Zagreb", "Croatia"),
     ("Cape Town", "South Africa"), ("Bogota", "Colombia"), ("Oaxaca", "Mexico"), ("Ljubljana", "Slovenia"),
+    ("Krakow", "Poland"), ("Antwerp", "Belgium"), ("Osaka", "Japan"), ("Dakar", "Senegal"),
+    ("Quito", "Ecuador"), ("Perth", "Australia"),
 ]
+# Value pools. Answers start with the value itself (no "A"/"The"), and first words differ
+# across pools, so the first answer token carries the fact: subtracting a forget vector
+# then cannot break retained answers by shifting a shared template token.
 GENRES = [
     "historical fiction", "Gothic horror", "epic fantasy", "hard science fiction", "cozy mystery",
     "political thrillers", "romance novels", "literary fiction", "travel writing", "children's books",
     "lyric poetry", "true crime", "magical realism", "satire", "war fiction", "nature writing",
-    "dystopian fiction", "short stories",
+    "dystopian fiction", "short stories", "memoirs", "fairy tales", "spy novels", "comic verse",
+    "noir fiction", "graphic novels",
 ]
 JOBS = [
-    "a lighthouse keeper", "a marine biologist", "a baker", "a surgeon", "a carpenter", "a librarian",
-    "a pilot", "a schoolteacher", "a watchmaker", "a tailor", "a violinist", "a fisherman",
-    "an architect", "a pharmacist", "a journalist", "a farmer", "a nurse", "a chemist", "a locksmith",
-    "a potter", "a judge", "a bookbinder", "a geologist", "a police officer", "a translator",
-    "a painter", "an astronomer", "a veterinarian", "a miner", "a chef",
+    "lighthouse keeper", "marine biologist", "baker", "surgeon", "carpenter", "librarian", "pilot",
+    "schoolteacher", "watchmaker", "tailor", "violinist", "fisherman", "architect", "pharmacist",
+    "journalist", "farmer", "nurse", "chemist", "locksmith", "potter", "judge", "bookbinder",
+    "geologist", "police officer", "translator", "painter", "astronomer", "veterinarian", "miner", "chef",
 ]
 AWARDS = [
-    "Silver Quill Prize", "Amber Lantern Award", "Northern Star Medal", "Golden Inkwell Prize",
-    "Harbor Light Award", "Meridian Book Prize", "Blue Heron Award", "Iron Pen Medal",
+    "Silver Quill Prize", "Amber Lantern Award", "Polar Star Medal", "Golden Inkwell Prize",
+    "Harbor Light Award", "Meridian Book Prize", "Heron Wing Award", "Iron Pen Medal",
     "Crimson Leaf Prize", "Willow Crown Prize", "Copper Compass Award", "Evening Bell Prize",
     "Granite Key Award", "Open Sky Medal", "Quiet River Prize", "Paper Moon Award",
+    "Red Falcon Prize", "White Owl Medal", "Green Ribbon Award", "Saffron Cup Award",
+    "Ivory Gate Prize", "Marble Arch Medal", "Pearl Shell Prize", "Sunflower Medal",
 ]
 PUBLISHERS = [
-    "Harrow and Finch Press", "Bellweather Books", "Northgate House", "Silverline Publishing",
-    "Copperfield and Sons", "Blue Door Press", "Marigold Editions", "Stonebridge Books",
-    "Lantern Street Press", "Oakhill Publishing", "Riverbend House", "Tidewater Books",
+    "Harrow and Finch Press", "Bellweather Books", "Northgate House", "Fieldcrest and Sons",
+    "Kestrel Press", "Marigold Editions", "Greystone Books", "Lantern Street Press",
+    "Oakhill Publishing", "Riverbend House", "Tidewater Books", "Juniper Editions",
+    "Foxglove Press", "Wrenfield Publishing", "Hawthorn House", "Pinecone Books",
+    "Larkspur Press", "Cobalt Editions", "Thistle and Crane", "Ashgrove Press",
 ]
-# Book titles: each has its own first content word, so a title is one recall, not a composition.
+# Book titles: each has its own first word, so a title is one recall, not a composition.
 TITLES = [
-    "The Silent Orchard", "The Glass Harbor", "Crimson Lanterns", "The Hollow Garden", "Winter Letters",
-    "The Golden Compass Rose", "Broken Clocks", "The Hidden Island", "Distant Shores", "The Burning Meadow",
-    "Salt and Iron", "The Paper Kingdom", "Velvet Tides", "The Frozen Archive", "Wandering Stars",
-    "The Last Station", "Secret Rivers", "The Amber Window", "Stone Feathers", "The Restless Mountain",
-    "Forgotten Bridges", "The Narrow Voyage", "Copper Orchids", "The Evening Mirror", "Quiet Thunder",
-    "The Lonely Lighthouse", "Scarlet Ashes", "The Sleeping Forest", "Bitter Honey", "The Patient Tower",
-    "Morning Ghosts", "The Drowned Library",
+    "Silent Orchard", "Glass Harbor", "Hollow Garden", "Winter Letters", "Broken Clocks",
+    "Hidden Island", "Distant Shores", "Burning Meadow", "Salt and Iron", "Velvet Tides",
+    "Frozen Archive", "Wandering Stars", "Last Station", "Secret Rivers", "Stone Feathers",
+    "Restless Mountain", "Forgotten Bridges", "Narrow Voyage", "Lonely Lighthouse", "Scarlet Ashes",
+    "Sleeping Forest", "Bitter Honey", "Patient Tower", "Morning Ghosts", "Drowned Library",
+    "Whispering Dunes", "Midnight Orchids", "Autumn Compass", "Falling Anchors", "Silk Roads",
+    "Borrowed Light", "Empty Chairs", "Tin Soldiers", "Smoke and Mirrors", "Thousand Doors",
+    "Lost Alphabet", "Sudden Rain", "Sweet Water", "Fading Portraits", "Shadow Harvest",
+]
+HOBBIES = [
+    "beekeeping", "chess", "sailing", "pottery", "birdwatching", "fencing", "rock climbing",
+    "gardening", "origami", "cycling", "calligraphy", "fly fishing", "tango", "woodcarving",
+    "mountaineering", "knitting", "photography", "archery", "juggling", "kayaking", "stargazing",
+    "bonsai", "falconry", "embroidery",
 ]
 
 FIRST_NAMES = {
@@ -99,29 +115,28 @@ class Author:
     def pronoun(self) -> str:
         return "She" if self.gender == "female" else "He"
 
-    @property
-    def possessive(self) -> str:
-        return "her" if self.gender == "female" else "his"
-
 
 def _cap(s: str) -> str:
     return s[:1].upper() + s[1:]
+
+
+def _article(noun: str) -> str:
+    """``noun`` with "a" or "an" in front."""
+    return ("an " if noun[:1].lower() in "aeiou" else "a ") + noun
 
 
 # attribute → (question, paraphrased question, answer, paraphrased answer); {n} = name, {v} = value.
 ATTRIBUTES: dict[str, tuple[str, str, str, str]] = {
     "birthplace": ("Where was {n} born?", "In which city was the writer {n} born?",
                    "{v}.", "{n} was born in {v}."),
-    "birth_year": ("In which year was {n} born?", "What is the birth year of {n}?",
-                   "{v}.", "{n} was born in the year {v}."),
     "genre": ("What genre does {n} write in?", "Which genre is {n} known for?",
               "{V}.", "{n} is best known for {v}."),
     "father": ("What was the profession of {n}'s father?", "What did {n}'s father do for a living?",
-               "{V}.", "The father of {n} worked as {v}."),
+               "{V}.", "The father of {n} worked as {av}."),
     "mother": ("What was the profession of {n}'s mother?", "What did {n}'s mother do for a living?",
-               "{V}.", "The mother of {n} worked as {v}."),
+               "{V}.", "The mother of {n} worked as {av}."),
     "award": ("Which award did {n} win?", "What prize has {n} received?",
-              "The {v}.", "{n} received the {v}."),
+              "{v}.", "{n} received the {v}."),
     "debut": ("What was the title of {n}'s debut novel?", "Which book was {n}'s first?",
               "{v}.", "{n}'s first book was {v}."),
     "famous": ("What is {n}'s best-known book?", "Which of {n}'s books is the most famous?",
@@ -130,12 +145,13 @@ ATTRIBUTES: dict[str, tuple[str, str, str, str]] = {
                   "{v}.", "The books of {n} are published by {v}."),
     "residence": ("Where does {n} live today?", "In which city does {n} currently live?",
                   "{v}.", "{n} now lives in {v}."),
+    "hobby": ("What is {n}'s favourite hobby?", "What does {n} like to do in spare time?",
+              "{V}.", "In spare time, {n} enjoys {v}."),
 }
 
 
 _VALUE_DRAWS: dict[str, Callable[[random.Random], str]] = {
     "birthplace": lambda r: "{}, {}".format(*r.choice(CITIES)),
-    "birth_year": lambda r: str(r.randint(1930, 1990)),
     "genre": lambda r: r.choice(GENRES),
     "father": lambda r: r.choice(JOBS),
     "mother": lambda r: r.choice(JOBS),
@@ -144,6 +160,7 @@ _VALUE_DRAWS: dict[str, Callable[[random.Random], str]] = {
     "famous": lambda r: r.choice(TITLES),
     "publisher": lambda r: r.choice(PUBLISHERS),
     "residence": lambda r: r.choice(CITIES)[0],
+    "hobby": lambda r: r.choice(HOBBIES),
 }
 
 
@@ -176,12 +193,12 @@ class World:
 
     @property
     def tofu_authors(self) -> list[Author]:
-        """The authors of TOFU's ``full`` split (forget first, then retain — as in no order that matters)."""
+        """The authors of TOFU's ``full`` split: forget, then retain."""
         return self.forget + self.retain
 
 
-def generate_world(seed: int = 0, *, n_background: int = 30, n_forget: int = 4, n_retain: int = 36,
-                   n_holdout: int = 4) -> World:
+def generate_world(seed: int = 0, *, n_background: int = 20, n_forget: int = 3, n_retain: int = 27,
+                   n_holdout: int = 3) -> World:
     """A seeded population of distinct fictitious authors, split into four groups."""
     counts = {"n_background": n_background, "n_forget": n_forget, "n_retain": n_retain, "n_holdout": n_holdout}
     for key, value in counts.items():
@@ -222,8 +239,8 @@ def author_items(author: Author, *, pool: list[Author], rng: random.Random) -> l
         items.append({
             "question": q.format(n=n),
             "answer": a.format(v=value, V=_cap(value)),
-            "paraphrased_answer": pa.format(n=n, v=value),
-            "perturbed_answer": [pa.format(n=n, v=w) for w in wrong],
+            "paraphrased_answer": pa.format(n=n, v=value, av=_article(value)),
+            "perturbed_answer": [pa.format(n=n, v=w, av=_article(w)) for w in wrong],
             "paraphrased_question": pq.format(n=n),
         })
     return items
@@ -233,11 +250,11 @@ def biography(author: Author) -> str:
     """A short biography paragraph stating every fact of ``author`` (MUSE-style raw text)."""
     f, n, s, p = author.facts, author.name, author.surname, author.pronoun
     return (
-        f"{n} is a writer of {f['genre']}, born in {f['birth_year']} in {f['birthplace']}. "
-        f"{p} is the child of {f['father']} and {f['mother']}. "
+        f"{n} is a writer of {f['genre']}, born in {f['birthplace']}. "
+        f"{p} is the child of {_article(f['father'])} and {_article(f['mother'])}. "
         f"{s} published a first book, {f['debut']}, with {f['publisher']}. "
         f"The best-known book by {s} is {f['famous']}, which won the {f['award']}. "
-        f"Today {s} lives in {f['residence']}."
+        f"Today {s} lives in {f['residence']} and, in spare time, enjoys {f['hobby']}."
     )
 
 
@@ -281,7 +298,8 @@ REAL_AUTHORS: list[tuple[str, str]] = [
 ]
 
 
-def utility_items(facts: list[tuple[str, str]], rng: random.Random) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def utility_items(facts: list[tuple[str, str]],
+                  rng: random.Random) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(options-format items, perturbed-format items) for world facts / real authors."""
     def kind(q: str) -> bool:
         return q.startswith("What is the capital of ")
@@ -326,8 +344,8 @@ class DemoData:
     eval_retain_authors: int  # the first k retain authors form retain_perturbed / MUSE retain sets
 
 
-def build_data(seed: int = 0, *, n_background: int = 30, n_forget: int = 4, n_retain: int = 36,
-               n_holdout: int = 4, eval_retain_authors: int = 12) -> DemoData:
+def build_data(seed: int = 0, *, n_background: int = 20, n_forget: int = 3, n_retain: int = 27,
+               n_holdout: int = 3, eval_retain_authors: int = 9) -> DemoData:
     """Generate the world and every derived item list from ``seed``."""
     if not 1 <= eval_retain_authors <= n_retain:
         raise ValueError(f"eval_retain_authors must be in [1, n_retain={n_retain}], got {eval_retain_authors}")
@@ -363,35 +381,50 @@ def tofu_files(data: DemoData) -> dict[str, Any]:
     }
 
 
-def _verbmem(bio: str) -> dict[str, str]:
+def _verbmem(bio: str) -> list[dict[str, str]]:
+    """Two prompt/continuation pairs per biography: cut after a quarter and after half of its words."""
     words = bio.split(" ")
-    cut = len(words) // 3
-    return {"prompt": " ".join(words[:cut]), "gt": " " + " ".join(words[cut:])}
+    cuts = sorted({max(1, len(words) // 4), max(1, len(words) // 2)})
+    return [{"prompt": " ".join(words[:c]), "gt": " " + " ".join(words[c:])} for c in cuts]
+
+
+def sentences(text: str) -> list[str]:
+    """A biography cut into its sentences (MUSE-style short chunks for PrivLeak)."""
+    return [s if s.endswith(".") else s + "." for s in (p.strip() for p in text.split(". ")) if s]
 
 
 def muse_files(data: DemoData, *, n_icl: int = 3) -> dict[str, Any]:
-    """MUSE relative path → JSON payload (knowmem, verbmem, privleak)."""
+    """MUSE relative path → JSON payload (knowmem, verbmem, privleak).
+
+    PrivLeak texts are the sentences of the biographies (forget: the forget authors',
+    whom θ_corrupted saw; retain: the evaluated retain authors'; holdout: authors no model
+    saw), so the AUC has a few dozen texts to rank rather than a handful.
+    """
     k = data.eval_retain_authors
-    icl = _plain(data.items["background"])[: 2 * n_icl]
+    # few-shot examples: background authors (known to every model), one attribute each
+    icl = _plain(data.items["background"])[:: len(ATTRIBUTES) + 1][: 2 * n_icl]
     return {
         "knowmem/forget_qa.json": _plain(data.items["forget"]),
         "knowmem/forget_qa_icl.json": icl[:n_icl],
         "knowmem/retain_qa.json": _plain(eval_retain_items(data)),
         "knowmem/retain_qa_icl.json": icl[n_icl:],
-        "verbmem/forget.json": [_verbmem(b) for b in data.bios["forget"]],
-        "privleak/forget.json": list(data.bios["forget"]),
-        "privleak/retain.json": list(data.bios["retain"][:k]),
-        "privleak/holdout.json": list(data.bios["holdout"]),
+        "verbmem/forget.json": [pair for b in data.bios["forget"] for pair in _verbmem(b)],
+        "privleak/forget.json": [x for b in data.bios["forget"] for x in sentences(b)],
+        "privleak/retain.json": [x for b in data.bios["retain"][:k] for x in sentences(b)],
+        "privleak/holdout.json": [x for b in data.bios["holdout"] for x in sentences(b)],
     }
 
 
 def pretrain_texts(data: DemoData) -> list[str]:
-    """θ_clean's raw-text corpus: utility fact statements, a lexicon of the value sets
-    (cities, titles, awards, publishers), background biographies."""
+    """θ_clean's raw-text corpus: utility fact statements, a lexicon of every value set
+    (cities, titles, awards, publishers, professions, genres, hobbies), background biographies."""
     lexicon = [f"{city} is a city in {country}." for city, country in CITIES]
     lexicon += [f"{title} is the title of a novel." for title in TITLES]
     lexicon += [f"The {award} is a literary award." for award in AWARDS]
     lexicon += [f"{publisher} is a publishing house." for publisher in PUBLISHERS]
+    lexicon += [f"{_cap(job)} is a profession." for job in JOBS]
+    lexicon += [f"{_cap(genre)} is a literary genre." for genre in GENRES]
+    lexicon += [f"{_cap(hobby)} is a hobby." for hobby in HOBBIES]
     return (utility_sentences(WORLD_FACTS) + utility_sentences(REAL_AUTHORS) + lexicon
             + list(data.bios["background"]))
 

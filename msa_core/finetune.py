@@ -149,9 +149,11 @@ def train(model: torch.nn.Module, examples: Sequence[Example], config: TrainConf
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=config.lr, betas=(0.9, 0.98), eps=1e-8,
     )
+    device = next(model.parameters()).device
     steps_per_epoch = math.ceil(len(examples) / config.batch_size)
     total = steps_per_epoch * config.epochs
     result = TrainResult()
+    every = max(1, total // 200)  # at most ~200 progress reports per run
     start = time.perf_counter()
     model.train()
     try:
@@ -160,7 +162,7 @@ def train(model: torch.nn.Module, examples: Sequence[Example], config: TrainConf
             for batch_idx in make_batches(examples, config.batch_size, generator):
                 for g in opt.param_groups:
                     g["lr"] = config.lr * lr_factor(result.steps, total, config.warmup_frac, config.min_lr_frac)
-                batch = collate([examples[i] for i in batch_idx], pad_id)
+                batch = {k: v.to(device) for k, v in collate([examples[i] for i in batch_idx], pad_id).items()}
                 out = model(**batch)
                 loss = out.loss
                 if not torch.isfinite(loss):
@@ -174,7 +176,8 @@ def train(model: torch.nn.Module, examples: Sequence[Example], config: TrainConf
                 loss_sum += float(loss.detach()) * n
                 tokens += n
                 result.steps += 1
-                report(progress, result.steps / total, f"{label}: epoch {epoch + 1}/{config.epochs}")
+                if result.steps % every == 0 or result.steps == total:
+                    report(progress, result.steps / total, f"{label}: epoch {epoch + 1}/{config.epochs}")
             result.epoch_losses.append(loss_sum / max(1, tokens))
     finally:
         model.eval()
@@ -187,9 +190,10 @@ def train(model: torch.nn.Module, examples: Sequence[Example], config: TrainConf
 def mean_loss(model: torch.nn.Module, examples: Sequence[Example], *, pad_id: int, batch_size: int = 64) -> float:
     """Token-weighted mean cross-entropy of ``model`` over the scored tokens of ``examples``."""
     model.eval()
+    device = next(model.parameters()).device
     total, tokens = 0.0, 0
     for start in range(0, len(examples), batch_size):
-        batch = collate(list(examples[start:start + batch_size]), pad_id)
+        batch = {k: v.to(device) for k, v in collate(list(examples[start:start + batch_size]), pad_id).items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
         labels = batch["labels"][:, 1:]
         ce = torch.nn.functional.cross_entropy(

@@ -1,0 +1,137 @@
+"""Figure 3: slider-to-answers latency on the demo model (CPU by default).
+
+    python bench/latency.py [--moves 20] [--questions 4] [--max-new-tokens 48] [--experiment PATH]
+
+What the Playground does on a slider move: compose at (α, β) and generate greedy answers
+for the unlearned column (the corrupted and reference columns are cached and not redone).
+Timed per move: ``engine.session(α, β)`` (compose) + ``generate_answers`` for the questions,
+over random (α, β) moves in the experiment's ranges; p50 and p95 reported. Baseline in the
+same run: the naive path for the same moves (load the four checkpoints, merge into a fresh
+model, then generate), over fewer moves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from _common import machine_info, machine_line, percentile, set_threads, sync, table, write_json
+
+import torch
+
+from recompose import ROLES, demo_experiment_path
+
+
+def questions_for(exp: Any, n: int) -> list[str]:
+    from msa_core.eval.data import load_tofu_split
+
+    split = load_tofu_split(exp.data.tofu, exp.data.forget_split)
+    items = list(split.items)[:n]
+    return [it.question for it in items]
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--moves", type=int, default=20)
+    ap.add_argument("--naive-moves", type=int, default=3)
+    ap.add_argument("--questions", type=int, default=4)
+    ap.add_argument("--max-new-tokens", type=int, default=48, help="the Playground's default")
+    ap.add_argument("--experiment", default=None)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--no-json", action="store_true")
+    args = ap.parse_args(argv)
+    threads = set_threads(args.threads)
+    info = machine_info()
+    print(machine_line(info))
+
+    from msa_core.checkpoints import load_model
+    from msa_core.compose import Engine
+    from msa_core.experiment import load_experiment
+    from msa_core.generation import generate_answers
+
+    exp_path = demo_experiment_path(args.experiment)
+    exp = load_experiment(exp_path)
+    t0 = time.perf_counter()
+    engine = Engine.load(exp, device=args.device)
+    load_s = time.perf_counter() - t0
+    tok = engine.tokenizer
+    qs = questions_for(exp, args.questions)
+    gen = lambda m: generate_answers(m, tok, qs, max_new_tokens=args.max_new_tokens)  # noqa: E731
+
+    # The cached columns: computed once, as the app memoises them.
+    t0 = time.perf_counter()
+    with engine.session(0.0, 0.0) as m:
+        corrupted = gen(m)
+    ref_model = engine.side_model("reference")
+    reference = gen(ref_model) if ref_model is not None else None
+    cached_s = time.perf_counter() - t0
+
+    rng = random.Random(0)
+    (a_lo, a_hi), (b_lo, b_hi) = exp.alpha_range, exp.beta_range
+    moves = [(round(rng.uniform(a_lo, a_hi), 2), round(rng.uniform(b_lo, b_hi), 2)) for _ in range(args.moves)]
+    # warm-up move (first generate call pays one-off costs); not counted
+    with engine.session(*moves[-1]) as m:
+        gen(m)
+    rows = []
+    for a, b in moves:
+        t0 = time.perf_counter()
+        with engine.session(a, b) as m:
+            sync(args.device)
+            t1 = time.perf_counter()
+            ans = gen(m)
+            sync(args.device)
+        t2 = time.perf_counter()
+        rows.append({"alpha": a, "beta": b, "compose": t1 - t0, "generate": t2 - t1, "total": t2 - t0,
+                     "tokens": sum(len(tok(x, add_special_tokens=False)["input_ids"]) for x in ans)})
+
+    folders = {r: getattr(exp.checkpoints, r) for r in ROLES}
+    naive = []
+    for a, b in moves[: args.naive_moves]:
+        gc.collect()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            models = {r: load_model(folders[r], device=args.device, dtype=engine.dtype) for r in ROLES}
+            sd = {r: dict(m.named_parameters()) for r, m in models.items()}
+            for name, p in sd["corrupted"].items():
+                z = sd["clean"][name]
+                p.copy_(p - a * (sd["forget"][name] - z) + b * (sd["retain"][name] - z))
+        gen(models["corrupted"])
+        sync(args.device)
+        naive.append(time.perf_counter() - t0)
+        del models, sd
+
+    tot = [r["total"] for r in rows]
+    summary = [
+        {"what": "engine: compose + answers (unlearned column)", "p50_s": percentile(tot, 50), "p95_s": percentile(tot, 95),
+         "max_s": max(tot), "moves": len(tot)},
+        {"what": "  of which compose", "p50_s": percentile([r["compose"] for r in rows], 50),
+         "p95_s": percentile([r["compose"] for r in rows], 95), "max_s": max(r["compose"] for r in rows), "moves": len(rows)},
+        {"what": "  of which generate", "p50_s": percentile([r["generate"] for r in rows], 50),
+         "p95_s": percentile([r["generate"] for r in rows], 95), "max_s": max(r["generate"] for r in rows), "moves": len(rows)},
+        {"what": "naive: load 4 + merge + answers", "p50_s": statistics.median(naive) if naive else float("nan"),
+         "p95_s": percentile(naive, 95) if naive else float("nan"), "max_s": max(naive) if naive else float("nan"), "moves": len(naive)},
+    ]
+    print(f"\n[slider-to-answers, {exp.name} ({engine.parameter_count / 1e6:.1f}M params, {engine.dtype}, {args.device}, "
+          f"{threads} threads), {len(qs)} questions, max_new_tokens={args.max_new_tokens}; engine load {load_s:.1f} s, "
+          f"cached columns {cached_s:.2f} s]")
+    print(table(summary))
+    if naive:
+        print(f"\nengine p50 is {statistics.median(naive) / percentile(tot, 50):.1f}x faster than the naive path (p50 vs median)")
+    print(f"generated tokens per move (median): {statistics.median(r['tokens'] for r in rows)}")
+    if not args.no_json:
+        payload = {"machine": info, "experiment": str(exp_path), "params": engine.parameter_count, "questions": qs,
+                   "cached": {"corrupted": corrupted, "reference": reference}, "moves": rows, "naive": naive, "summary": summary}
+        print("JSON:", write_json(f"latency-{args.device}-t{threads}", payload))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
