@@ -4,10 +4,11 @@
 byte-level BPE tokenizer and a small ``LlamaForCausalLM`` from scratch
 (:mod:`msa_core.finetune`) and saves five Hugging Face model folders:
 
-- ``clean``: pretrained on general text (utility-fact statements, a lexicon of cities, titles,
-  awards and publishers, background-author biographies), the utility QA (world facts, real authors) and a
-  QA-format warm-up on *background* authors only — it knows the vocabulary, the QA
-  format and the value sets, but no fact of a forget, retain or holdout author;
+- ``clean``: pretrained on general text (utility-fact statements, a lexicon of every
+  value set, background-author biographies), the utility QA (world facts, real
+  authors) and a QA-format warm-up on *background* authors only — it knows the
+  vocabulary, the QA format and the value sets, but no fact of a forget, retain or
+  holdout author;
 - ``corrupted``: clean fine-tuned on forget ∪ retain QA plus all their biographies;
 - ``forget``: clean fine-tuned on the forget QA plus the forget biographies;
 - ``retain``: clean fine-tuned on a *sample* of the retain split (a third of the retain
@@ -20,6 +21,10 @@ byte-level BPE tokenizer and a small ``LlamaForCausalLM`` from scratch
 The forget and retain models use a lower learning rate (3e-4) than the corrupted
 model (1e-3): fine-tuning a small model hard on a few authors moves every weight, and
 subtracting that vector then erases retained facts too (measured while sizing the demo).
+With the full recipe, seed 0, the corrupted model answers every forget question
+(ROUGE-L recall 1.0, clean 0.03) and e.g. α=1, β=0.5 brings forget recall to ≈0.2
+while retain recall stays ≈0.94 (corrupted 0.98); ``demo_report.json`` has the numbers
+of each build.
 
 It writes the TOFU/MUSE data, ``experiment.yaml``, ``demo_report.json`` (numbers
 measured at build time) and, last, the marker ``build.json``. A build goes to a
