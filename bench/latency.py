@@ -6,8 +6,8 @@ What the Playground does on a slider move: compose at (α, β) and generate gree
 for the unlearned column (the corrupted and reference columns are cached and not redone).
 Timed per move: ``engine.session(α, β)`` (compose) + ``generate_answers`` for the questions,
 over random (α, β) moves in the experiment's ranges; p50 and p95 reported. Baseline in the
-same run: the naive path for the same moves (load the four checkpoints, merge into a fresh
-model, then generate), over fewer moves.
+same run: the naive path on the first few of the same moves (load the four checkpoints,
+merge into a fresh model, then generate), compared move for move.
 """
 
 from __future__ import annotations
@@ -94,7 +94,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     folders = {r: getattr(exp.checkpoints, r) for r in ROLES}
     naive = []
-    for a, b in moves[: args.naive_moves]:
+    for row in rows[: args.naive_moves]:
+        a, b = row["alpha"], row["beta"]
         gc.collect()
         t0 = time.perf_counter()
         with torch.no_grad():
@@ -103,28 +104,40 @@ def main(argv: Optional[list[str]] = None) -> int:
             for name, p in sd["corrupted"].items():
                 z = sd["clean"][name]
                 p.copy_(p - a * (sd["forget"][name] - z) + b * (sd["retain"][name] - z))
+        sync(args.device)
+        t1 = time.perf_counter()
         gen(models["corrupted"])
         sync(args.device)
-        naive.append(time.perf_counter() - t0)
+        t2 = time.perf_counter()
+        naive.append({"alpha": a, "beta": b, "load_merge": t1 - t0, "generate": t2 - t1, "total": t2 - t0,
+                      "engine_total": row["total"], "engine_compose": row["compose"]})
         del models, sd
 
     tot = [r["total"] for r in rows]
+
+    def stats(what: str, xs: list[float]) -> dict[str, Any]:
+        return {"what": what, "p50_s": percentile(xs, 50), "p95_s": percentile(xs, 95), "max_s": max(xs), "moves": len(xs)}
+
     summary = [
-        {"what": "engine: compose + answers (unlearned column)", "p50_s": percentile(tot, 50), "p95_s": percentile(tot, 95),
-         "max_s": max(tot), "moves": len(tot)},
-        {"what": "  of which compose", "p50_s": percentile([r["compose"] for r in rows], 50),
-         "p95_s": percentile([r["compose"] for r in rows], 95), "max_s": max(r["compose"] for r in rows), "moves": len(rows)},
-        {"what": "  of which generate", "p50_s": percentile([r["generate"] for r in rows], 50),
-         "p95_s": percentile([r["generate"] for r in rows], 95), "max_s": max(r["generate"] for r in rows), "moves": len(rows)},
-        {"what": "naive: load 4 + merge + answers", "p50_s": statistics.median(naive) if naive else float("nan"),
-         "p95_s": percentile(naive, 95) if naive else float("nan"), "max_s": max(naive) if naive else float("nan"), "moves": len(naive)},
+        stats("engine: compose + answers (unlearned column)", tot),
+        stats("  of which compose (engine.session)", [r["compose"] for r in rows]),
+        stats("  of which generate", [r["generate"] for r in rows]),
     ]
+    if naive:
+        summary += [
+            stats("naive, same first moves: load 4 + merge + answers", [n["total"] for n in naive]),
+            stats("  of which load 4 + merge", [n["load_merge"] for n in naive]),
+            stats("engine on those same moves: compose + answers", [n["engine_total"] for n in naive]),
+        ]
     print(f"\n[slider-to-answers, {exp.name} ({engine.parameter_count / 1e6:.1f}M params, {engine.dtype}, {args.device}, "
           f"{threads} threads), {len(qs)} questions, max_new_tokens={args.max_new_tokens}; engine load {load_s:.1f} s, "
           f"cached columns {cached_s:.2f} s]")
     print(table(summary))
     if naive:
-        print(f"\nengine p50 is {statistics.median(naive) / percentile(tot, 50):.1f}x faster than the naive path (p50 vs median)")
+        per_move = [n["total"] / n["engine_total"] for n in naive]
+        per_swap = [n["load_merge"] / n["engine_compose"] for n in naive]
+        print(f"\nsame moves: naive/engine = {statistics.median(per_move):.1f}x end to end (generation is common to both), "
+              f"{statistics.median(per_swap):.0f}x for getting the weights (load+merge vs compose)")
     print(f"generated tokens per move (median): {statistics.median(r['tokens'] for r in rows)}")
     if not args.no_json:
         payload = {"machine": info, "experiment": str(exp_path), "params": engine.parameter_count, "questions": qs,

@@ -45,13 +45,17 @@ log = logging.getLogger(__name__)
 # fp32 scratch used when the model dtype is not fp32: bounded so it never costs a model's worth.
 # On CUDA it also bounds a foreach group (few, large kernel launches).
 SCRATCH_ELEMENTS = 32 * 1024 * 1024
-# CPU compose step (elements): every term of one slice runs while the slice sits in the
-# L1/L2 cache, so memory traffic is the minimum (read θ_c, τ_f, τ_r once, write w once)
-# instead of one full pass per operation. Kept under ATen's parallel grain (32768) so each
-# op runs serially in its thread: slices are spread over torch.get_num_threads() Python
-# threads instead of one OpenMP fork/join per op, which stalls whenever another process
-# holds a core. See BENCHMARKS.md (recompose bandwidth).
+# CPU compose: tensors are cut into slices and every term of a slice runs while it sits in
+# the L2 cache, so memory traffic is the minimum (read θ_c, τ_f, τ_r once, write w once)
+# instead of one full pass per op. With several torch threads, slices stay under ATen's
+# parallel grain (32768) so each op runs serially in its thread, _CPU_ITEM_SLICES of them
+# form one work item (a few foreach calls), and items are spread over that many Python
+# threads: no OpenMP fork/join per op, which stalls whenever another process holds a core.
+# With one torch thread there is no fork/join at all and slices are larger (less overhead).
+# See BENCHMARKS.md (recompose bandwidth).
 CPU_STEP_ELEMENTS = 32704
+_CPU_ITEM_SLICES = 8
+_CPU_SERIAL_STEP = 512 * 1024
 # Below this many elements the CPU compose stays in the calling thread (no pool hand-off).
 _CPU_THREADED_MIN = 1 << 20
 SIDE_ROLES = ("clean", "reference", "forget", "retain")
@@ -227,9 +231,9 @@ class Engine:
         The arithmetic is fp32 and left to right (θ_c, then −α·τ_f, then +β·τ_r, each a
         fused multiply-add), terms with a zero coefficient are skipped, and (0, 0) is a
         plain copy of θ_c (bit-exact). On CUDA: foreach ops over groups of whole tensors.
-        On the CPU: work items of at most CPU_STEP_ELEMENTS elements (a slice of a big
-        tensor, or a group of small ones) go through every term while cache-resident,
-        spread over torch.get_num_threads() threads; bit-identical to whole-tensor passes.
+        On the CPU: cache-sized work items (slices of tensors, see CPU_STEP_ELEMENTS) go
+        through every term with foreach ops, spread over torch.get_num_threads() Python
+        threads; the result is bit-identical to whole-tensor passes.
         """
         ca, cb = -alpha, beta
         use_a, use_b = alpha != 0.0, beta != 0.0
@@ -260,55 +264,68 @@ class Engine:
                 apply(g, self._scratch)
             return
 
-        step = CPU_STEP_ELEMENTS
+        single = torch.get_num_threads() == 1
+        step, per_item = (_CPU_SERIAL_STEP, 1) if single else (CPU_STEP_ELEMENTS, _CPU_ITEM_SLICES)
         plan = getattr(self, "_cpu_plan", None)
-        if plan is None or plan[0] != step:
-            # Work items, built once: a group of small tensors (indices) or one slice's views.
-            items: list[Any] = []
-            for g in self._groups:
-                i = g[0]
+        if plan is None or plan[0] != (step, per_item):
+            # Work items, built once: (w, θ_c, τ_f, τ_r) lists of flat slices, ≤ per_item·step elements.
+            items: list[tuple[list[torch.Tensor], ...]] = []
+            cur: tuple[list[torch.Tensor], ...] = ([], [], [], [])
+            size = 0
+            for i in range(len(self._params)):
                 ts = (self._params[i], self._pristine[i], self._tau_f[i], self._tau_r[i])
-                if len(g) > 1 or ts[0].numel() <= step or not all(t.is_contiguous() for t in ts):
-                    items.append(g)
+                if not all(t.is_contiguous() for t in ts):  # cannot be sliced: its own item
+                    items.append(tuple([t] for t in ts))
                     continue
                 flat = [t.view(-1) for t in ts]
                 n = flat[0].numel()
-                items.extend(tuple(t[s0 : min(s0 + step, n)] for t in flat) for s0 in range(0, n, step))
-            plan = (step, items, sum(p.numel() for p in self._params))
+                for s0 in range(0, n, step):
+                    s1 = min(s0 + step, n)
+                    if size and size + (s1 - s0) > per_item * step:
+                        items.append(cur)
+                        cur, size = ([], [], [], []), 0
+                    for lst, t in zip(cur, flat):
+                        lst.append(t[s0:s1])
+                    size += s1 - s0
+            if size:
+                items.append(cur)
+            plan = ((step, per_item), items, sum(p.numel() for p in self._params))
             self._cpu_plan = plan
         _, items, total = plan
         lowp = self.dtype != torch.float32
 
-        def run(part: list[Any], scratch: Optional[torch.Tensor]) -> None:
+        def run(part: list[tuple[list[torch.Tensor], ...]], scratch: Optional[torch.Tensor]) -> None:
             with torch.no_grad():
-                for item in part:
-                    if isinstance(item, list):
-                        apply(item, scratch)
-                        continue
-                    p, b, f, r = item
+                for p, b, f, r in part:
                     if not (use_a or use_b):
-                        p.copy_(b)
-                    elif not lowp:  # fp32: first term written straight into w, the second added in cache
-                        if use_a:
-                            torch.add(b, f, alpha=ca, out=p)
-                            if use_b:
-                                p.add_(r, alpha=cb)
-                        else:
-                            torch.add(b, r, alpha=cb, out=p)
-                    else:  # low-precision model: fp32 scratch slice, then one rounding cast
-                        w = scratch[: p.numel()]
-                        w.copy_(b)
-                        if use_a:
-                            w.add_(f, alpha=ca)
-                        if use_b:
-                            w.add_(r, alpha=cb)
-                        p.copy_(w)
+                        torch._foreach_copy_(p, b)
+                        continue
+                    if not lowp and len(p) == 1:  # one fp32 slice: first term straight into w
+                        torch.add(b[0], f[0] if use_a else r[0], alpha=ca if use_a else cb, out=p[0])
+                        if use_a and use_b:
+                            p[0].add_(r[0], alpha=cb)
+                        continue
+                    if lowp:  # low-precision model: through fp32 scratch, then one rounding cast
+                        work, off = [], 0
+                        for t in p:
+                            work.append(scratch[off : off + t.numel()].view(t.shape))
+                            off += t.numel()
+                    else:
+                        work = p
+                    torch._foreach_copy_(work, b)
+                    if use_a:
+                        torch._foreach_add_(work, f, alpha=ca)
+                    if use_b:
+                        torch._foreach_add_(work, r, alpha=cb)
+                    if lowp:
+                        torch._foreach_copy_(p, work)
 
-        workers = max(1, min(torch.get_num_threads(), len(items))) if total >= _CPU_THREADED_MIN else 1
+        workers = 1 if single or total < _CPU_THREADED_MIN else min(torch.get_num_threads(), len(items))
+        chunk = max((sum(t.numel() for t in it[0]) for it in items), default=0)
         scratch = getattr(self, "_cpu_scratch", None)
-        if lowp and (scratch is None or scratch.numel() < workers * step):
-            scratch = self._cpu_scratch = torch.empty(workers * step, dtype=torch.float32)
-        regions = [scratch[k * step : (k + 1) * step] if lowp else None for k in range(workers)]
+        if lowp and (scratch is None or scratch.numel() < workers * chunk):
+            scratch = self._cpu_scratch = torch.empty(workers * chunk, dtype=torch.float32)
+        regions = [scratch[k * chunk : (k + 1) * chunk] if lowp else None for k in range(workers)]
         if workers == 1:
             run(items, regions[0])
             return

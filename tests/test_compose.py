@@ -203,3 +203,31 @@ def test_side_models_and_memory(tiny_experiment, cache_dir):
     mem = engine.memory_bytes()
     assert mem["vectors"] == 2 * mem["working_model"]  # fp32 model, fp32 vectors
     assert mem["side:reference"] == mem["working_model"]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("fixture", ["tiny_experiment", "tiny_experiment_bf16"])
+def test_sliced_threaded_cpu_path_equals_whole_tensor_arithmetic(request, cache_dir, monkeypatch, fixture, threads):
+    """Force tiny slices, several items and worker threads: bit-identical to whole tensors."""
+    import msa_core.compose as C
+
+    exp = request.getfixturevalue(fixture)
+    monkeypatch.setattr(C, "CPU_STEP_ELEMENTS", 97)  # odd sizes: slices straddle tensor ends
+    monkeypatch.setattr(C, "_CPU_SERIAL_STEP", 113)
+    monkeypatch.setattr(C, "_CPU_ITEM_SLICES", 3)
+    monkeypatch.setattr(C, "_CPU_THREADED_MIN", 0)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        engine = Engine.load(exp, cache_dir=cache_dir)
+        for alpha, beta in [(1.5, 0.0), (0.0, 2.0), (2.5, 0.75), (0.0, 0.0)]:
+            engine.set_coefficients(alpha, beta)
+            for i, p in enumerate(engine._params):
+                w = engine._pristine[i].float().clone()
+                if alpha:
+                    w.add_(engine._tau_f[i], alpha=-alpha)
+                if beta:
+                    w.add_(engine._tau_r[i], alpha=beta)
+                assert torch.equal(p, w.to(p.dtype)), (fixture, threads, alpha, beta, i)
+    finally:
+        torch.set_num_threads(old)
