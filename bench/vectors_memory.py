@@ -14,8 +14,8 @@ is shown too: after exec it also carries the parent's RSS at spawn time):
   /proc/self/clear_refs between phases): the computation itself (read three checkpoints
   tensor by tensor, write both vectors to disk) and then loading the result (τ_f, τ_r in
   fp32, which the engine holds anyway: 2 fp32 models whatever the method).
-- prototype (bench only, to show what closes the gap): the same loop reading tensors with
-  ``readinto`` instead of a memory map, so finished tensors leave no resident pages.
+- streamed through memory maps (the previous library code, as a baseline): the same loop
+  taking tensors from ``safetensors.safe_open`` maps, whose pages stay resident.
 - load-everything: the four checkpoints loaded whole, τ_f, τ_r computed in place: as four
   models (``from_pretrained``, what the reference script does) and as four state dicts
   (safetensors ``load_file``, which memory-maps: untouched tensors cost nothing).
@@ -169,57 +169,37 @@ def streamed_worker(root: Path) -> dict[str, Any]:
     return {"baseline_rss": base, "seconds": seconds, "vectors_bytes": held, **phase}
 
 
-def pread_worker(root: Path) -> dict[str, Any]:
-    """Prototype (not the library): the same streamed loop reading each tensor with readinto
-    from its header offsets instead of a memory map, writing the vectors without a bytes copy."""
-    import struct
-
+def mmap_worker(root: Path) -> dict[str, Any]:
+    """Baseline for the reader choice: the same streamed loop with tensors taken from
+    ``safetensors.safe_open`` memory maps (what vectors.py did before it moved to
+    positional reads): the maps' pages stay resident until the files are closed."""
     import torch
+    from safetensors import safe_open
 
-    def index(folder: Path) -> tuple[Path, int, dict[str, Any]]:
-        f = next(iter(sorted(folder.glob("*.safetensors"))))
-        with open(f, "rb") as fh:
-            (n,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(n))
-        header.pop("__metadata__", None)
-        return f, 8 + n, header
+    def open_map(role: str) -> Any:
+        return safe_open(str(next(iter(sorted((root / role).glob("*.safetensors"))))), framework="pt", device="cpu")
 
-    dtypes = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
-    src = {r: index(root / r) for r in ("clean", "forget", "retain")}
-    handles = {r: open(src[r][0], "rb") for r in src}
-
-    def read(role: str, name: str) -> torch.Tensor:
-        _, start, header = src[role]
-        meta = header[name]
-        a, b = meta["data_offsets"]
-        buf = torch.empty(b - a, dtype=torch.uint8)
-        fh = handles[role]
-        fh.seek(start + a)
-        fh.readinto(memoryview(buf.numpy()))
-        return buf.view(dtypes[meta["dtype"]]).reshape(meta["shape"])
-
-    out = root / "pread-out"
+    out = root / "mmap-out"
     out.mkdir(exist_ok=True)
     sampler = AnonSampler()
     reset_peak()
     base = status_kib()["VmRSS"] * 1024
     sampler.take()
     t0 = time.perf_counter()
-    with open(out / "forget.bin", "wb") as ff, open(out / "retain.bin", "wb") as fr:
-        for name in src["clean"][2]:
-            z = read("clean", name).to(torch.float32)
-            tf = read("forget", name).to(torch.float32) - z
-            tr = read("retain", name).to(torch.float32) - z
+    with open_map("clean") as zc, open_map("forget") as fc, open_map("retain") as rc, \
+            open(out / "forget.bin", "wb") as ff, open(out / "retain.bin", "wb") as fr:
+        for name in zc.keys():
+            z = zc.get_tensor(name).to(torch.float32)
+            tf = fc.get_tensor(name).to(torch.float32) - z
+            tr = rc.get_tensor(name).to(torch.float32) - z
             for t in (tf, tr):
                 if not torch.isfinite(t).all():
                     raise ValueError(name)
             ff.write(memoryview(tf.view(-1).numpy()))
             fr.write(memoryview(tr.view(-1).numpy()))
             del z, tf, tr
-    seconds = time.perf_counter() - t0
-    peak, ru = hwm_bytes(), maxrss_bytes()
-    for fh in handles.values():
-        fh.close()
+        seconds = time.perf_counter() - t0
+        peak, ru = hwm_bytes(), maxrss_bytes()
     shutil.rmtree(out, ignore_errors=True)
     return {"baseline_rss": base, "seconds": seconds, "peak": peak, "ru_maxrss": ru, "anon_peak": sampler.take()}
 
@@ -267,8 +247,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if argv and argv[0] == "_build":
         print(json.dumps({"root": str(make_checkpoints(int(argv[1]), argv[2]))}))
         return 0
-    if argv and argv[0] in ("_streamed", "_load_all", "_pread"):
-        fn = {"_streamed": streamed_worker, "_load_all": load_all_worker, "_pread": pread_worker}[argv[0]]
+    if argv and argv[0] in ("_streamed", "_load_all", "_mmap"):
+        fn = {"_streamed": streamed_worker, "_load_all": load_all_worker, "_mmap": mmap_worker}[argv[0]]
         print(json.dumps(fn(Path(argv[1]), *argv[2:])))
         return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -292,7 +272,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         streamed = run_worker("streamed", str(root))
         loaded = run_worker("load_all", str(root), "models")
         mapped = run_worker("load_all", str(root), "state_dicts")
-        pread = run_worker("pread", str(root))
+        mapped_stream = run_worker("mmap", str(root))
     finally:
         if not args.keep:
             shutil.rmtree(ROOT, ignore_errors=True)
@@ -321,7 +301,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             "ru_maxrss_GB": streamed["ru_maxrss"] / 1e9,
             "seconds": streamed["seconds"],
         })
-    for res, label in ((loaded, "load-everything: 4 models (from_pretrained), τ in place"),
+    for res, label in ((mapped_stream, "streamed through safe_open memory maps (previous vectors.py)"),
+                       (loaded, "load-everything: 4 models (from_pretrained), τ in place"),
                        (mapped, "load-everything: 4 state dicts (safetensors load_file, mmap), τ in place")):
         if "error" in res:
             print(label, "FAILED:", res["error"])
@@ -336,19 +317,6 @@ def main(argv: Optional[list[str]] = None) -> int:
             "ru_maxrss_GB": res["ru_maxrss"] / 1e9,
             "seconds": res["seconds"],
         })
-    if "error" in pread:
-        print("pread prototype FAILED:", pread["error"])
-    else:
-        b = pread["baseline_rss"]
-        rows.append({
-            "method": "prototype: streamed with readinto instead of mmap (bench only)",
-            "peak_GB": pread["peak"] / 1e9,
-            "above_imports_GB": (pread["peak"] - b) / 1e9,
-            "x_checkpoint": (pread["peak"] - b) / ck,
-            "anon_peak_x": (pread["anon_peak"] - b) / ck,
-            "ru_maxrss_GB": pread["ru_maxrss"] / 1e9,
-            "seconds": pread["seconds"],
-        })
     print(f"\n[vector computation peak RSS; one checkpoint = {ck / 1e9:.2f} GB ({args.dtype})]")
     print(table(rows))
     if rows and "error" not in streamed and "error" not in loaded:
@@ -356,7 +324,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"\nload-everything (4 models) vs streamed computation: {(loaded['peak'] - lb) / max(1, streamed['compute_peak'] - sb):.1f}x "
               f"the resident memory, {(loaded['anon_peak'] - lb) / max(1, streamed['compute_anon_peak'] - sb):.1f}x the anonymous memory")
     if not args.no_json:
-        print("JSON:", write_json(f"vectors-memory-{args.dtype}", {"machine": info, "checkpoint_bytes": ck, "streamed": streamed, "load_all": loaded, "load_all_mmap": mapped, "pread": pread, "rows": rows}))
+        print("JSON:", write_json(f"vectors-memory-{args.dtype}", {"machine": info, "checkpoint_bytes": ck, "streamed": streamed, "load_all": loaded, "load_all_mmap": mapped, "streamed_mmap": mapped_stream, "rows": rows}))
     return 0
 
 

@@ -1,7 +1,7 @@
 """Hugging Face checkpoint folders: tensor index, lazy tensor access, fingerprints,
 compatibility checks, and safe model/tokenizer loading.
 
-Only safetensors are read lazily (memory-mapped). ``pytorch_model*.bin`` files are read
+Only safetensors are read lazily (one tensor at a time, by positional reads). ``pytorch_model*.bin`` files are read
 with ``torch.load(weights_only=True)`` — never an unrestricted unpickle — and
 ``trust_remote_code`` stays off unless an experiment turns it on.
 """
@@ -12,16 +12,15 @@ import hashlib
 import json
 import logging
 import pickle
-import struct
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from msa_core.experiment import Experiment
+from msa_core.safetensors_stream import SafetensorsFile, read_header
 
 log = logging.getLogger(__name__)
 
@@ -58,22 +57,7 @@ def weight_files(folder: Path) -> list[Path]:
 
 def _read_safetensors_header(path: Path) -> dict[str, Any]:
     """Parse a safetensors header and check that the file is as long as it claims."""
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        raw = fh.read(8)
-        if len(raw) < 8:
-            raise ValueError(f"{path}: truncated safetensors file (no header)")
-        (n,) = struct.unpack("<Q", raw)
-        if n > size - 8:
-            raise ValueError(f"{path}: truncated safetensors file (header claims {n} bytes)")
-        try:
-            header = json.loads(fh.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ValueError(f"{path}: corrupt safetensors header") from None
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    if 8 + n + end > size:
-        raise ValueError(f"{path}: truncated safetensors file ({size} bytes, needs {8 + n + end})")
-    return header
+    return read_header(path)[0]
 
 
 def read_tensor_index(folder: Path) -> dict[str, TensorInfo]:
@@ -99,7 +83,7 @@ def _load_bin(path: Path) -> dict[str, torch.Tensor]:
 
 
 class TensorReader:
-    """Lazy, memory-mapped access to the tensors of one checkpoint folder.
+    """Lazy access to the tensors of one checkpoint folder (safetensors: positional reads).
 
     Use as a context manager; ``get(name)`` returns a CPU tensor in the stored dtype.
     """
@@ -112,11 +96,7 @@ class TensorReader:
     def __enter__(self) -> "TensorReader":
         for f in weight_files(self.folder):
             if f.suffix == ".safetensors":
-                _read_safetensors_header(f)  # fail early and by name on truncation
-                try:
-                    handle = self._stack.enter_context(safe_open(str(f), framework="pt", device="cpu"))
-                except SafetensorError as exc:
-                    raise ValueError(f"{f}: cannot open safetensors ({exc})") from None
+                handle = self._stack.enter_context(SafetensorsFile(f))  # fails early, by name, on truncation
                 for k in handle.keys():
                     self._where[k] = handle
             else:
@@ -135,10 +115,7 @@ class TensorReader:
         src = self._where.get(name)
         if src is None:
             raise KeyError(f"{self.folder}: no tensor named {name!r}")
-        try:
-            return src.get_tensor(name) if hasattr(src, "get_tensor") else src[name]
-        except SafetensorError as exc:
-            raise ValueError(f"{self.folder}: cannot read tensor {name!r} ({exc})") from None
+        return src.get_tensor(name) if isinstance(src, SafetensorsFile) else src[name]
 
 
 def checkpoint_fingerprint(folder: Path) -> str:
@@ -354,7 +331,7 @@ def load_model(
 
 
 def iter_tensors(folder: Path, names: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (name, tensor) for the given names, one at a time, memory-mapped."""
+    """Yield (name, tensor) for the given names, one at a time."""
     with TensorReader(folder) as reader:
         for name in names:
             yield name, reader.get(name)

@@ -1,6 +1,6 @@
 """Forget and retain vectors: τ_f = θ_forget − θ_clean, τ_r = θ_retain − θ_clean.
 
-Computed tensor by tensor from memory-mapped checkpoints in fp32 and streamed straight
+Computed tensor by tensor from the checkpoints (positional reads, no memory maps) in fp32 and streamed straight
 to disk, so peak memory is a few tensors, not four models. Stored under
 ``<cache>/vectors/<fingerprint>/`` as ``forget.safetensors``, ``retain.safetensors`` and
 ``meta.json`` (inputs, fingerprints, per-tensor norms, file sizes and SHA-256), written
@@ -22,13 +22,12 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from msa_core.checkpoints import TensorReader, check_compatible, checkpoint_fingerprint, read_tensor_index
 from msa_core.experiment import Experiment
 from msa_core.paths import default_cache_dir
 from msa_core.progress import Progress, report
-from msa_core.safetensors_stream import StreamingSafetensorsWriter
+from msa_core.safetensors_stream import SafetensorsFile, StreamingSafetensorsWriter
 
 log = logging.getLogger(__name__)
 
@@ -157,14 +156,10 @@ def _load(target: Path, meta: dict) -> tuple[dict[str, torch.Tensor], dict[str, 
     out: dict[str, dict[str, torch.Tensor]] = {}
     for k in VECTOR_KINDS:
         p = target / f"{k}.safetensors"
-        tensors: dict[str, torch.Tensor] = {}
-        try:
-            with safe_open(str(p), framework="pt", device="cpu") as fh:
-                for name in fh.keys():
-                    # Copy out of the memory map: a cache file rewritten later must not change live vectors.
-                    tensors[name] = fh.get_tensor(name).clone()
-        except SafetensorError as exc:
-            raise ValueError(f"{p}: unreadable ({exc})") from None
+        # Positional reads into fresh tensors: no memory map whose pages would double the
+        # resident size, and a cache file rewritten later cannot change live vectors.
+        with SafetensorsFile(p) as fh:
+            tensors = {name: fh.get_tensor(name) for name in fh.keys()}
         if len(tensors) != meta.get("num_tensors"):
             raise ValueError(f"{p}: holds {len(tensors)} tensors, meta.json says {meta.get('num_tensors')}")
         for name, t in tensors.items():
