@@ -17,6 +17,7 @@ for the app's Playground / Probe pages.
 
 from __future__ import annotations
 
+import inspect
 import math
 import weakref
 from dataclasses import dataclass
@@ -81,6 +82,22 @@ def _prepare(pairs: Sequence[Pair], max_length: Optional[int]) -> list[tuple[lis
     return out
 
 
+def _accepts_logits_to_keep(model: Any) -> bool:
+    """Whether the model's forward takes ``logits_to_keep`` (transformers' causal LMs do)."""
+    cls = type(model)
+    known = _LOGITS_TO_KEEP.get(cls)
+    if known is None:
+        try:
+            known = "logits_to_keep" in inspect.signature(model.forward).parameters
+        except (TypeError, ValueError):
+            known = False
+        _LOGITS_TO_KEEP[cls] = known
+    return known
+
+
+_LOGITS_TO_KEEP: dict[type, bool] = {}
+
+
 @torch.inference_mode()
 def score_pairs(
     model: Any,
@@ -139,13 +156,17 @@ def score_pairs(
             targets.extend(c)
             owners.append((i, len(c)))
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = model(
-            input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device), use_cache=False
-        )
-        logits = out.logits
+        inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device), "position_ids": pos.to(device), "use_cache": False}
+        c_t = torch.tensor(cols)
+        if _accepts_logits_to_keep(model):
+            # Project to the vocabulary only the columns that hold some row's continuation
+            # (the model's own head, so any logit scaling or soft-capping still applies).
+            keep, c_t = torch.unique(c_t, return_inverse=True)
+            inputs["logits_to_keep"] = keep.to(device)
+        logits = model(**inputs).logits
         vocab = logits.shape[-1]
         r_t = torch.tensor(rows, device=logits.device)
-        c_t = torch.tensor(cols, device=logits.device)
+        c_t = c_t.to(logits.device)
         y_t = torch.tensor(targets, device=logits.device)
         step = max(1, _CHUNK_ELEMENTS // vocab)
         parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("lp", "ok", "mu", "var")}
