@@ -31,9 +31,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(root: Path, port: int, cache_dir: Path, log_path: Path) -> subprocess.Popen:
-    """``streamlit run app.py`` headless on 127.0.0.1:port with the quick demo and a private cache."""
-    env = dict(os.environ, MSA_DEMO_QUICK="1", MSA_CACHE_DIR=str(cache_dir), PYTHONUNBUFFERED="1",
+def start_server(root: Path, port: int, cache_dir: Path, log_path: Path, *, quick: bool = True) -> subprocess.Popen:
+    """``streamlit run app.py`` headless on 127.0.0.1:port with the quick (or full) demo and the given cache."""
+    env = dict(os.environ, MSA_DEMO_QUICK="1" if quick else "0", MSA_CACHE_DIR=str(cache_dir), PYTHONUNBUFFERED="1",
                STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
     log = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed with the process
     cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1",

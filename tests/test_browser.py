@@ -5,14 +5,14 @@ quick demo through the first-start offer, moves α on the Playground and checks 
 unlearned answers change while the corrupted ones do not, opens every page without an
 error, runs a small sweep so the Trade-off charts fill in, checks that two browser
 sessions at different α each get their own answers, and saves a screenshot of every page
-under test-output/screenshots/ (Playground and Trade-off are copied to docs/screenshots/).
+under test-output/screenshots/ (the README's screenshots come from the full demo through
+tests/make_screenshots.py instead).
 
 Skipped cleanly when /usr/bin/chromium or playwright is missing. Marked slow + browser.
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -23,7 +23,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "test-output" / "screenshots"
-DOCS = ROOT / "docs" / "screenshots"
 CACHE = ROOT / "test-output" / "browser-cache"
 PAGES = ("Experiment", "Playground", "Trade-off", "Probe", "Export")
 N_QUESTIONS = 3  # the Playground shows the first three forget questions by default
@@ -117,7 +116,7 @@ def test_end_to_end(server, browser):
         page.locator(".st-key-pg_metrics [data-testid='stMetric']").first.wait_for(timeout=600_000)
         bh.wait_idle(page)
         bh.assert_no_exception(page)
-        shutil.copyfile(_shot(page, "playground"), _docs("playground"))
+        _shot(page, "playground")
 
         # Trade-off: a small sweep; the charts fill in.
         bh.open_page(page, "Trade-off")
@@ -131,7 +130,7 @@ def test_end_to_end(server, browser):
         bh.wait_idle(page, 600_000)
         assert page.locator('[data-testid="stPlotlyChart"]').count() >= 3
         bh.assert_no_exception(page)
-        shutil.copyfile(_shot(page, "tradeoff"), _docs("tradeoff"))
+        _shot(page, "tradeoff")
 
         for title in ("Probe", "Export", "Experiment"):
             bh.open_page(page, title)
@@ -151,10 +150,6 @@ def test_end_to_end(server, browser):
         context.close()
     assert "Traceback" not in log.read_text(encoding="utf-8", errors="replace")
 
-
-def _docs(name: str) -> Path:
-    DOCS.mkdir(parents=True, exist_ok=True)
-    return DOCS / f"{name}.png"
 
 
 def _squash(texts: list[str]) -> list[str]:
