@@ -37,6 +37,7 @@ from msa_core.checkpoints import (
     load_tokenizer,
 )
 from msa_core.experiment import Experiment
+from msa_core import fused
 from msa_core.progress import Progress, report, sub_progress
 from msa_core.vectors import VectorSet, compute_vectors
 
@@ -58,6 +59,9 @@ _CPU_ITEM_SLICES = 8
 _CPU_SERIAL_STEP = 512 * 1024
 # Below this many elements the CPU compose stays in the calling thread (no pool hand-off).
 _CPU_THREADED_MIN = 1 << 20
+# Below this many elements the fused CPU kernel (msa_core.fused) is not used: its per-call
+# overhead outweighs the pass it saves on small models (BENCHMARKS.md, figure 1).
+_FUSED_MIN = 1 << 24
 SIDE_ROLES = ("clean", "reference", "forget", "retain")
 _LAYER_RE = re.compile(r"\.layers\.(\d+)\.")
 
@@ -133,6 +137,7 @@ class Engine:
         self.alpha: Optional[float] = None
         self.beta: Optional[float] = None
         self.last_compose_seconds = 0.0
+        self.compose_path = ""  # how the last recompose ran (benchmarks and the app's status)
         self._side: dict[str, Any] = {}
         self._side_lock = threading.Lock()
         first = next(model.parameters())
@@ -231,9 +236,11 @@ class Engine:
         The arithmetic is fp32 and left to right (θ_c, then −α·τ_f, then +β·τ_r, each a
         fused multiply-add), terms with a zero coefficient are skipped, and (0, 0) is a
         plain copy of θ_c (bit-exact). On CUDA: foreach ops over groups of whole tensors.
-        On the CPU: cache-sized work items (slices of tensors, see CPU_STEP_ELEMENTS) go
-        through every term with foreach ops, spread over torch.get_num_threads() Python
-        threads; the result is bit-identical to whole-tensor passes.
+        On the CPU: a large model (≥ _FUSED_MIN elements) goes through msa_core.fused's
+        compiled one-pass kernel when it is available (the same fp32 expression, possibly
+        rounded differently in the last bits); otherwise cache-sized work items (slices of tensors, see
+        CPU_STEP_ELEMENTS) go through every term with foreach ops, spread over
+        torch.get_num_threads() Python threads, bit-identical to whole-tensor passes.
         """
         ca, cb = -alpha, beta
         use_a, use_b = alpha != 0.0, beta != 0.0
@@ -262,7 +269,14 @@ class Engine:
         if self.device.type != "cpu":
             for g in self._groups:
                 apply(g, self._scratch)
+            self.compose_path = "foreach (device)"
             return
+        if (use_a or use_b) and self.parameter_count >= _FUSED_MIN and fused.compose_fused(
+            self._params, self._pristine, self._tau_f, self._tau_r, ca, cb
+        ):
+            self.compose_path = "fused kernel (torch.compile)"
+            return
+        self.compose_path = "sliced eager"
 
         single = torch.get_num_threads() == 1
         step, per_item = (_CPU_SERIAL_STEP, 1) if single else (CPU_STEP_ELEMENTS, _CPU_ITEM_SLICES)

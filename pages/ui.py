@@ -181,6 +181,8 @@ def engine_sidebar_info(engine: Any) -> None:
         mem = {}
     if mem:
         st.caption("Memory: " + ", ".join(f"{k} {fmt_bytes(v)}" for k, v in mem.items()))
+    if getattr(engine, "compose_path", ""):
+        st.caption(f"Last recompose: {fmt_seconds(engine.last_compose_seconds)} · {engine.compose_path}")
     vec = engine.vectors
     st.caption(f"Vectors: {'loaded from cache' if vec.from_cache else 'computed'} in {fmt_seconds(vec.seconds)} "
                f"· `{vec.path}`")

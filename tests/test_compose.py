@@ -212,6 +212,7 @@ def test_sliced_threaded_cpu_path_equals_whole_tensor_arithmetic(request, cache_
     import msa_core.compose as C
 
     exp = request.getfixturevalue(fixture)
+    monkeypatch.setenv("MSA_FUSED_COMPOSE", "0")  # the eager path itself (the fused kernel is tested below)
     monkeypatch.setattr(C, "CPU_STEP_ELEMENTS", 97)  # odd sizes: slices straddle tensor ends
     monkeypatch.setattr(C, "_CPU_SERIAL_STEP", 113)
     monkeypatch.setattr(C, "_CPU_ITEM_SLICES", 3)
@@ -222,12 +223,74 @@ def test_sliced_threaded_cpu_path_equals_whole_tensor_arithmetic(request, cache_
         engine = Engine.load(exp, cache_dir=cache_dir)
         for alpha, beta in [(1.5, 0.0), (0.0, 2.0), (2.5, 0.75), (0.0, 0.0)]:
             engine.set_coefficients(alpha, beta)
-            for i, p in enumerate(engine._params):
-                w = engine._pristine[i].float().clone()
-                if alpha:
-                    w.add_(engine._tau_f[i], alpha=-alpha)
-                if beta:
-                    w.add_(engine._tau_r[i], alpha=beta)
-                assert torch.equal(p, w.to(p.dtype)), (fixture, threads, alpha, beta, i)
+            for i, (p, want) in enumerate(zip(engine._params, _eager_reference(engine, alpha, beta))):
+                assert torch.equal(p, want), (fixture, threads, alpha, beta, i)
     finally:
         torch.set_num_threads(old)
+
+
+def _eager_reference(engine: Engine, alpha: float, beta: float) -> list[torch.Tensor]:
+    """Whole-tensor fp32 arithmetic in the engine's order, cast once to the model dtype."""
+    out = []
+    for i, p in enumerate(engine._params):
+        w = engine._pristine[i].float().clone()
+        if alpha:
+            w.add_(engine._tau_f[i], alpha=-alpha)
+        if beta:
+            w.add_(engine._tau_r[i], alpha=beta)
+        out.append(w.to(p.dtype))
+    return out
+
+
+def _ulps_bf16(a: torch.Tensor, b: torch.Tensor) -> int:
+    """Largest distance in representable bf16 steps (same-sign values; 0 when equal)."""
+    ia, ib = a.view(torch.int16).int(), b.view(torch.int16).int()
+    return int((ia - ib).abs().max()) if a.numel() else 0
+
+
+@pytest.mark.parametrize("fixture", ["tiny_experiment", "tiny_experiment_bf16"])
+def test_fused_kernel_agrees_with_eager_path(request, cache_dir, monkeypatch, fixture):
+    import msa_core.compose as C
+    from msa_core import fused
+
+    exp = request.getfixturevalue(fixture)
+    monkeypatch.delenv("MSA_FUSED_COMPOSE", raising=False)
+    monkeypatch.setattr(C, "_FUSED_MIN", 0)  # the tiny model is far below the size threshold
+    fused._reset_for_tests()
+    engine = Engine.load(exp, cache_dir=cache_dir)
+    for alpha, beta in [(1.5, 0.0), (0.0, 2.0), (2.5, 0.75)]:
+        engine.set_coefficients(alpha, beta)
+        if engine.compose_path != "fused kernel (torch.compile)":
+            pytest.skip(f"fused kernel unavailable here: {fused.disabled_reason()}")
+        for p, want in zip(engine._params, _eager_reference(engine, alpha, beta)):
+            if p.dtype == torch.bfloat16:
+                assert _ulps_bf16(p, want) <= 2, (alpha, beta)  # last-bit rounding only
+            else:
+                scale = 1 + abs(alpha) + abs(beta)
+                assert torch.allclose(p, want, rtol=4e-7 * scale, atol=1e-7 * scale), (alpha, beta)
+    engine.set_coefficients(0.0, 0.0)  # (0, 0) stays the plain, bit-exact copy
+    assert all(torch.equal(p, b) for p, b in zip(engine._params, engine._pristine))
+
+
+def test_fused_kernel_failure_falls_back_to_eager(tiny_experiment_bf16, cache_dir, monkeypatch):
+    from msa_core import fused
+
+    monkeypatch.delenv("MSA_FUSED_COMPOSE", raising=False)
+    fused._reset_for_tests()
+
+    def broken(use_a: bool, use_b: bool):
+        raise RuntimeError("no C++ compiler")
+
+    import msa_core.compose as C
+
+    monkeypatch.setattr(fused, "_kernel", broken)
+    monkeypatch.setattr(C, "_FUSED_MIN", 0)
+    try:
+        engine = Engine.load(tiny_experiment_bf16, cache_dir=cache_dir)
+        engine.set_coefficients(2.5, 0.75)
+        assert engine.compose_path == "sliced eager"
+        assert "no C++ compiler" in (fused.disabled_reason() or "")
+        for p, want in zip(engine._params, _eager_reference(engine, 2.5, 0.75)):
+            assert torch.equal(p, want)
+    finally:
+        fused._reset_for_tests()

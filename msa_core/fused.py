@@ -1,0 +1,129 @@
+"""An optional fused recompose kernel for large models on the CPU.
+
+On the CPU, ATen's bf16↔fp32 conversions run at about half the memory bandwidth, so the
+eager recompose of a bf16 model (convert θ_c to fp32, two multiply-adds, convert back, all
+on cache-resident slices) reaches only ~0.5 of the copy bandwidth (BENCHMARKS.md, figure 1),
+and every eager op on a slice costs a dispatch. A ``torch.compile``'d kernel (Inductor's
+vectorised C++) does the whole expression, conversions included, in registers in a single
+pass: read θ_c, τ_f, τ_r once, write w once.
+
+It is compiled on first use (a few seconds, once per process and term pattern; it needs a
+C++ compiler). Any failure to compile or run disables it for the rest of the process with
+one warning, and the caller falls back to the eager path, which rewrites every parameter.
+The value computed is the same fp32 expression rounded once to the model dtype, but the
+compiler may contract or order the multiply-adds differently: an element can differ from
+the eager path in its last bits (a unit or two in the last place of a bf16 model where the
+terms nearly cancel; fp32 rounding level for an fp32 model). Set ``MSA_FUSED_COMPOSE=0``
+to turn it off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+log = logging.getLogger(__name__)
+
+_LOCK = threading.Lock()
+_KERNELS: dict[tuple[bool, bool], Callable[..., None]] = {}
+_DISABLED: Optional[str] = None
+
+
+def enabled() -> bool:
+    """Whether the fused kernel may be tried (not turned off by the environment, not failed)."""
+    return _DISABLED is None and os.environ.get("MSA_FUSED_COMPOSE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def disabled_reason() -> Optional[str]:
+    """Why the kernel was disabled in this process (None when it was not)."""
+    return _DISABLED
+
+
+# One top-level function per term pattern: torch.compile caches per code object, so three
+# closures over one function would share (and exhaust) a single recompile budget.
+def _a(out: torch.Tensor, base: torch.Tensor, tau_f: torch.Tensor, tau_r: torch.Tensor, ca: torch.Tensor, cb: torch.Tensor) -> None:
+    out.copy_((base.to(torch.float32) + ca * tau_f).to(out.dtype))
+
+
+def _b(out: torch.Tensor, base: torch.Tensor, tau_f: torch.Tensor, tau_r: torch.Tensor, ca: torch.Tensor, cb: torch.Tensor) -> None:
+    out.copy_((base.to(torch.float32) + cb * tau_r).to(out.dtype))
+
+
+def _ab(out: torch.Tensor, base: torch.Tensor, tau_f: torch.Tensor, tau_r: torch.Tensor, ca: torch.Tensor, cb: torch.Tensor) -> None:
+    out.copy_((base.to(torch.float32) + ca * tau_f + cb * tau_r).to(out.dtype))
+
+
+_PATTERNS = {(True, False): _a, (False, True): _b, (True, True): _ab}
+# Tensors smaller than this are done eagerly: negligible bytes, and tiny sizes (0, 1) would
+# each cost the compiler a specialised recompile.
+_EAGER_BELOW = 4096
+
+
+def _kernel(use_a: bool, use_b: bool) -> Callable[..., None]:
+    # dynamic=True: one kernel serves every tensor size; the coefficients are 0-d tensors so
+    # a new (α, β) never recompiles.
+    return torch.compile(_PATTERNS[(use_a, use_b)], dynamic=True, fullgraph=True)
+
+
+def _eager(p: torch.Tensor, b: torch.Tensor, f: torch.Tensor, r: torch.Tensor, ca: float, cb: float) -> None:
+    w = b.to(torch.float32, copy=True)
+    if ca != 0.0:
+        w.add_(f, alpha=ca)
+    if cb != 0.0:
+        w.add_(r, alpha=cb)
+    p.copy_(w)
+
+
+def compose_fused(
+    params: Sequence[torch.Tensor],
+    pristine: Sequence[torch.Tensor],
+    tau_f: Sequence[torch.Tensor],
+    tau_r: Sequence[torch.Tensor],
+    ca: float,
+    cb: float,
+) -> bool:
+    """w = cast(θ_c + ca·τ_f + cb·τ_r) into every parameter with the fused kernel (zero
+    coefficients skip their term). Returns False, having possibly written some parameters,
+    when the kernel is unavailable; the caller must then run its own path over all of them.
+    """
+    global _DISABLED
+    if not enabled() or not params:
+        return False
+    use_a, use_b = ca != 0.0, cb != 0.0
+    if not (use_a or use_b):
+        return False
+    if any(p.device.type != "cpu" or not (p.is_contiguous() and b.is_contiguous() and f.is_contiguous() and r.is_contiguous())
+           for p, b, f, r in zip(params, pristine, tau_f, tau_r)):
+        return False
+    ta = torch.tensor(ca, dtype=torch.float32)
+    tb = torch.tensor(cb, dtype=torch.float32)
+    with _LOCK:  # compilation is not thread-safe; composes are serial per engine anyway
+        try:
+            fn = _KERNELS.get((use_a, use_b))
+            if fn is None:
+                fn = _KERNELS[(use_a, use_b)] = _kernel(use_a, use_b)
+            for p, b, f, r in zip(params, pristine, tau_f, tau_r):
+                if p.numel() < _EAGER_BELOW:
+                    _eager(p, b, f, r, ca, cb)
+                else:
+                    fn(p.view(-1), b.view(-1), f.view(-1), r.view(-1), ta, tb)
+        except Exception as exc:  # noqa: BLE001 - any compiler/runtime failure means: use the eager path
+            _DISABLED = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            log.warning("fused CPU recompose disabled for this process (%s); using the eager path", _DISABLED)
+            return False
+    return True
+
+
+def _reset_for_tests() -> None:
+    """Forget compiled kernels and a recorded failure (tests only)."""
+    global _DISABLED
+    with _LOCK:
+        _KERNELS.clear()
+        _DISABLED = None
+
+
+__all__: list[Any] = ["enabled", "disabled_reason", "compose_fused"]
