@@ -110,7 +110,10 @@ def compose_fused(
                 if p.numel() < _EAGER_BELOW:
                     _eager(p, b, f, r, ca, cb)
                 else:
-                    fn(p.view(-1), b.view(-1), f.view(-1), r.view(-1), ta, tb)
+                    flat = [t.view(-1) for t in (p, b, f, r)]
+                    for t in flat:  # sizes symbolic from the first call: no static compile first
+                        torch._dynamo.mark_dynamic(t, 0)
+                    fn(*flat, ta, tb)
         except Exception as exc:  # noqa: BLE001 - any compiler/runtime failure means: use the eager path
             _DISABLED = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
             log.warning("fused CPU recompose disabled for this process (%s); using the eager path", _DISABLED)
