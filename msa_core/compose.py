@@ -421,6 +421,16 @@ class Engine:
         """Roles whose side models are currently loaded."""
         return list(self._side)
 
+    def warm_up_async(self) -> Optional[threading.Thread]:
+        """Compile the fused CPU kernel in a background thread (when this engine will use it),
+        so the first slider moves do not wait for the compiler; a compose that starts
+        meanwhile waits for it. For long-lived processes (the app); None when not needed."""
+        if self.device.type != "cpu" or self.parameter_count < _FUSED_MIN or not fused.enabled():
+            return None
+        thread = threading.Thread(target=fused.warm_up, args=(self.dtype,), name="msa-fused-warm-up", daemon=True)
+        thread.start()
+        return thread
+
     def memory_bytes(self) -> dict[str, int]:
         """Bytes held by the working model, pristine θ_c, the vectors, scratch and side models."""
 

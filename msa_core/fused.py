@@ -121,6 +121,20 @@ def compose_fused(
     return True
 
 
+def warm_up(dtype: torch.dtype) -> bool:
+    """Compile the three term patterns for a model of ``dtype`` now, on small tensors, so the
+    first slider moves do not wait for the compiler. Returns whether the kernel is usable."""
+    n = 2 * _EAGER_BELOW
+    for shape in ((n,), (2, n // 2)):  # flat views of 1-D and 2-D parameters are guarded apart
+        p = torch.empty(shape, dtype=dtype)
+        b = torch.zeros(shape, dtype=dtype)
+        f, r = torch.zeros(shape), torch.zeros(shape)
+        for ca, cb in ((1.0, 1.0), (1.0, 0.0), (0.0, 1.0)):
+            if not compose_fused([p], [b], [f], [r], ca, cb):
+                return False
+    return True
+
+
 def _reset_for_tests() -> None:
     """Forget compiled kernels and a recorded failure (tests only)."""
     global _DISABLED
@@ -129,4 +143,4 @@ def _reset_for_tests() -> None:
         _DISABLED = None
 
 
-__all__: list[Any] = ["enabled", "disabled_reason", "compose_fused"]
+__all__: list[Any] = ["enabled", "disabled_reason", "compose_fused", "warm_up"]

@@ -179,6 +179,7 @@ def get_engine(path: str, progress: Optional[Progress] = None) -> Any:
                 dtype=None if dtype == "auto" else dtype,
                 progress=progress,
             )
+            slot.engine.warm_up_async()  # large CPU models: compile the fused kernel before the first move
     return slot.engine
 
 

@@ -294,3 +294,25 @@ def test_fused_kernel_failure_falls_back_to_eager(tiny_experiment_bf16, cache_di
             assert torch.equal(p, want)
     finally:
         fused._reset_for_tests()
+
+
+def test_fused_warm_up_compiles_before_the_first_move(tiny_experiment_bf16, cache_dir, monkeypatch):
+    import msa_core.compose as C
+    from msa_core import fused
+
+    monkeypatch.delenv("MSA_FUSED_COMPOSE", raising=False)
+    monkeypatch.setattr(C, "_FUSED_MIN", 0)
+    fused._reset_for_tests()
+    engine = Engine.load(tiny_experiment_bf16, cache_dir=cache_dir)
+    thread = engine.warm_up_async()
+    assert thread is not None
+    thread.join(timeout=300)
+    if fused.disabled_reason():
+        pytest.skip(f"fused kernel unavailable here: {fused.disabled_reason()}")
+    assert set(fused._KERNELS) == {(True, True), (True, False), (False, True)}
+    engine.set_coefficients(2.5, 0.75)
+    assert engine.compose_path == "fused kernel (torch.compile)"
+    for p, want in zip(engine._params, _eager_reference(engine, 2.5, 0.75)):
+        assert _ulps_bf16(p, want) <= 2
+    monkeypatch.setattr(C, "_FUSED_MIN", 1 << 40)  # small models: no warm-up thread at all
+    assert engine.warm_up_async() is None
