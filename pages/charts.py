@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from pages.ui import arrow, direction_text, metric_info, metric_label
+from pages.ui import arrow, metric_info, metric_label
 
 POINT_COLS = ("alpha", "beta")
 HEATMAP_ORDER = ("forget_quality", "model_utility", "model_utility_tf", "forget_rouge", "retain_rouge",
@@ -99,7 +99,9 @@ def heatmap(df: pd.DataFrame, name: str, current: tuple[float, float]) -> go.Fig
     info = metric_info(name)
     # A reversed scale for lower-is-better metrics keeps bright = better on every heatmap.
     scale = "Viridis_r" if info is not None and info.direction == "lower" else "Viridis"
-    bar_title = ("log10 " if log else "") + f"{arrow(name)} {direction_text(name)}"
+    # Short colour-bar title (the chart title carries the full direction and ideal): a long
+    # vertical title would run past a 330-px chart into its neighbour.
+    bar_title = ("log10, " if log else "") + (f"{arrow(name)} better" if arrow(name) else "")
     fig = go.Figure(go.Heatmap(z=table.values, x=[f"{a:g}" for a in table.columns], y=[f"{b:g}" for b in table.index],
                                colorscale=scale, colorbar=dict(title=dict(text=bar_title, side="right")),
                                hovertemplate="α=%{x}, β=%{y}<br>value=%{z:.3g}<extra></extra>"))
