@@ -101,7 +101,9 @@ def compose_fused(
         return False
     ta = torch.tensor(ca, dtype=torch.float32)
     tb = torch.tensor(cb, dtype=torch.float32)
-    with _LOCK:  # compilation is not thread-safe; composes are serial per engine anyway
+    # no_grad always: grad mode is part of the compiled kernels' guards, so the warm-up and
+    # the engine must call them in the same mode or the first real move recompiles.
+    with _LOCK, torch.no_grad():  # compilation is not thread-safe; composes are serial per engine anyway
         try:
             fn = _KERNELS.get((use_a, use_b))
             if fn is None:

@@ -310,6 +310,13 @@ def test_fused_warm_up_compiles_before_the_first_move(tiny_experiment_bf16, cach
     if fused.disabled_reason():
         pytest.skip(f"fused kernel unavailable here: {fused.disabled_reason()}")
     assert set(fused._KERNELS) == {(True, True), (True, False), (False, True)}
+    from torch._dynamo.utils import counters
+
+    graphs = counters["stats"]["unique_graphs"]
+    engine.set_coefficients(2.5, 0.75)
+    engine.set_coefficients(1.0, 0.0)
+    engine.set_coefficients(0.0, 1.5)
+    assert counters["stats"]["unique_graphs"] == graphs, "a real move recompiled after the warm-up"
     engine.set_coefficients(2.5, 0.75)
     assert engine.compose_path == "fused kernel (torch.compile)"
     for p, want in zip(engine._params, _eager_reference(engine, 2.5, 0.75)):
