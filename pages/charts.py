@@ -160,7 +160,8 @@ def tradeoff_scatter(df: pd.DataFrame, x: str, y: str, current: tuple[float, flo
         fig.add_trace(go.Scatter(x=cur[x], y=cur[y], mode="markers", name="current point",
                                  marker=dict(symbol="star", size=18, color="gold", line=dict(color="black", width=1))))
     fig.update_xaxes(type="log", title=f"{metric_label(x)} — log scale, right is better")
-    fig.update_yaxes(title=f"{metric_label(y)} — up is better")
+    # The y title must fit the 460-px chart height: label and arrow only (the chart title says top-right is better).
+    fig.update_yaxes(title=f"{metric_label(y, with_direction=False)} ({arrow(y)} up is better)")
     fig.update_layout(title="Forgetting vs utility: top-right is better", height=460, margin=dict(t=50),
                       legend=dict(orientation="h", y=-0.25))
     return fig
