@@ -7,9 +7,11 @@ every affected parameter from the pristine tensors::
     w = cast(θ_c − α·τ_f + β·τ_r)        (arithmetic in fp32)
 
 never incrementally (no drift) and never by building a new model (no extra memory).
-The arithmetic is batched with ``torch._foreach_*`` over groups of tensors, through a
-bounded fp32 scratch buffer when the model dtype is not fp32. Tied weights are one
-parameter and are composed once; buffers are left alone.
+On a GPU the arithmetic is batched with ``torch._foreach_*`` over groups of tensors,
+through a bounded fp32 scratch buffer when the model dtype is not fp32. On the CPU, large
+models go through the one-pass compiled kernel of :mod:`msa_core.fused` and the rest through
+cache-sized slices (see ``_compose_into``). Tied weights are one parameter and are composed
+once; buffers are left alone.
 
 The working model is shared by every caller of a process (every browser session of a
 server), so compose-then-use is one critical section: ``with engine.session(α, β) as m``.
