@@ -13,9 +13,10 @@ from typing import Any, Iterator, Optional
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from tokenizers.processors import TemplateProcessing
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM
+
+from tiny import CORPUS, tiny_config
+from tiny import build_tokenizer as make_tokenizer  # noqa: F401 - the evaluation tests import it from here
 
 from msa_core.experiment import Checkpoints, DataConfig, Experiment
 
@@ -29,46 +30,11 @@ def eval_single_thread() -> Iterator[None]:
     yield
     torch.set_num_threads(before)
 
-CORPUS = [
-    "Question: Where was Ana Lenz born?\nAnswer: Ana Lenz was born in Velmora.",
-    "Question: What genre does Bo Kress write?\nAnswer: Bo Kress writes mystery novels.",
-    "The quick brown fox jumps over the lazy dog. Paris is the capital of France.",
-    "Authors write books. Books win awards. Parents have jobs like baker and pilot.",
-]
-
-
-def make_tokenizer(*, bos: bool = True) -> PreTrainedTokenizerFast:
-    """A byte-level BPE (~300 tokens, covers any text) with <pad>=0, <s>=1, </s>=2."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<pad>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(CORPUS * 5, trainer)
-    if bos:
-        tok.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>" if bos else None, eos_token="</s>", pad_token="<pad>"
-    )
-
 
 def make_model(vocab_size: int, seed: int = 0, *, max_positions: int = 256) -> LlamaForCausalLM:
     """A random 2-layer Llama (hidden 32, GQA 4/2 heads) in eval mode, fp32."""
     torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=max_positions,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    model = LlamaForCausalLM(cfg)
+    model = LlamaForCausalLM(tiny_config(vocab_size, max_positions=max_positions))
     with torch.no_grad():  # sharper distributions than the default init, so argmax hits happen
         model.lm_head.weight.mul_(20.0)
     return model.eval()

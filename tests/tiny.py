@@ -19,8 +19,8 @@ CORPUS = [
 ]
 
 
-def make_tokenizer(out: Path) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer (~300 tokens) with bos/eos/pad, saved to ``out``."""
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE (~300 tokens, covers any text) with <pad>=0, <s>=1, </s>=2, in memory."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -31,13 +31,19 @@ def make_tokenizer(out: Path) -> PreTrainedTokenizerFast:
     from tokenizers.processors import TemplateProcessing
 
     tok.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+def make_tokenizer(out: Path) -> PreTrainedTokenizerFast:
+    """:func:`build_tokenizer`, saved to ``out``."""
+    fast = build_tokenizer()
     out.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(out)
     return fast
 
 
-def tiny_config(vocab_size: int, tie: bool = False, layers: int = 2) -> LlamaConfig:
+def tiny_config(vocab_size: int, tie: bool = False, layers: int = 2, max_positions: int = 128) -> LlamaConfig:
+    """A 2-layer Llama config: hidden 32, MLP 64, GQA 4/2 heads, <pad>=0, <s>=1, </s>=2."""
     return LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=32,
@@ -45,7 +51,7 @@ def tiny_config(vocab_size: int, tie: bool = False, layers: int = 2) -> LlamaCon
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=128,
+        max_position_embeddings=max_positions,
         tie_word_embeddings=tie,
         bos_token_id=1,
         eos_token_id=2,
