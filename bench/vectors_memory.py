@@ -279,44 +279,27 @@ def main(argv: Optional[list[str]] = None) -> int:
     info = machine_info()
     print(machine_line(info))
     rows = []
+
+    def row(method: str, base: int, peak: int, anon: int, ru: int, seconds: Optional[float]) -> dict[str, Any]:
+        return {"method": method, "peak_GB": peak / 1e9, "above_imports_GB": (peak - base) / 1e9,
+                "x_checkpoint": (peak - base) / ck, "anon_peak_x": (anon - base) / ck, "ru_maxrss_GB": ru / 1e9,
+                "seconds": seconds}
+
     if "error" in streamed:
         print("streamed FAILED:", streamed["error"])
     else:
         b = streamed["baseline_rss"]
-        rows.append({
-            "method": "streamed: computation (compute_vectors until the last tensor is written)",
-            "peak_GB": streamed["compute_peak"] / 1e9,
-            "above_imports_GB": (streamed["compute_peak"] - b) / 1e9,
-            "x_checkpoint": (streamed["compute_peak"] - b) / ck,
-            "anon_peak_x": (streamed["compute_anon_peak"] - b) / ck,
-            "ru_maxrss_GB": streamed["compute_ru_maxrss"] / 1e9,
-            "seconds": None,
-        })
-        rows.append({
-            "method": "streamed: then loading τ_f, τ_r (fp32) for the engine",
-            "peak_GB": streamed["load_peak"] / 1e9,
-            "above_imports_GB": (streamed["load_peak"] - b) / 1e9,
-            "x_checkpoint": (streamed["load_peak"] - b) / ck,
-            "anon_peak_x": (streamed["load_anon_peak"] - b) / ck,
-            "ru_maxrss_GB": streamed["ru_maxrss"] / 1e9,
-            "seconds": streamed["seconds"],
-        })
+        rows.append(row("streamed: computation (compute_vectors until the last tensor is written)", b,
+                        streamed["compute_peak"], streamed["compute_anon_peak"], streamed["compute_ru_maxrss"], None))
+        rows.append(row("streamed: then loading τ_f, τ_r (fp32) for the engine", b,
+                        streamed["load_peak"], streamed["load_anon_peak"], streamed["ru_maxrss"], streamed["seconds"]))
     for res, label in ((mapped_stream, "streamed through safe_open memory maps (previous vectors.py)"),
                        (loaded, "load-everything: 4 models (from_pretrained), τ in place"),
                        (mapped, "load-everything: 4 state dicts (safetensors load_file, mmap), τ in place")):
         if "error" in res:
             print(label, "FAILED:", res["error"])
             continue
-        b = res["baseline_rss"]
-        rows.append({
-            "method": label,
-            "peak_GB": res["peak"] / 1e9,
-            "above_imports_GB": (res["peak"] - b) / 1e9,
-            "x_checkpoint": (res["peak"] - b) / ck,
-            "anon_peak_x": (res["anon_peak"] - b) / ck,
-            "ru_maxrss_GB": res["ru_maxrss"] / 1e9,
-            "seconds": res["seconds"],
-        })
+        rows.append(row(label, res["baseline_rss"], res["peak"], res["anon_peak"], res["ru_maxrss"], res["seconds"]))
     print(f"\n[vector computation peak RSS; one checkpoint = {ck / 1e9:.2f} GB ({args.dtype})]")
     print(table(rows))
     if rows and "error" not in streamed and "error" not in loaded:
