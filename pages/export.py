@@ -56,7 +56,7 @@ if st.button("Compute fast-tier metrics now", key="w_export_metrics"):
     bench = "all" if exp.data.tofu and exp.data.muse else "tofu" if exp.data.tofu else "muse"
     try:
         result = state.evaluation(engine, alpha, beta, tier="fast", benchmark=bench, subset=None,
-                                  progress=lambda f, m: bar.progress(f, text=m))
+                                  progress=ui.bar_progress(bar))
     except ui.CORE_ERRORS as exc:
         ui.show_error("Evaluation failed", exc)
     else:

@@ -126,9 +126,9 @@ def metrics_panel() -> None:
         bar = st.progress(0.0, text="evaluating")
         try:
             base = state.evaluation(engine, 0.0, 0.0, tier="fast", benchmark=bench, subset=int(subset),
-                                    progress=lambda f, m: bar.progress(f * 0.5, text=f"corrupted: {m}"))
+                                    progress=ui.bar_progress(bar, 0.0, 0.5, "corrupted: "))
             current = state.evaluation(engine, alpha, beta, tier="fast", benchmark=bench, subset=int(subset),
-                                       progress=lambda f, m: bar.progress(0.5 + f * 0.5, text=f"unlearned: {m}"))
+                                       progress=ui.bar_progress(bar, 0.5, 1.0, "unlearned: "))
         except ui.CORE_ERRORS as exc:
             ui.show_error("Evaluation failed", exc)
             return

@@ -99,9 +99,7 @@ draw(load_grid(), 0)
 if run:
     done = {"n": 0}
     bar = progress_slot.progress(0.0, text="starting the sweep")
-
-    def on_progress(frac: float, msg: str) -> None:
-        bar.progress(min(max(float(frac), 0.0), 1.0), text=msg)
+    on_progress = ui.bar_progress(bar)
 
     def on_point(*_args: object, **_kwargs: object) -> None:
         done["n"] += 1

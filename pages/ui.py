@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import pandas as pd
 import streamlit as st
@@ -71,6 +71,16 @@ def try_choose_experiment(path: str, where: Any = None) -> bool:
     return True
 
 
+def bar_progress(bar: Any, lo: float = 0.0, hi: float = 1.0, prefix: str = "") -> Callable[[float, str], None]:
+    """A core progress callback drawing on ``bar`` (st.progress): fraction clamped to [0, 1]
+    and mapped onto [lo, hi], message shown after ``prefix``."""
+
+    def update(frac: float, msg: str) -> None:
+        bar.progress(lo + (hi - lo) * min(max(float(frac), 0.0), 1.0), text=prefix + msg)
+
+    return update
+
+
 def request_demo(kind: str) -> None:
     """on_click: ask for a demo build (done in the main area with a progress bar)."""
     st.session_state[state.K_PENDING_DEMO] = kind
@@ -86,11 +96,8 @@ def run_pending_demo_build() -> None:
     with st.status(f"Building the {'quick' if quick else 'full'} embedded demo…", expanded=True) as status:
         bar = st.progress(0.0, text="starting")
 
-        def cb(frac: float, msg: str) -> None:
-            bar.progress(min(max(float(frac), 0.0), 1.0), text=msg)
-
         try:
-            path = state.build_demo(quick, progress=cb)
+            path = state.build_demo(quick, progress=bar_progress(bar))
         except CORE_ERRORS as exc:
             status.update(label="Demo build failed", state="error")
             show_error("Could not build the demo", exc)
@@ -111,11 +118,8 @@ def ensure_engine() -> Any:
     with st.status(f"Loading experiment {path}…", expanded=True) as status:
         bar = st.progress(0.0, text="reading checkpoints")
 
-        def cb(frac: float, msg: str) -> None:
-            bar.progress(min(max(float(frac), 0.0), 1.0), text=msg)
-
         try:
-            engine = state.get_engine(path, progress=cb)
+            engine = state.get_engine(path, progress=bar_progress(bar))
         except CORE_ERRORS as exc:
             status.update(label="Loading failed", state="error")
             st.session_state[state.K_LOAD_ERROR] = f"Could not load experiment {path}: {type(exc).__name__}: {error_text(exc)}"
