@@ -244,13 +244,18 @@ def perturbed_split_name(split: str) -> str:
 # ---------------------------------------------------------------- MUSE
 
 
-def _load_json(path: Path) -> Any:
+def read_json_file(path: Path, what: str) -> Any:
+    """Parse a JSON file; a missing file or bad JSON raises an error naming ``what`` / the file."""
     if not path.is_file():
-        raise FileNotFoundError(f"MUSE file {path} does not exist")
+        raise FileNotFoundError(f"{what} {path} does not exist")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def _load_json(path: Path) -> Any:
+    return read_json_file(path, "MUSE file")
 
 
 def _first_existing(folder: Path, names: tuple[str, ...]) -> Path:

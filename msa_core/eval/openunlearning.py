@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from msa_core.eval.data import read_json_file
 from msa_core.eval.results import EvalResult, MetricValue
 
 TOFU_NAMES = {
@@ -145,12 +146,7 @@ def export_open_unlearning(result: EvalResult, out_dir: Union[str, os.PathLike],
 
 
 def _load(path: Path) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(f"reference evaluation file {path} does not exist")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc.msg})") from None
+    return read_json_file(path, "reference evaluation file")
 
 
 def _index_map(raw: Any, path: Path, field: str, value_key: Optional[str]) -> dict[int, float]:
