@@ -26,9 +26,6 @@ from typing import Any, BinaryIO, Optional
 
 import torch
 
-_DTYPE_NAMES = {
-    torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
-}
 _TORCH_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -37,6 +34,8 @@ _TORCH_DTYPES = {
 for _name in ("float8_e4m3fn", "float8_e5m2"):  # F8 names as the safetensors format spells them
     if hasattr(torch, _name):
         _TORCH_DTYPES["F8_E4M3" if "e4m3" in _name else "F8_E5M2"] = getattr(torch, _name)
+# What the writer emits: the float dtypes, by their safetensors names.
+_DTYPE_NAMES = {_TORCH_DTYPES[n]: n for n in ("F64", "F32", "F16", "BF16")}
 # One preadv call is capped by the kernel (~2 GiB on Linux); bigger tensors take several.
 _READ_CHUNK = 1 << 30
 
