@@ -273,7 +273,7 @@ class Engine:
                 apply(g, self._scratch)
             self.compose_path = "foreach (device)"
             return
-        if (use_a or use_b) and self.parameter_count >= _FUSED_MIN and fused.compose_fused(
+        if (use_a or use_b) and self._fused_eligible() and fused.compose_fused(
             self._params, self._pristine, self._tau_f, self._tau_r, ca, cb
         ):
             self.compose_path = "fused kernel (torch.compile)"
@@ -423,11 +423,16 @@ class Engine:
         """Roles whose side models are currently loaded."""
         return list(self._side)
 
+    def _fused_eligible(self) -> bool:
+        """Whether recomposition may use msa_core.fused: a CPU model of ≥ _FUSED_MIN elements,
+        the kernel not turned off or failed."""
+        return self.device.type == "cpu" and self.parameter_count >= _FUSED_MIN and fused.enabled()
+
     def warm_up_async(self) -> Optional[threading.Thread]:
         """Compile the fused CPU kernel in a background thread (when this engine will use it),
         so the first slider moves do not wait for the compiler; a compose that starts
         meanwhile waits for it. For long-lived processes (the app); None when not needed."""
-        if self.device.type != "cpu" or self.parameter_count < _FUSED_MIN or not fused.enabled():
+        if not self._fused_eligible():
             return None
         thread = threading.Thread(target=fused.warm_up, args=(self.dtype,), name="msa-fused-warm-up", daemon=True)
         thread.start()

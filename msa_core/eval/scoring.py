@@ -82,6 +82,9 @@ def _prepare(pairs: Sequence[Pair], max_length: Optional[int]) -> list[tuple[lis
     return out
 
 
+_LOGITS_TO_KEEP: dict[type, bool] = {}  # model class → whether its forward takes logits_to_keep
+
+
 def _accepts_logits_to_keep(model: Any) -> bool:
     """Whether the model's forward takes ``logits_to_keep`` (transformers' causal LMs do)."""
     cls = type(model)
@@ -94,8 +97,6 @@ def _accepts_logits_to_keep(model: Any) -> bool:
         _LOGITS_TO_KEEP[cls] = known
     return known
 
-
-_LOGITS_TO_KEEP: dict[type, bool] = {}
 
 
 @torch.inference_mode()
