@@ -128,13 +128,19 @@ def new_app() -> AppTest:
     return AppTest.from_file(APP, default_timeout=TIMEOUT)
 
 
+def submit_experiment(at: AppTest, path: Path) -> list[str]:
+    """Type ``path`` into the sidebar's experiment-file box and load it; the sidebar errors shown."""
+    at.sidebar.text_input(key="w_exp_path_input").set_value(str(path)).run()
+    at.sidebar.button(key="w_exp_load").click().run()
+    no_exceptions(at)
+    return [e.value for e in at.sidebar.error]
+
+
 def load_experiment(at: AppTest, path: Path) -> AppTest:
     """Use the sidebar picker to load ``path``."""
     at.run()
     at.sidebar.radio(key="w_exp_source").set_value("Experiment file").run()
-    at.sidebar.text_input(key="w_exp_path_input").set_value(str(path)).run()
-    at.sidebar.button(key="w_exp_load").click().run()
-    no_exceptions(at)
+    submit_experiment(at, path)
     assert not at.error, [e.value for e in at.error]
     return at
 
@@ -171,23 +177,14 @@ def test_bad_experiment_path_shows_error(app_env, tmp_path):
     at = new_app().run()
     at.sidebar.radio(key="w_exp_source").set_value("Experiment file").run()
     missing = tmp_path / "nope.yaml"
-    at.sidebar.text_input(key="w_exp_path_input").set_value(str(missing)).run()
-    at.sidebar.button(key="w_exp_load").click().run()
-    no_exceptions(at)
-    assert any(str(missing) in e.value and "does not exist" in e.value for e in at.sidebar.error)
+    assert any(str(missing) in e and "does not exist" in e for e in submit_experiment(at, missing))
     # Malformed YAML and a file missing its checkpoints each get a readable error naming the problem.
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: [unclosed\n")
-    at.sidebar.text_input(key="w_exp_path_input").set_value(str(bad)).run()
-    at.sidebar.button(key="w_exp_load").click().run()
-    no_exceptions(at)
-    assert any("not valid YAML" in e.value for e in at.sidebar.error)
+    assert any("not valid YAML" in e for e in submit_experiment(at, bad))
     partial = tmp_path / "partial.yaml"
     partial.write_text("name: x\ncheckpoints:\n  clean: a\n")
-    at.sidebar.text_input(key="w_exp_path_input").set_value(str(partial)).run()
-    at.sidebar.button(key="w_exp_load").click().run()
-    no_exceptions(at)
-    assert any("checkpoints.corrupted is missing" in e.value for e in at.sidebar.error)
+    assert any("checkpoints.corrupted is missing" in e for e in submit_experiment(at, partial))
     # The app is still usable: still no experiment, the demo offer is still there.
     assert at.session_state["msa_exp_path"] is None
     assert at.button(key="w_offer_build")
@@ -205,9 +202,7 @@ def test_mismatched_checkpoints_show_error(app_env, tmp_path):
     save_model(wide, tok, tmp_path / "a" / "retain")
     at = new_app().run()
     at.sidebar.radio(key="w_exp_source").set_value("Experiment file").run()
-    at.sidebar.text_input(key="w_exp_path_input").set_value(str(tmp_path / "a" / "experiment.yaml")).run()
-    at.sidebar.button(key="w_exp_load").click().run()
-    no_exceptions(at)
+    submit_experiment(at, tmp_path / "a" / "experiment.yaml")
     errors = " ".join(e.value for e in at.error)
     assert "not compatible" in errors and "retain" in errors
     assert at.session_state["msa_exp_path"] is None
