@@ -273,9 +273,8 @@ class Engine:
                 apply(g, self._scratch)
             self.compose_path = "foreach (device)"
             return
-        if (use_a or use_b) and self._fused_eligible() and fused.compose_fused(
-            self._params, self._pristine, self._tau_f, self._tau_r, ca, cb
-        ):
+        views = self._fused_views() if (use_a or use_b) and self._fused_eligible() else None
+        if views and fused.compose_fused(views, ca, cb):
             self.compose_path = "fused kernel (torch.compile)"
             return
         self.compose_path = "sliced eager"
@@ -427,6 +426,12 @@ class Engine:
         """Whether recomposition may use msa_core.fused: a CPU model of ≥ _FUSED_MIN elements,
         the kernel not turned off or failed."""
         return self.device.type == "cpu" and self.parameter_count >= _FUSED_MIN and fused.enabled()
+
+    def _fused_views(self) -> Optional[fused.Views]:
+        """The parameters' flat views for msa_core.fused, built on first use (None: not usable)."""
+        if not hasattr(self, "_fused_view_cache"):
+            self._fused_view_cache = fused.prepare(self._params, self._pristine, self._tau_f, self._tau_r)
+        return self._fused_view_cache
 
     def warm_up_async(self) -> Optional[threading.Thread]:
         """Compile the fused CPU kernel in a background thread (when this engine will use it),

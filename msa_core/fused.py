@@ -78,26 +78,40 @@ def _eager(p: torch.Tensor, b: torch.Tensor, f: torch.Tensor, r: torch.Tensor, c
     p.copy_(w)
 
 
-def compose_fused(
+Views = list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def prepare(
     params: Sequence[torch.Tensor],
     pristine: Sequence[torch.Tensor],
     tau_f: Sequence[torch.Tensor],
     tau_r: Sequence[torch.Tensor],
-    ca: float,
-    cb: float,
-) -> bool:
-    """w = cast(θ_c + ca·τ_f + cb·τ_r) into every parameter with the fused kernel (zero
-    coefficients skip their term). Returns False, having possibly written some parameters,
-    when the kernel is unavailable; the caller must then run its own path over all of them.
+) -> Optional[Views]:
+    """Flat (w, θ_c, τ_f, τ_r) views of every parameter, their sizes marked dynamic, built once
+    and reused on every move; None when some tensor is not a contiguous CPU tensor."""
+    views: Views = []
+    for ts in zip(params, pristine, tau_f, tau_r):
+        if any(t.device.type != "cpu" or not t.is_contiguous() for t in ts):
+            return None
+        flat = tuple(t.view(-1) for t in ts)
+        if flat[0].numel() >= _EAGER_BELOW:
+            for t in flat:  # sizes symbolic from the first call: no static compile first
+                torch._dynamo.mark_dynamic(t, 0)
+        views.append(flat)  # type: ignore[arg-type]
+    return views
+
+
+def compose_fused(views: Views, ca: float, cb: float) -> bool:
+    """w = cast(θ_c + ca·τ_f + cb·τ_r) into every parameter of ``views`` (from :func:`prepare`)
+    with the fused kernel (zero coefficients skip their term). Returns False, having possibly
+    written some parameters, when the kernel is unavailable; the caller must then run its own
+    path over all of them.
     """
     global _DISABLED
-    if not enabled() or not params:
+    if not enabled() or not views:
         return False
     use_a, use_b = ca != 0.0, cb != 0.0
     if not (use_a or use_b):
-        return False
-    if any(p.device.type != "cpu" or not (p.is_contiguous() and b.is_contiguous() and f.is_contiguous() and r.is_contiguous())
-           for p, b, f, r in zip(params, pristine, tau_f, tau_r)):
         return False
     ta = torch.tensor(ca, dtype=torch.float32)
     tb = torch.tensor(cb, dtype=torch.float32)
@@ -108,14 +122,11 @@ def compose_fused(
             fn = _KERNELS.get((use_a, use_b))
             if fn is None:
                 fn = _KERNELS[(use_a, use_b)] = _kernel(use_a, use_b)
-            for p, b, f, r in zip(params, pristine, tau_f, tau_r):
+            for p, b, f, r in views:
                 if p.numel() < _EAGER_BELOW:
                     _eager(p, b, f, r, ca, cb)
                 else:
-                    flat = [t.view(-1) for t in (p, b, f, r)]
-                    for t in flat:  # sizes symbolic from the first call: no static compile first
-                        torch._dynamo.mark_dynamic(t, 0)
-                    fn(*flat, ta, tb)
+                    fn(p, b, f, r, ta, tb)
         except Exception as exc:  # noqa: BLE001 - any compiler/runtime failure means: use the eager path
             _DISABLED = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
             log.warning("fused CPU recompose disabled for this process (%s); using the eager path", _DISABLED)
@@ -128,11 +139,10 @@ def warm_up(dtype: torch.dtype) -> bool:
     first slider moves do not wait for the compiler. Returns whether the kernel is usable."""
     n = 2 * _EAGER_BELOW
     for shape in ((n,), (2, n // 2)):  # flat views of 1-D and 2-D parameters are guarded apart
-        p = torch.empty(shape, dtype=dtype)
-        b = torch.zeros(shape, dtype=dtype)
-        f, r = torch.zeros(shape), torch.zeros(shape)
+        views = prepare([torch.empty(shape, dtype=dtype)], [torch.zeros(shape, dtype=dtype)],
+                        [torch.zeros(shape)], [torch.zeros(shape)])
         for ca, cb in ((1.0, 1.0), (1.0, 0.0), (0.0, 1.0)):
-            if not compose_fused([p], [b], [f], [r], ca, cb):
+            if views is None or not compose_fused(views, ca, cb):
                 return False
     return True
 
@@ -145,4 +155,4 @@ def _reset_for_tests() -> None:
         _DISABLED = None
 
 
-__all__: list[Any] = ["enabled", "disabled_reason", "compose_fused", "warm_up"]
+__all__: list[Any] = ["enabled", "disabled_reason", "prepare", "compose_fused", "warm_up"]

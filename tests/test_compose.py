@@ -323,3 +323,13 @@ def test_fused_warm_up_compiles_before_the_first_move(tiny_experiment_bf16, cach
         assert _ulps_bf16(p, want) <= 2
     monkeypatch.setattr(C, "_FUSED_MIN", 1 << 40)  # small models: no warm-up thread at all
     assert engine.warm_up_async() is None
+
+
+def test_fused_prepare_builds_flat_views_once_or_refuses_strided_tensors():
+    from msa_core import fused
+
+    p, b = torch.zeros(64, 80), torch.ones(64, 80)
+    f, r = torch.full((64, 80), 2.0), torch.full((64, 80), 3.0)
+    views = fused.prepare([p], [b], [f], [r])
+    assert views is not None and all(v.dim() == 1 and v.data_ptr() == t.data_ptr() for v, t in zip(views[0], (p, b, f, r)))
+    assert fused.prepare([p.t()], [b.t()], [f.t()], [r.t()]) is None  # not contiguous: the engine's eager path
