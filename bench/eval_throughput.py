@@ -71,7 +71,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     info = machine_info()
     print(machine_line(info))
 
-    from msa_core.compose import Engine
+    from msa_core.engine import Engine
     from msa_core.eval.scoring import score_pairs
     from msa_core.experiment import load_experiment
 

@@ -53,7 +53,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(machine_line(info))
 
     from msa_core.checkpoints import load_model
-    from msa_core.compose import Engine
+    from msa_core.engine import Engine
     from msa_core.experiment import load_experiment
     from msa_core.generation import generate_answers
 

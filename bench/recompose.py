@@ -100,7 +100,7 @@ def synthetic_model(layers: int, dtype: torch.dtype, device: str, fill: float = 
 
 
 def synthetic_engine(layers: int, dtype: torch.dtype, device: str) -> Any:
-    from msa_core.compose import Engine
+    from msa_core.engine import Engine
     from msa_core.experiment import Checkpoints, Experiment
     from msa_core.vectors import VectorSet
 
@@ -224,7 +224,7 @@ def sliced_copy(engine: Any) -> Callable[[], None]:
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    import msa_core.compose as C
+    import msa_core.engine as C
 
     step = C.CPU_STEP_ELEMENTS
     pairs = []
@@ -292,7 +292,7 @@ def bandwidth_worker(cfg: dict[str, Any]) -> dict[str, Any]:
         engine = synthetic_engine(cfg["layers"], dtype, device)
         restore = None
     else:
-        from msa_core.compose import Engine
+        from msa_core.engine import Engine
         from msa_core.experiment import load_experiment
 
         engine = Engine.load(load_experiment(demo_experiment_path(cfg.get("experiment"))), device=device, dtype=dtype)

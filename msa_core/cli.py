@@ -48,7 +48,7 @@ def _emit(args: argparse.Namespace, payload: dict[str, Any], human: Callable[[],
 
 
 def _load_engine(args: argparse.Namespace) -> Any:
-    from msa_core.compose import Engine, ModuleFilter
+    from msa_core.engine import Engine, ModuleFilter
     from msa_core.experiment import load_experiment
 
     exp = load_experiment(args.experiment)

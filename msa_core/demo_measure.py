@@ -4,7 +4,7 @@
 ``rouge_score``, stemmer on, reference = gold answer) and the rate of answers that
 contain the gold answer. :func:`compose_state` applies the MSA formula to state dicts in
 fp32; :func:`measure_demo` loads an experiment's checkpoints with safetensors, merges them
-itself (independently of :mod:`msa_core.compose`) and scores every grid point.
+itself (independently of :mod:`msa_core.engine`) and scores every grid point.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from msa_core.checkpoints import checkpoint_fingerprint
-from msa_core.compose import Engine
+from msa_core.engine import Engine
 
 CARD = """---
 tags: [unlearning, model-state-arithmetic, msa-studio]

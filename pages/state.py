@@ -3,7 +3,7 @@
 This module is imported by ``app.py`` and the pages; it is NOT a page (``st.navigation``
 does not list it). The split of state:
 
-- Per server process (``st.cache_resource``): the :class:`~msa_core.compose.Engine`
+- Per server process (``st.cache_resource``): the :class:`~msa_core.engine.Engine`
   (model, tokenizer, τ_f, τ_r), the answer / probability / metric memos of the fixed
   models, the results store and the demo-build lock. Heavy objects exist once.
 - Per browser session (``st.session_state``): which experiment is chosen, α and β, the
@@ -166,7 +166,7 @@ def loaded_engine(path: Optional[str] = None) -> Any:
 
 def get_engine(path: str, progress: Optional[Progress] = None) -> Any:
     """The engine for ``path`` (loaded once per process; later calls return it at once)."""
-    from msa_core.compose import Engine
+    from msa_core.engine import Engine
 
     exp = experiment(path)
     device, dtype = load_options()

@@ -112,7 +112,7 @@ def make_experiment(root: Path, *, tofu: Optional[Path] = None, muse: Optional[P
 
 
 class FakeEngine:
-    """The parts of msa_core.compose.Engine that evaluation uses: a model per (α, β) seed."""
+    """The parts of msa_core.engine.Engine that evaluation uses: a model per (α, β) seed."""
 
     def __init__(self, experiment: Experiment, tokenizer: Any, *, fingerprint: str = "fp-test", reference: Any = "same"):
         self.experiment = experiment

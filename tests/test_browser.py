@@ -161,7 +161,7 @@ def _independent_answers(experiment: Path, cache: Path, alpha: float, qs: list[s
     """The same answers computed in this test process, through a separate engine (no server)."""
     import torch
 
-    from msa_core.compose import Engine
+    from msa_core.engine import Engine
     from msa_core.experiment import load_experiment
     from msa_core.generation import generate_answers
 

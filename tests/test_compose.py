@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from msa_core.compose import Engine, ModuleFilter
+from msa_core.engine import Engine, ModuleFilter
 from msa_core.experiment import replace_ranges
 
 
@@ -209,7 +209,7 @@ def test_side_models_and_memory(tiny_experiment, cache_dir):
 @pytest.mark.parametrize("fixture", ["tiny_experiment", "tiny_experiment_bf16"])
 def test_sliced_threaded_cpu_path_equals_whole_tensor_arithmetic(request, cache_dir, monkeypatch, fixture, threads):
     """Force tiny slices, several items and worker threads: bit-identical to whole tensors."""
-    import msa_core.compose as C
+    import msa_core.engine as C
 
     exp = request.getfixturevalue(fixture)
     monkeypatch.setenv("MSA_FUSED_COMPOSE", "0")  # the eager path itself (the fused kernel is tested below)
@@ -250,7 +250,7 @@ def _ulps_bf16(a: torch.Tensor, b: torch.Tensor) -> int:
 
 @pytest.mark.parametrize("fixture", ["tiny_experiment", "tiny_experiment_bf16"])
 def test_fused_kernel_agrees_with_eager_path(request, cache_dir, monkeypatch, fixture):
-    import msa_core.compose as C
+    import msa_core.engine as C
     from msa_core import fused
 
     exp = request.getfixturevalue(fixture)
@@ -281,7 +281,7 @@ def test_fused_kernel_failure_falls_back_to_eager(tiny_experiment_bf16, cache_di
     def broken(use_a: bool, use_b: bool):
         raise RuntimeError("no C++ compiler")
 
-    import msa_core.compose as C
+    import msa_core.engine as C
 
     monkeypatch.setattr(fused, "_kernel", broken)
     monkeypatch.setattr(C, "_FUSED_MIN", 0)
@@ -297,7 +297,7 @@ def test_fused_kernel_failure_falls_back_to_eager(tiny_experiment_bf16, cache_di
 
 
 def test_fused_warm_up_compiles_before_the_first_move(tiny_experiment_bf16, cache_dir, monkeypatch):
-    import msa_core.compose as C
+    import msa_core.engine as C
     from msa_core import fused
 
     monkeypatch.delenv("MSA_FUSED_COMPOSE", raising=False)

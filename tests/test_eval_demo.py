@@ -9,7 +9,7 @@ from eval_fixtures import eval_single_thread  # noqa: F401  (autouse: one torch 
 
 @pytest.mark.slow
 def test_quick_demo_evaluation_through_the_engine(quick_demo, cache_dir, tmp_path):
-    from msa_core.compose import Engine
+    from msa_core.engine import Engine
     from msa_core.eval import ResultStore, evaluate, reference_result, run_sweep
     from msa_core.eval.openunlearning import export_open_unlearning
     from msa_core.experiment import load_experiment

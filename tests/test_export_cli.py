@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from msa_core import cli
-from msa_core.compose import Engine
+from msa_core.engine import Engine
 from msa_core.export import export_model
 
 
