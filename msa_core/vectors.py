@@ -13,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -213,3 +215,49 @@ def compute_vectors(
         seconds=time.perf_counter() - t0,
         norms=meta.get("norms", {}),
     )
+
+
+_LAYER_IN_NAME = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class LayerNorms:
+    """‖τ_f‖, ‖τ_r‖ (L2 over one layer's tensors) and cos(τ_f, τ_r) of one layer."""
+
+    layer: str  # 'L0', 'L1', …; 'embed' for tensors before the layers, 'head' for those after
+    forget: float
+    retain: float
+    cosine: float
+    tensors: int
+
+
+def layer_norms(norms: dict[str, dict[str, float]]) -> list[LayerNorms]:
+    """Per-layer norms and cosine from the per-tensor ones of :attr:`VectorSet.norms`, in model order.
+
+    Tensors named ``…layers.N.…`` go to layer N; others to 'embed' when their name mentions
+    an embedding, else to 'head'. The cosine is Σ cos·‖f‖·‖r‖ / (‖F‖·‖R‖) over the layer's
+    tensors, i.e. the cosine of the concatenated vectors; 0.0 when either norm is 0.
+    """
+    acc: dict[str, list[float]] = {}
+    order: dict[str, float] = {}
+    for name, n in norms.items():
+        m = _LAYER_IN_NAME.search(name)
+        if m:
+            key, pos = f"L{int(m.group(1))}", float(m.group(1))
+        elif "embed" in name:
+            key, pos = "embed", -1.0
+        else:
+            key, pos = "head", float("inf")
+        f, r, c = float(n.get("forget", 0.0)), float(n.get("retain", 0.0)), float(n.get("cosine", 0.0))
+        a = acc.setdefault(key, [0.0, 0.0, 0.0, 0.0])
+        a[0] += f * f
+        a[1] += r * r
+        a[2] += c * f * r
+        a[3] += 1
+        order[key] = pos
+    rows = []
+    for key in sorted(acc, key=lambda k: order[k]):
+        f2, r2, dot, count = acc[key]
+        nf, nr = math.sqrt(f2), math.sqrt(r2)
+        rows.append(LayerNorms(key, nf, nr, dot / (nf * nr) if nf > 0 and nr > 0 else 0.0, int(count)))
+    return rows
