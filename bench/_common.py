@@ -8,7 +8,6 @@ so that a change in background load hits both; absolute times are context only.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import os
 import platform
@@ -16,11 +15,13 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
+ROLES = ("clean", "corrupted", "forget", "retain")  # the four checkpoints a naive merge loads
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
@@ -119,6 +120,7 @@ def paired(
         baseline()
         for fn in candidates.values():
             fn()
+
     # A call shorter than min_seconds is timed k times and its median taken as one sample:
     # on a shared machine a short call is sometimes stalled for milliseconds (a descheduled
     # worker thread), and a mean over back-to-back calls would be mostly those stalls.
@@ -186,12 +188,25 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Optional[Sequence[str]] = 
 
 def write_json(name: str, payload: Mapping[str, Any]) -> Path:
     """Write ``bench/results/<name>.json`` (git-ignored) atomically; returns the path."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=1, default=str))
-    os.replace(tmp, path)
-    return path
+    from msa_core import atomic
+
+    return atomic.write_json(RESULTS / f"{name}.json", dict(payload), indent=1)
+
+
+def demo_experiment_path(explicit: Optional[str] = None) -> Path:
+    """``explicit`` if given; else the full demo's experiment.yaml when built, else the quick
+    demo's (built if missing)."""
+    if explicit:
+        return Path(explicit)
+    from msa_core.paths import default_cache_dir
+
+    for name in ("demo", "demo-quick"):
+        folder = default_cache_dir() / name
+        if (folder / "build.json").is_file() and (folder / "experiment.yaml").is_file():
+            return folder / "experiment.yaml"
+    from msa_core.demo import build_demo
+
+    return Path(build_demo(quick=True))
 
 
 def set_threads(n: Optional[int]) -> int:

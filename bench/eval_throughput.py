@@ -27,10 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from _common import REPO, machine_info, machine_line, set_threads, sync, table, timed, write_json
-
-import torch
-
+from _common import REPO, machine_info, machine_line, set_threads, table, timed, write_json
 from recompose import demo_experiment_path
 
 SHARED_TOFU = REPO.parent / "shared" / "data" / "tofu"
@@ -55,8 +52,12 @@ def tofu_pairs(tok: Any, folder: Path, split: str, limit: Optional[int]) -> list
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32])
-    ap.add_argument("--data", choices=["shared", "demo", "both"], default="both",
-                    help="real TOFU forget10 from ../shared/data/tofu and/or the demo's own forget split")
+    ap.add_argument(
+        "--data",
+        choices=["shared", "demo", "both"],
+        default="both",
+        help="real TOFU forget10 from ../shared/data/tofu and/or the demo's own forget split",
+    )
     ap.add_argument("--single-call", action="store_true", help="also time one score_pairs call with batch_size=1")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--limit", type=int, default=None, help="questions to use (default: all 400)")
@@ -95,10 +96,16 @@ def main(argv: Optional[list[str]] = None) -> int:
             for pr in pairs:
                 score_pairs(model, tok, [pr], batch_size=1, want=want)
 
-        candidates = {f"batched, batch_size={b}": (lambda b=b, pairs=pairs: score_pairs(model, tok, pairs, batch_size=b, want=want))
-                      for b in args.batch_sizes}
+        candidates = {
+            f"batched, batch_size={b}": (
+                lambda b=b, pairs=pairs: score_pairs(model, tok, pairs, batch_size=b, want=want)
+            )
+            for b in args.batch_sizes
+        }
         if args.single_call:
-            candidates["one call, batch_size=1"] = lambda pairs=pairs: score_pairs(model, tok, pairs, batch_size=1, want=want)
+            candidates["one call, batch_size=1"] = lambda pairs=pairs: score_pairs(
+                model, tok, pairs, batch_size=1, want=want
+            )
         # Agreement check: batching must not change the scores.
         ref = score_pairs(model, tok, pairs[:64], batch_size=1).nll
         got = score_pairs(model, tok, pairs[:64], batch_size=max(args.batch_sizes)).nll
@@ -113,38 +120,78 @@ def main(argv: Optional[list[str]] = None) -> int:
                 cand_t[name].append(timed(fn, args.device))
         n = len(pairs)
         tb = statistics.median(base_t)
-        rows = [{"data": label, "method": "one at a time (loop of single-pair calls)", "seq_per_s": n / tb, "seconds": tb, "speedup": 1.0}]
+        rows = [
+            {
+                "data": label,
+                "method": "one at a time (loop of single-pair calls)",
+                "seq_per_s": n / tb,
+                "seconds": tb,
+                "speedup": 1.0,
+            }
+        ]
         for name, ts in cand_t.items():
-            rows.append({"data": label, "method": name, "seq_per_s": n / statistics.median(ts), "seconds": statistics.median(ts),
-                         "speedup": statistics.median(b / c for b, c in zip(base_t, ts))})
-        print(f"\n[teacher-forced scoring, {label}: {n} sequences (question + answer, paraphrased, perturbed; {data_dir}), "
-              f"{statistics.median(lengths)} tokens median / {max(lengths)} max, {engine.parameter_count / 1e6:.1f}M-param model, "
-              f"{engine.dtype}, {args.device}, {threads} threads; max |Δnll| batched vs single = {max_diff:.2e}]")
+            rows.append(
+                {
+                    "data": label,
+                    "method": name,
+                    "seq_per_s": n / statistics.median(ts),
+                    "seconds": statistics.median(ts),
+                    "speedup": statistics.median(b / c for b, c in zip(base_t, ts)),
+                }
+            )
+        print(
+            f"\n[teacher-forced scoring, {label}: {n} sequences "
+            f"(question + answer, paraphrased, perturbed; {data_dir}), "
+            f"{statistics.median(lengths)} tokens median / {max(lengths)} max, "
+            f"{engine.parameter_count / 1e6:.1f}M-param model, "
+            f"{engine.dtype}, {args.device}, {threads} threads; max |Δnll| batched vs single = {max_diff:.2e}]"
+        )
         print(table(rows))
         all_rows += rows
-        meta.append({"data": label, "folder": str(data_dir), "n_sequences": n, "median_tokens": statistics.median(lengths),
-                     "max_tokens": max(lengths), "max_abs_nll_diff": max_diff})
+        meta.append(
+            {
+                "data": label,
+                "folder": str(data_dir),
+                "n_sequences": n,
+                "median_tokens": statistics.median(lengths),
+                "max_tokens": max(lengths),
+                "max_abs_nll_diff": max_diff,
+            }
+        )
 
     evals = []
     if not args.skip_evaluate:
-        from msa_core.eval.evaluate import clear_reference_cache, evaluate
+        from msa_core.eval.run import ReferenceCache, evaluate
 
         for tier in ("fast", "full"):
-            clear_reference_cache()
+            cache = ReferenceCache()  # one per tier, so the first point's time includes the reference model
             t0 = time.perf_counter()
-            evaluate(engine, 1.0, 0.5, tier=tier, benchmark="tofu")
+            evaluate(engine, 1.0, 0.5, tier=tier, benchmark="tofu", reference_cache=cache)
             first = time.perf_counter() - t0
             t0 = time.perf_counter()
-            res = evaluate(engine, 2.0, 1.0, tier=tier, benchmark="tofu")
+            res = evaluate(engine, 2.0, 1.0, tier=tier, benchmark="tofu", reference_cache=cache)
             second = time.perf_counter() - t0
-            evals.append({"tier": tier, "first_s (incl. reference model)": first, "next_point_s": second,
-                          "metrics": len(getattr(res, "metrics", {}) or {})})
-        print(f"\n[TOFU evaluation of one (α, β) on {exp.name}'s own data ({exp.data.forget_split} / {exp.data.retain_split} / "
-              f"{exp.data.holdout_split}), batch_size=16]")
+            evals.append(
+                {
+                    "tier": tier,
+                    "first_s (incl. reference model)": first,
+                    "next_point_s": second,
+                    "metrics": len(res.metrics),
+                }
+            )
+        print(
+            f"\n[TOFU evaluation of one (α, β) on {exp.name}'s own data "
+            f"({exp.data.forget_split} / {exp.data.retain_split} / {exp.data.holdout_split}), batch_size=16]"
+        )
         print(table(evals))
     if not args.no_json:
-        print("JSON:", write_json(f"eval-throughput-{args.device}-t{threads}",
-                                  {"machine": info, "params": engine.parameter_count, "data": meta, "rows": all_rows, "evaluate": evals}))
+        print(
+            "JSON:",
+            write_json(
+                f"eval-throughput-{args.device}-t{threads}",
+                {"machine": info, "params": engine.parameter_count, "data": meta, "rows": all_rows, "evaluate": evals},
+            ),
+        )
     return 0
 
 

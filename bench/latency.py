@@ -14,22 +14,30 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import random
 import statistics
 import sys
 import time
-from pathlib import Path
-from typing import Any, Optional
-
-from _common import machine_info, machine_line, percentile, set_threads, sync, table, write_json
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
+from _common import (
+    ROLES,
+    demo_experiment_path,
+    machine_info,
+    machine_line,
+    percentile,
+    set_threads,
+    sync,
+    table,
+    write_json,
+)
 
-from recompose import ROLES, demo_experiment_path
+if TYPE_CHECKING:
+    from msa_core.experiment import Experiment
 
 
-def questions_for(exp: Any, n: int) -> list[str]:
+def questions_for(exp: Experiment, n: int) -> list[str]:
     from msa_core.eval.data import load_tofu_split
 
     split = load_tofu_split(exp.data.tofu, exp.data.forget_split)
@@ -89,8 +97,16 @@ def main(argv: Optional[list[str]] = None) -> int:
             ans = gen(m)
             sync(args.device)
         t2 = time.perf_counter()
-        rows.append({"alpha": a, "beta": b, "compose": t1 - t0, "generate": t2 - t1, "total": t2 - t0,
-                     "tokens": sum(len(tok(x, add_special_tokens=False)["input_ids"]) for x in ans)})
+        rows.append(
+            {
+                "alpha": a,
+                "beta": b,
+                "compose": t1 - t0,
+                "generate": t2 - t1,
+                "total": t2 - t0,
+                "tokens": sum(len(tok(x, add_special_tokens=False)["input_ids"]) for x in ans),
+            }
+        )
 
     folders = {r: getattr(exp.checkpoints, r) for r in ROLES}
     naive = []
@@ -109,14 +125,29 @@ def main(argv: Optional[list[str]] = None) -> int:
         gen(models["corrupted"])
         sync(args.device)
         t2 = time.perf_counter()
-        naive.append({"alpha": a, "beta": b, "load_merge": t1 - t0, "generate": t2 - t1, "total": t2 - t0,
-                      "engine_total": row["total"], "engine_compose": row["compose"]})
+        naive.append(
+            {
+                "alpha": a,
+                "beta": b,
+                "load_merge": t1 - t0,
+                "generate": t2 - t1,
+                "total": t2 - t0,
+                "engine_total": row["total"],
+                "engine_compose": row["compose"],
+            }
+        )
         del models, sd
 
     tot = [r["total"] for r in rows]
 
     def stats(what: str, xs: list[float]) -> dict[str, Any]:
-        return {"what": what, "p50_s": percentile(xs, 50), "p95_s": percentile(xs, 95), "max_s": max(xs), "moves": len(xs)}
+        return {
+            "what": what,
+            "p50_s": percentile(xs, 50),
+            "p95_s": percentile(xs, 95),
+            "max_s": max(xs),
+            "moves": len(xs),
+        }
 
     summary = [
         stats("engine: compose + answers (unlearned column)", tot),
@@ -129,19 +160,32 @@ def main(argv: Optional[list[str]] = None) -> int:
             stats("  of which load 4 + merge", [n["load_merge"] for n in naive]),
             stats("engine on those same moves: compose + answers", [n["engine_total"] for n in naive]),
         ]
-    print(f"\n[slider-to-answers, {exp.name} ({engine.parameter_count / 1e6:.1f}M params, {engine.dtype}, {args.device}, "
-          f"{threads} threads), {len(qs)} questions, max_new_tokens={args.max_new_tokens}; engine load {load_s:.1f} s, "
-          f"cached columns {cached_s:.2f} s]")
+    print(
+        f"\n[slider-to-answers, {exp.name} ({engine.parameter_count / 1e6:.1f}M params, {engine.dtype}, {args.device}, "
+        f"{threads} threads), {len(qs)} questions, max_new_tokens={args.max_new_tokens}; engine load {load_s:.1f} s, "
+        f"cached columns {cached_s:.2f} s]"
+    )
     print(table(summary))
     if naive:
         per_move = [n["total"] / n["engine_total"] for n in naive]
         per_swap = [n["load_merge"] / n["engine_compose"] for n in naive]
-        print(f"\nsame moves: naive/engine = {statistics.median(per_move):.1f}x end to end (generation is common to both), "
-              f"{statistics.median(per_swap):.0f}x for getting the weights (load+merge vs compose)")
+        print(
+            f"\nsame moves: naive/engine = {statistics.median(per_move):.1f}x end to end "
+            "(generation is common to both), "
+            f"{statistics.median(per_swap):.0f}x for getting the weights (load+merge vs compose)"
+        )
     print(f"generated tokens per move (median): {statistics.median(r['tokens'] for r in rows)}")
     if not args.no_json:
-        payload = {"machine": info, "experiment": str(exp_path), "params": engine.parameter_count, "questions": qs,
-                   "cached": {"corrupted": corrupted, "reference": reference}, "moves": rows, "naive": naive, "summary": summary}
+        payload = {
+            "machine": info,
+            "experiment": str(exp_path),
+            "params": engine.parameter_count,
+            "questions": qs,
+            "cached": {"corrupted": corrupted, "reference": reference},
+            "moves": rows,
+            "naive": naive,
+            "summary": summary,
+        }
         print("JSON:", write_json(f"latency-{args.device}-t{threads}", payload))
     return 0
 

@@ -14,10 +14,10 @@ on a real experiment), so it moves the same counted bytes and the ratio is
 copy_time / compose_time. "passes" is the traffic each strategy actually generates
 (e.g. the previous foreach engine: copy + one add per term = 32 B/param in fp32).
 
-The 1B-shaped model is TinyLlama-1.1B's shape (hidden 2048, MLP 5632, 32 heads, 4 KV heads,
-vocab 32000, untied), built on the meta device and filled with constants (values do not
-change the arithmetic's speed), held in a fresh subprocess per configuration. The engine
-for it is constructed directly from in-memory tensors (``Engine(exp, model, None, vectors)``).
+The 1B-shaped model (``bench/synthetic.py``) is held in a fresh subprocess per
+configuration; the strategies compared with the engine, among them the retired engine kept
+as a named baseline, are in ``bench/baselines.py``. (This file is ~450 lines because both
+figures share one subprocess protocol and one driver; splitting them would duplicate it.)
 """
 
 from __future__ import annotations
@@ -25,93 +25,42 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import random
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
-
-from _common import REPO, machine_info, machine_line, paired, set_threads, sync, table, timed, write_json
+from typing import Any, Optional
 
 import torch
-
-ONE_B = dict(
-    vocab_size=32000,
-    hidden_size=2048,
-    intermediate_size=5632,
-    num_attention_heads=32,
-    num_key_value_heads=4,
-    max_position_embeddings=2048,
-    tie_word_embeddings=False,
+from _common import (
+    REPO,
+    ROLES,
+    demo_experiment_path,
+    machine_info,
+    machine_line,
+    paired,
+    set_threads,
+    sync,
+    table,
+    timed,
+    write_json,
 )
-ONE_B_LAYERS = 22
-NAIVE_DIR = Path("/tmp/msa-bench-1b")
-ROLES = ("clean", "corrupted", "forget", "retain")
+from baselines import (
+    PREVIOUS_ENGINE,
+    PYTHON_LOOP,
+    compiled,
+    eager_engine,
+    passes_bytes,
+    previous_engine,
+    python_loop,
+    sliced_copy,
+)
+from synthetic import NAIVE_DIR, ONE_B_LAYERS, make_1b_checkpoints, one_b_params, synthetic_engine
 
-
-# ----------------------------------------------------------------------------- models
-
-
-def demo_experiment_path(explicit: Optional[str] = None) -> Path:
-    """The full demo's experiment.yaml when built, else the quick demo's (built if missing)."""
-    if explicit:
-        return Path(explicit)
-    from msa_core.paths import default_cache_dir
-
-    full = default_cache_dir() / "demo"
-    if (full / "build.json").is_file() and (full / "experiment.yaml").is_file():
-        return full / "experiment.yaml"
-    quick = default_cache_dir() / "demo-quick"
-    if (quick / "build.json").is_file() and (quick / "experiment.yaml").is_file():
-        return quick / "experiment.yaml"
-    from msa_core.demo import build_demo
-
-    return Path(build_demo(quick=True))
-
-
-def one_b_config(layers: int) -> Any:
-    from transformers import LlamaConfig
-
-    return LlamaConfig(num_hidden_layers=layers, **ONE_B)
-
-
-def one_b_params(layers: int) -> int:
-    h, i, v, kv = ONE_B["hidden_size"], ONE_B["intermediate_size"], ONE_B["vocab_size"], ONE_B["num_key_value_heads"]
-    kv_dim = h // ONE_B["num_attention_heads"] * kv
-    per_layer = 2 * h * h + 2 * h * kv_dim + 3 * h * i + 2 * h
-    return 2 * v * h + h + layers * per_layer
-
-
-def synthetic_model(layers: int, dtype: torch.dtype, device: str, fill: float = 0.01) -> Any:
-    """A 1B-shaped Llama with constant-filled weights, allocated directly in ``dtype``."""
-    from transformers import LlamaForCausalLM
-
-    with torch.device("meta"):
-        model = LlamaForCausalLM(one_b_config(layers))
-    model = model.to(dtype).to_empty(device=device)
-    with torch.no_grad():
-        for k, p in enumerate(model.parameters()):
-            p.fill_(fill * (1 + k % 7))
-    model.eval().requires_grad_(False)
-    return model
-
-
-def synthetic_engine(layers: int, dtype: torch.dtype, device: str) -> Any:
-    from msa_core.engine import Engine
-    from msa_core.experiment import Checkpoints, Experiment
-    from msa_core.vectors import VectorSet
-
-    model = synthetic_model(layers, dtype, device)
-    named = dict(model.named_parameters())
-    forget = {n: torch.full(p.shape, 1e-3, dtype=torch.float32, device=device) for n, p in named.items()}
-    retain = {n: torch.full(p.shape, 2e-3, dtype=torch.float32, device=device) for n, p in named.items()}
-    vs = VectorSet(forget=forget, retain=retain, fingerprint="synthetic", path=Path("/nonexistent"), from_cache=False, seconds=0.0)
-    nowhere = Path("/nonexistent")
-    exp = Experiment(name="synthetic-1b", checkpoints=Checkpoints(clean=nowhere, corrupted=nowhere, forget=nowhere, retain=nowhere))
-    return Engine(exp, model, None, vs)
+# ----------------------------------------------------------------------------- workers
 
 
 def available_gib() -> float:
@@ -119,158 +68,6 @@ def available_gib() -> float:
         if line.startswith("MemAvailable:"):
             return int(line.split()[1]) / 1024**2
     return float("inf")
-
-
-# ----------------------------------------------------------------------------- strategies
-
-
-def previous_engine(engine: Any, group_elements: int = 32 * 1024 * 1024) -> Callable[[float, float], None]:
-    """The engine before this benchmark: whole-tensor foreach passes over groups of 32M elements."""
-    P, B, F, R = engine._params, engine._pristine, engine._tau_f, engine._tau_r
-    groups: list[list[int]] = []
-    cur: list[int] = []
-    size = 0
-    for i, p in enumerate(P):
-        if cur and size + p.numel() > group_elements:
-            groups.append(cur)
-            cur, size = [], 0
-        cur.append(i)
-        size += p.numel()
-    if cur:
-        groups.append(cur)
-    scratch = None
-    if engine.dtype != torch.float32:
-        scratch = torch.empty(max(sum(P[i].numel() for i in g) for g in groups), dtype=torch.float32, device=engine.device)
-
-    @torch.no_grad()
-    def run(a: float, b: float) -> None:
-        for g in groups:
-            params = [P[i] for i in g]
-            if scratch is None:
-                work = params
-            else:
-                work, off = [], 0
-                for p in params:
-                    work.append(scratch[off : off + p.numel()].view(p.shape))
-                    off += p.numel()
-            torch._foreach_copy_(work, [B[i] for i in g])
-            if a != 0.0:
-                torch._foreach_add_(work, [F[i] for i in g], alpha=-a)
-            if b != 0.0:
-                torch._foreach_add_(work, [R[i] for i in g], alpha=b)
-            if work is not params:
-                torch._foreach_copy_(params, work)
-
-    return run
-
-
-def python_loop(engine: Any) -> Callable[[float, float], None]:
-    """A per-tensor Python expression: p.copy_((θ.float() − α·τ_f + β·τ_r).to(dtype))."""
-    P, B, F, R = engine._params, engine._pristine, engine._tau_f, engine._tau_r
-
-    @torch.no_grad()
-    def run(a: float, b: float) -> None:
-        for p, t, f, r in zip(P, B, F, R):
-            p.copy_((t.float() - a * f + b * r).to(p.dtype))
-
-    return run
-
-
-def eager_engine(engine: Any) -> Callable[[float, float], None]:
-    """The engine with its fused CPU kernel switched off (its eager, sliced path)."""
-    import os
-
-    def run(a: float, b: float) -> None:
-        old = os.environ.get("MSA_FUSED_COMPOSE")
-        os.environ["MSA_FUSED_COMPOSE"] = "0"
-        try:
-            engine.set_coefficients(a, b)
-        finally:
-            if old is None:
-                del os.environ["MSA_FUSED_COMPOSE"]
-            else:
-                os.environ["MSA_FUSED_COMPOSE"] = old
-
-    return run
-
-
-def compiled(engine: Any) -> tuple[Callable[[float, float], None], float]:
-    """One fused torch.compile kernel per tensor (not used by the engine; measured as a ceiling)."""
-    P, B, F, R = engine._params, engine._pristine, engine._tau_f, engine._tau_r
-
-    def fused(w: torch.Tensor, t: torch.Tensor, f: torch.Tensor, r: torch.Tensor, ab: torch.Tensor) -> None:
-        w.copy_((t.float() - ab[0] * f + ab[1] * r).to(w.dtype))
-
-    fn = torch.compile(fused, dynamic=True)
-    flat = [(p.view(-1), t.view(-1), f.view(-1), r.view(-1)) for p, t, f, r in zip(P, B, F, R)]
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        fn(*flat[0], torch.tensor([0.5, 0.5], device=engine.device))
-    sync(engine.device)
-    compile_s = time.perf_counter() - t0
-
-    @torch.no_grad()
-    def run(a: float, b: float) -> None:
-        ab = torch.tensor([a, b], dtype=torch.float32, device=engine.device)
-        for args in flat:
-            fn(*args, ab)
-
-    return run, compile_s
-
-
-def sliced_copy(engine: Any) -> Callable[[], None]:
-    """The baseline's copies (θ_c → w, τ_f → τ_r) done the engine's way on the CPU: slices of
-    CPU_STEP_ELEMENTS spread over torch.get_num_threads() threads (the best copy we know)."""
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-
-    import msa_core.engine as C
-
-    step = C.CPU_STEP_ELEMENTS
-    pairs = []
-    for dsts, srcs in ((engine._params, engine._pristine), (engine._tau_r, engine._tau_f)):
-        for d, s in zip(dsts, srcs):
-            fd, fs = d.view(-1), s.view(-1)
-            pairs.extend((fd[i : i + step], fs[i : i + step]) for i in range(0, fd.numel(), step))
-    workers = torch.get_num_threads()
-    pool = ThreadPoolExecutor(workers)
-    n_parts = workers * 8
-    bounds = [len(pairs) * k // n_parts for k in range(n_parts + 1)]
-    chunks = [pairs[bounds[k] : bounds[k + 1]] for k in range(n_parts)]
-
-    def run() -> None:
-        it = iter(chunks)
-        lock = threading.Lock()
-
-        def worker() -> None:
-            while True:
-                with lock:
-                    part = next(it, None)
-                if part is None:
-                    return
-                for d, s in part:
-                    d.copy_(s)
-
-        for f in [pool.submit(worker) for _ in range(workers)]:
-            f.result()
-
-    return run
-
-
-# passes actually made, bytes per parameter (e = model element size); min = 2e + 8
-def passes_bytes(strategy: str, e: int, device: str) -> int:
-    if strategy.startswith("engine") and device == "cpu":
-        return 2 * e + 8  # every term on a cache-resident slice, or one fused pass
-    if strategy.startswith("engine") or strategy == "previous engine (foreach, whole tensors)":
-        return 32 if e == 4 else (e + 4) + 24 + (4 + e)  # copy + 2 adds (+ fp32 scratch in/out)
-    if strategy.startswith("copy,"):
-        return 2 * e + 8
-    if strategy == "per-tensor Python expression":
-        return 48 if e == 4 else (e + 4) + 8 + 12 + 8 + 12 + (4 + e) + 2 * e
-    return 2 * e + 8
-
-
-# ----------------------------------------------------------------------------- workers
 
 
 def _check_memory(need_gib: float, what: str) -> None:
@@ -288,7 +85,9 @@ def bandwidth_worker(cfg: dict[str, Any]) -> dict[str, Any]:
         e = torch.empty((), dtype=dtype).element_size()
         n = one_b_params(cfg["layers"])
         if device == "cpu":
-            _check_memory(n * (2 * e + 8) / 1024**3 + 1.0, f"the 1B-shaped set ({cfg['layers']} layers, {cfg['dtype']})")
+            _check_memory(
+                n * (2 * e + 8) / 1024**3 + 1.0, f"the 1B-shaped set ({cfg['layers']} layers, {cfg['dtype']})"
+            )
         engine = synthetic_engine(cfg["layers"], dtype, device)
         restore = None
     else:
@@ -296,12 +95,12 @@ def bandwidth_worker(cfg: dict[str, Any]) -> dict[str, Any]:
         from msa_core.experiment import load_experiment
 
         engine = Engine.load(load_experiment(demo_experiment_path(cfg.get("experiment"))), device=device, dtype=dtype)
-        restore = [t.clone() for t in engine._tau_r]
+        restore = [t.clone() for t in engine.plan.tau_r]
     build_s = time.perf_counter() - t0
-    P, B, F, R = engine._params, engine._pristine, engine._tau_f, engine._tau_r
-    n = sum(p.numel() for p in P)
+    P, B, F, R = engine.plan.params, engine.plan.pristine, engine.plan.tau_f, engine.plan.tau_r
+    n = engine.plan.elements
     e = P[0].element_size()
-    min_bytes = n * (2 * e + 8)
+    min_bytes = engine.plan.bytes_per_move
     rng = random.Random(0)
     lo_a, hi_a = engine.experiment.alpha_range
     lo_b, hi_b = engine.experiment.beta_range
@@ -319,14 +118,16 @@ def bandwidth_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     sync(device)
     first_move_s = time.perf_counter() - t0
     engine_path = engine.compose_path
-    strategies: dict[str, Callable[[float, float], None]] = {f"engine ({engine_path})": lambda a, b: engine.set_coefficients(a, b)}
+    strategies: dict[str, Callable[[float, float], None]] = {
+        f"engine ({engine_path})": lambda a, b: engine.set_coefficients(a, b)
+    }
     if engine_path.startswith("fused"):
         strategies["engine, eager path (MSA_FUSED_COMPOSE=0)"] = eager_engine(engine)
     wanted = cfg["strategies"]
     if "previous" in wanted:
-        strategies["previous engine (foreach, whole tensors)"] = previous_engine(engine)
+        strategies[PREVIOUS_ENGINE] = previous_engine(engine)
     if "python" in wanted:
-        strategies["per-tensor Python expression"] = python_loop(engine)
+        strategies[PYTHON_LOOP] = python_loop(engine)
     compile_s = None
     if cfg.get("compile"):
         strategies["torch.compile fused kernel (not in engine)"], compile_s = compiled(engine)
@@ -337,18 +138,28 @@ def bandwidth_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     if "previous" in wanted:
         a, b = 1.7, 0.9
         engine.set_coefficients(a, b)
-        idx = range(len(P)) if cfg["model"] != "1b" else sorted({0, len(P) - 1, max(range(len(P)), key=lambda i: P[i].numel())})
+        idx = (
+            range(len(P))
+            if cfg["model"] != "1b"
+            else sorted({0, len(P) - 1, max(range(len(P)), key=lambda i: P[i].numel())})
+        )
         snap = {i: P[i].clone() for i in idx}
-        strategies["previous engine (foreach, whole tensors)"](a, b)
+        strategies[PREVIOUS_ENGINE](a, b)
         if all(torch.equal(P[i], snap[i]) for i in idx):
             exact = "bit-exact"
         else:
             if e == 2:
-                ulps = max(int((P[i].view(torch.int16).int() - snap[i].view(torch.int16).int()).abs().max()) for i in idx)
+                ulps = max(
+                    int((P[i].view(torch.int16).int() - snap[i].view(torch.int16).int()).abs().max()) for i in idx
+                )
                 exact = f"differs by at most {ulps} ulp"
             else:
-                rel = max(float((P[i].double() - snap[i].double()).abs().max() / snap[i].double().abs().max().clamp(min=1e-30))
-                          for i in idx)
+                rel = max(
+                    float(
+                        (P[i].double() - snap[i].double()).abs().max() / snap[i].double().abs().max().clamp(min=1e-30)
+                    )
+                    for i in idx
+                )
                 exact = f"differs by at most {rel:.1e} of the tensor's max"
         del snap
         engine.set_coefficients(0.0, 0.0)
@@ -397,24 +208,6 @@ def bandwidth_worker(cfg: dict[str, Any]) -> dict[str, Any]:
         "compile_seconds": compile_s,
         "rows": rows,
     }
-
-
-def make_1b_checkpoints(layers: int, dtype: torch.dtype) -> Path:
-    """Four 1B-shaped checkpoints (constant-filled) as HF folders under NAIVE_DIR."""
-    root = NAIVE_DIR / f"{layers}l-{str(dtype).replace('torch.', '')}"
-    if all((root / r / "config.json").is_file() for r in ROLES):
-        return root
-    n = one_b_params(layers)
-    e = torch.empty((), dtype=dtype).element_size()
-    free = shutil.disk_usage(NAIVE_DIR.parent).free
-    if free < 4 * n * e * 1.1 + 2 * 1024**3:
-        raise SystemExit(f"not enough disk under {NAIVE_DIR.parent} for four {n / 1e9:.2f}B checkpoints")
-    for k, role in enumerate(ROLES):
-        model = synthetic_model(layers, dtype, "cpu", fill=0.01 + 0.001 * k)
-        model.save_pretrained(root / role, safe_serialization=True)
-        del model
-        gc.collect()
-    return root
 
 
 def naive_worker(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -497,14 +290,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--dtype", action="append", help="default: float32 and bfloat16 (bfloat16 only on cuda)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default min(2, nproc))")
-    ap.add_argument("--layers", type=int, default=None, help="layers of the 1B-shaped model (default 22; 8 for fp32 on CPU)")
+    ap.add_argument(
+        "--layers", type=int, default=None, help="layers of the 1B-shaped model (default 22; 8 for fp32 on CPU)"
+    )
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--moves", type=int, default=None, help="naive-path moves to time")
     ap.add_argument("--experiment", default=None, help="an experiment.yaml instead of the demo")
     ap.add_argument("--compile", action="store_true", help="also time a torch.compile fused kernel")
     ap.add_argument("--keep", action="store_true", help="keep the 1B-shaped checkpoints written for the naive path")
-    ap.add_argument("--background-load", type=int, default=0,
-                    help="run N CPU-bound busy loops meanwhile (robustness against a shared machine)")
+    ap.add_argument(
+        "--background-load",
+        type=int,
+        default=0,
+        help="run N CPU-bound busy loops meanwhile (robustness against a shared machine)",
+    )
     ap.add_argument("--no-json", action="store_true")
     args = ap.parse_args(argv)
     models = args.model or ["demo", "1b"]
@@ -521,13 +320,18 @@ def main(argv: Optional[list[str]] = None) -> int:
             b.kill()
             b.wait()
     if not args.no_json:
-        name = (f"recompose-{args.figure}-{'-'.join(models)}-{'-'.join(dtypes)}-{args.device}-t{threads}"
-                + ("-compile" if args.compile else "") + (f"-bg{args.background_load}" if args.background_load else ""))
+        name = (
+            f"recompose-{args.figure}-{'-'.join(models)}-{'-'.join(dtypes)}-{args.device}-t{threads}"
+            + ("-compile" if args.compile else "")
+            + (f"-bg{args.background_load}" if args.background_load else "")
+        )
         print(f"\nJSON: {write_json(name, results)}")
     return 0
 
 
-def _figures(args: argparse.Namespace, models: list[str], dtypes: list[str], threads: int, results: dict[str, Any]) -> None:
+def _figures(
+    args: argparse.Namespace, models: list[str], dtypes: list[str], threads: int, results: dict[str, Any]
+) -> None:
     if args.background_load:
         print(f"(with {args.background_load} competing CPU-bound process(es) running)")
 
@@ -536,9 +340,17 @@ def _figures(args: argparse.Namespace, models: list[str], dtypes: list[str], thr
             for dtype in dtypes:
                 layers = default_layers(model, dtype, args.device, args.layers)
                 cfg = dict(
-                    model=model, dtype=dtype, device=args.device, threads=threads, layers=layers,
-                    reps=args.reps or (3 if model == "1b" else 7), experiment=args.experiment,
-                    compile=args.compile, strategies=["previous", "python"] if not (model == "1b" and dtype != "float32" and args.device == "cpu") else ["previous"],
+                    model=model,
+                    dtype=dtype,
+                    device=args.device,
+                    threads=threads,
+                    layers=layers,
+                    reps=args.reps or (3 if model == "1b" else 7),
+                    experiment=args.experiment,
+                    compile=args.compile,
+                    strategies=["previous", "python"]
+                    if not (model == "1b" and dtype != "float32" and args.device == "cpu")
+                    else ["previous"],
                 )
                 res = run_worker("bandwidth", cfg)
                 results["bandwidth"].append(res)
@@ -547,13 +359,23 @@ def _figures(args: argparse.Namespace, models: list[str], dtypes: list[str], thr
                     print(f"\n[{label}] FAILED: {res['error']}")
                     continue
                 print(
-                    f"\n[{label}] {res['params'] / 1e6:.1f}M params, {res['bytes_per_move_min'] / 1e9:.2f} GB per move (min traffic); "
-                    f"copy {res['copy_seconds']:.3f} s = {res['copy_GB/s']:.1f} GB/s; vs previous engine: {res['bit_exact_vs_previous']}; "
+                    f"\n[{label}] {res['params'] / 1e6:.1f}M params, "
+                    f"{res['bytes_per_move_min'] / 1e9:.2f} GB per move (min traffic); "
+                    f"copy {res['copy_seconds']:.3f} s = {res['copy_GB/s']:.1f} GB/s; "
+                    f"vs previous engine: {res['bit_exact_vs_previous']}; "
                     f"first move {res['first_move_seconds']:.2f} s"
                     + (f"; compile {res['compile_seconds']:.1f} s" if res.get("compile_seconds") else "")
                 )
-                cols = ["strategy", "ratio_vs_copy", "ratio_range", "ratio_vs_best_copy", "seconds", "GB/s_min_traffic",
-                        "passes_B_per_param", "GB/s_passes"]
+                cols = [
+                    "strategy",
+                    "ratio_vs_copy",
+                    "ratio_range",
+                    "ratio_vs_best_copy",
+                    "seconds",
+                    "GB/s_min_traffic",
+                    "passes_B_per_param",
+                    "GB/s_passes",
+                ]
                 if model == "1b" and layers != ONE_B_LAYERS:
                     cols.append("seconds_full_1b")
                 print(table(res["rows"], cols))
@@ -564,28 +386,56 @@ def _figures(args: argparse.Namespace, models: list[str], dtypes: list[str], thr
             dtype = "bfloat16" if model == "1b" else (args.dtype[0] if args.dtype else "float32")
             layers = default_layers(model, dtype, args.device, args.layers)
             match = [
-                r for r in results["bandwidth"]
-                if "error" not in r and r["config"]["model"] == model and r["config"]["dtype"] == dtype and r["config"]["layers"] == layers
+                r
+                for r in results["bandwidth"]
+                if "error" not in r
+                and r["config"]["model"] == model
+                and r["config"]["dtype"] == dtype
+                and r["config"]["layers"] == layers
             ]
             if match:
                 eng = match[0]
             else:
-                eng = run_worker("bandwidth", dict(model=model, dtype=dtype, device=args.device, threads=threads, layers=layers,
-                                                   reps=args.reps or 5, experiment=args.experiment, compile=False, strategies=[]))
-            nv = run_worker("naive", dict(model=model, dtype=dtype, device=args.device, threads=threads, layers=layers,
-                                          moves=args.moves or (2 if model == "1b" else 5), experiment=args.experiment))
+                eng = run_worker(
+                    "bandwidth",
+                    dict(
+                        model=model,
+                        dtype=dtype,
+                        device=args.device,
+                        threads=threads,
+                        layers=layers,
+                        reps=args.reps or 5,
+                        experiment=args.experiment,
+                        compile=False,
+                        strategies=[],
+                    ),
+                )
+            nv = run_worker(
+                "naive",
+                dict(
+                    model=model,
+                    dtype=dtype,
+                    device=args.device,
+                    threads=threads,
+                    layers=layers,
+                    moves=args.moves or (2 if model == "1b" else 5),
+                    experiment=args.experiment,
+                ),
+            )
             results["naive"].append({"engine": eng.get("rows"), "naive": nv})
             if "error" in eng or "error" in nv:
                 print(f"\n[naive {model}] FAILED: {eng.get('error') or nv.get('error')}")
                 continue
             eng_s = next(r["seconds"] for r in eng["rows"] if r["strategy"].startswith("engine ("))
-            rows.append({
-                "model": f"{model} ({eng['params'] / 1e6:.1f}M, {dtype})",
-                "engine_s_per_move": eng_s,
-                "naive_s_per_move": nv["naive_median"],
-                "speedup": nv["naive_median"] / eng_s,
-                "naive_moves": len(nv["naive_seconds"]),
-            })
+            rows.append(
+                {
+                    "model": f"{model} ({eng['params'] / 1e6:.1f}M, {dtype})",
+                    "engine_s_per_move": eng_s,
+                    "naive_s_per_move": nv["naive_median"],
+                    "speedup": nv["naive_median"] / eng_s,
+                    "naive_moves": len(nv["naive_seconds"]),
+                }
+            )
         if rows:
             print("\n[engine vs naive path, per slider move]")
             print(table(rows))

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import shutil
 import subprocess
@@ -40,10 +39,9 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from _common import REPO, machine_info, machine_line, table, write_json
+from _common import REPO, ROLES, machine_info, machine_line, table, write_json
 
 ROOT = Path("/tmp/msa-bench-vectors")
-ROLES = ("clean", "corrupted", "forget", "retain")
 
 
 def status_kib() -> dict[str, int]:
@@ -107,8 +105,13 @@ def make_checkpoints(layers: int, dtype_name: str) -> Path:
     if all((root / r / "config.json").is_file() for r in ROLES):
         return root
     cfg = LlamaConfig(
-        vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=layers,
-        num_attention_heads=16, num_key_value_heads=16, tie_word_embeddings=False,
+        vocab_size=32000,
+        hidden_size=1024,
+        intermediate_size=2816,
+        num_hidden_layers=layers,
+        num_attention_heads=16,
+        num_key_value_heads=16,
+        tie_word_embeddings=False,
     )
     gen = torch.Generator().manual_seed(0)
     with torch.device("meta"):
@@ -118,7 +121,7 @@ def make_checkpoints(layers: int, dtype_name: str) -> Path:
     with torch.no_grad():
         for name, p in model.named_parameters():
             base[name] = (torch.randn(p.shape, generator=gen) * 0.02).to(dtype)
-        for k, role in enumerate(ROLES):
+        for role in ROLES:
             for name, p in model.named_parameters():
                 p.copy_(base[name])
                 if role != "clean":
@@ -126,7 +129,10 @@ def make_checkpoints(layers: int, dtype_name: str) -> Path:
             model.save_pretrained(root / role, safe_serialization=True)
     from msa_core.experiment import Checkpoints, Experiment, save_experiment
 
-    save_experiment(Experiment(name="vectors-bench", checkpoints=Checkpoints(**{r: root / r for r in ROLES})), root / "experiment.yaml")
+    save_experiment(
+        Experiment(name="vectors-bench", checkpoints=Checkpoints(**{r: root / r for r in ROLES})),
+        root / "experiment.yaml",
+    )
     return root
 
 
@@ -186,8 +192,13 @@ def mmap_worker(root: Path) -> dict[str, Any]:
     base = status_kib()["VmRSS"] * 1024
     sampler.take()
     t0 = time.perf_counter()
-    with open_map("clean") as zc, open_map("forget") as fc, open_map("retain") as rc, \
-            open(out / "forget.bin", "wb") as ff, open(out / "retain.bin", "wb") as fr:
+    with (
+        open_map("clean") as zc,
+        open_map("forget") as fc,
+        open_map("retain") as rc,
+        open(out / "forget.bin", "wb") as ff,
+        open(out / "retain.bin", "wb") as fr,
+    ):
         for name in zc.keys():
             z = zc.get_tensor(name).to(torch.float32)
             tf = fc.get_tensor(name).to(torch.float32) - z
@@ -230,7 +241,13 @@ def load_all_worker(root: Path, how: str = "models") -> dict[str, Any]:
             sd["forget"][name].sub_(z)  # τ_f in place (checkpoint dtype, as the reference does)
             sd["retain"][name].sub_(z)
     seconds = time.perf_counter() - t0
-    return {"baseline_rss": base, "seconds": seconds, "peak": hwm_bytes(), "ru_maxrss": maxrss_bytes(), "anon_peak": sampler.take()}
+    return {
+        "baseline_rss": base,
+        "seconds": seconds,
+        "peak": hwm_bytes(),
+        "ru_maxrss": maxrss_bytes(),
+        "anon_peak": sampler.take(),
+    }
 
 
 def run_worker(kind: str, *args: str) -> dict[str, Any]:
@@ -267,8 +284,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise SystemExit(f"building the synthetic checkpoints failed: {built['error']}")
         root = Path(built["root"])
         ck = checkpoint_bytes(root / "clean")
-        print(f"synthetic checkpoints: {root} ({ck / 1e9:.2f} GB each, built in {time.perf_counter() - t0:.0f} s); "
-              f"parent RSS {status_kib()['VmRSS'] / 1024:.0f} MB")
+        print(
+            f"synthetic checkpoints: {root} ({ck / 1e9:.2f} GB each, built in {time.perf_counter() - t0:.0f} s); "
+            f"parent RSS {status_kib()['VmRSS'] / 1024:.0f} MB"
+        )
         streamed = run_worker("streamed", str(root))
         loaded = run_worker("load_all", str(root), "models")
         mapped = run_worker("load_all", str(root), "state_dicts")
@@ -281,21 +300,45 @@ def main(argv: Optional[list[str]] = None) -> int:
     rows = []
 
     def row(method: str, base: int, peak: int, anon: int, ru: int, seconds: Optional[float]) -> dict[str, Any]:
-        return {"method": method, "peak_GB": peak / 1e9, "above_imports_GB": (peak - base) / 1e9,
-                "x_checkpoint": (peak - base) / ck, "anon_peak_x": (anon - base) / ck, "ru_maxrss_GB": ru / 1e9,
-                "seconds": seconds}
+        return {
+            "method": method,
+            "peak_GB": peak / 1e9,
+            "above_imports_GB": (peak - base) / 1e9,
+            "x_checkpoint": (peak - base) / ck,
+            "anon_peak_x": (anon - base) / ck,
+            "ru_maxrss_GB": ru / 1e9,
+            "seconds": seconds,
+        }
 
     if "error" in streamed:
         print("streamed FAILED:", streamed["error"])
     else:
         b = streamed["baseline_rss"]
-        rows.append(row("streamed: computation (compute_vectors until the last tensor is written)", b,
-                        streamed["compute_peak"], streamed["compute_anon_peak"], streamed["compute_ru_maxrss"], None))
-        rows.append(row("streamed: then loading τ_f, τ_r (fp32) for the engine", b,
-                        streamed["load_peak"], streamed["load_anon_peak"], streamed["ru_maxrss"], streamed["seconds"]))
-    for res, label in ((mapped_stream, "streamed through safe_open memory maps (previous vectors.py)"),
-                       (loaded, "load-everything: 4 models (from_pretrained), τ in place"),
-                       (mapped, "load-everything: 4 state dicts (safetensors load_file, mmap), τ in place")):
+        rows.append(
+            row(
+                "streamed: computation (compute_vectors until the last tensor is written)",
+                b,
+                streamed["compute_peak"],
+                streamed["compute_anon_peak"],
+                streamed["compute_ru_maxrss"],
+                None,
+            )
+        )
+        rows.append(
+            row(
+                "streamed: then loading τ_f, τ_r (fp32) for the engine",
+                b,
+                streamed["load_peak"],
+                streamed["load_anon_peak"],
+                streamed["ru_maxrss"],
+                streamed["seconds"],
+            )
+        )
+    for res, label in (
+        (mapped_stream, "streamed through safe_open memory maps (previous vectors.py)"),
+        (loaded, "load-everything: 4 models (from_pretrained), τ in place"),
+        (mapped, "load-everything: 4 state dicts (safetensors load_file, mmap), τ in place"),
+    ):
         if "error" in res:
             print(label, "FAILED:", res["error"])
             continue
@@ -304,10 +347,28 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(table(rows))
     if rows and "error" not in streamed and "error" not in loaded:
         lb, sb = loaded["baseline_rss"], streamed["baseline_rss"]
-        print(f"\nload-everything (4 models) vs streamed computation: {(loaded['peak'] - lb) / max(1, streamed['compute_peak'] - sb):.1f}x "
-              f"the resident memory, {(loaded['anon_peak'] - lb) / max(1, streamed['compute_anon_peak'] - sb):.1f}x the anonymous memory")
+        rss = (loaded["peak"] - lb) / max(1, streamed["compute_peak"] - sb)
+        anon = (loaded["anon_peak"] - lb) / max(1, streamed["compute_anon_peak"] - sb)
+        print(
+            f"\nload-everything (4 models) vs streamed computation: {rss:.1f}x "
+            f"the resident memory, {anon:.1f}x the anonymous memory"
+        )
     if not args.no_json:
-        print("JSON:", write_json(f"vectors-memory-{args.dtype}", {"machine": info, "checkpoint_bytes": ck, "streamed": streamed, "load_all": loaded, "load_all_mmap": mapped, "streamed_mmap": mapped_stream, "rows": rows}))
+        print(
+            "JSON:",
+            write_json(
+                f"vectors-memory-{args.dtype}",
+                {
+                    "machine": info,
+                    "checkpoint_bytes": ck,
+                    "streamed": streamed,
+                    "load_all": loaded,
+                    "load_all_mmap": mapped,
+                    "streamed_mmap": mapped_stream,
+                    "rows": rows,
+                },
+            ),
+        )
     return 0
 
 

@@ -20,6 +20,20 @@ from typing import IO, Any, Iterator
 TEMP_SUFFIX = ".tmp"
 
 
+def _read_umask() -> int:
+    # NOTE: os.umask can only be read by setting it; done once at import (before any worker
+    # threads exist) so that files and folders made here get the modes a plain open() or
+    # mkdir() would give, not mkstemp's private 0600 / 0700.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+FILE_MODE = 0o666 & ~_UMASK
+DIR_MODE = 0o777 & ~_UMASK
+
+
 def temp_prefix(path: Path) -> str:
     """The name prefix of every temp file or folder made for ``path`` (for clean-up scans)."""
     return f".{path.name}."
@@ -36,6 +50,7 @@ def atomic_file(path: str | os.PathLike[str], mode: str = "w", *, encoding: str 
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=temp_prefix(target), suffix=TEMP_SUFFIX)
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": encoding})) as fh:
             yield fh
             fh.flush()
@@ -76,6 +91,7 @@ def temp_dir_beside(path: str | os.PathLike[str]) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=temp_prefix(target), suffix=TEMP_SUFFIX))
     try:
+        tmp.chmod(DIR_MODE)
         yield tmp
     finally:
         if tmp.exists():

@@ -12,10 +12,11 @@ import hashlib
 import json
 import logging
 import pickle
+from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Optional
 
 import torch
 
@@ -93,7 +94,7 @@ class TensorReader:
         self._stack = ExitStack()
         self._where: dict[str, Any] = {}
 
-    def __enter__(self) -> "TensorReader":
+    def __enter__(self) -> TensorReader:
         for f in weight_files(self.folder):
             if f.suffix == ".safetensors":
                 handle = self._stack.enter_context(SafetensorsFile(f))  # fails early, by name, on truncation
@@ -223,7 +224,7 @@ def compare_checkpoints(folders: Mapping[str, Path], max_report: int = 10) -> Co
             diff = sorted(set(vocab.items()) ^ set(base_vocab.items()))[:3]
             problems.append(f"{role}: tokenizer vocabulary differs from {base_role}'s (e.g. {diff})")
     n_params = 0
-    for dt, shape in base_index.values():
+    for _dtype, shape in base_index.values():
         n = 1
         for s in shape:
             n *= s
@@ -328,10 +329,3 @@ def load_model(
     model.eval()
     model.requires_grad_(False)
     return model
-
-
-def iter_tensors(folder: Path, names: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (name, tensor) for the given names, one at a time."""
-    with TensorReader(folder) as reader:
-        for name in names:
-            yield name, reader.get(name)

@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
+
+from msa_core.atomic import write_text
 
 CHECKPOINT_ROLES = ("clean", "corrupted", "forget", "retain")
 OPTIONAL_ROLES = ("reference",)
@@ -81,6 +82,12 @@ class Experiment:
     beta_range: tuple[float, float] = DEFAULT_BETA_RANGE
     trust_remote_code: bool = False
     source: Optional[Path] = None
+
+    @property
+    def benchmarks(self) -> tuple[str, ...]:
+        """The benchmarks this experiment has data for: ('tofu',), ('muse',), both, or ()."""
+        folders = (("tofu", self.data.tofu), ("muse", self.data.muse))
+        return tuple(name for name, folder in folders if folder is not None)
 
     def validate_coefficients(self, alpha: float, beta: float) -> None:
         """Raise ValueError if α or β is non-finite or outside the experiment's range."""
@@ -136,7 +143,9 @@ def _range(raw: Any, default: tuple[float, float], where: str) -> tuple[float, f
     return (lo, hi)
 
 
-def experiment_from_dict(raw: Any, base: Path, *, source: Optional[Path] = None, check_paths: bool = True) -> Experiment:
+def experiment_from_dict(
+    raw: Any, base: Path, *, source: Optional[Path] = None, check_paths: bool = True
+) -> Experiment:
     """Build and validate an :class:`Experiment` from parsed YAML; paths resolve against ``base``."""
     where = str(source) if source else "experiment"
     if not isinstance(raw, dict):
@@ -245,23 +254,16 @@ def experiment_to_dict(exp: Experiment, base: Optional[Path] = None) -> dict[str
 
 
 def save_experiment(exp: Experiment, path: str | os.PathLike[str]) -> Path:
-    """Write ``exp`` as YAML atomically (temp file + rename); returns the path written."""
+    """Write ``exp`` as YAML atomically (:mod:`msa_core.atomic`); returns the path written."""
     p = Path(path).expanduser().resolve()
-    p.parent.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(experiment_to_dict(exp, p.parent), sort_keys=False)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, p)
-    except OSError:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
+    return write_text(p, yaml.safe_dump(experiment_to_dict(exp, p.parent), sort_keys=False))
 
 
 def replace_ranges(
-    exp: Experiment, *, alpha_range: Optional[tuple[float, float]] = None, beta_range: Optional[tuple[float, float]] = None
+    exp: Experiment,
+    *,
+    alpha_range: Optional[tuple[float, float]] = None,
+    beta_range: Optional[tuple[float, float]] = None,
 ) -> Experiment:
     """A copy of ``exp`` with new α/β ranges (validated like the file's)."""
     return replace(
@@ -269,8 +271,3 @@ def replace_ranges(
         alpha_range=_range(alpha_range, exp.alpha_range, "alpha_range"),
         beta_range=_range(beta_range, exp.beta_range, "beta_range"),
     )
-
-
-def with_source(exp: Experiment, source: Path) -> Experiment:
-    """A copy of ``exp`` recording the file it came from."""
-    return replace(exp, source=source)

@@ -14,13 +14,18 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
 from msa_core.progress import Progress, report
 from msa_core.prompts import encode_qa
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
 
 IGNORE_INDEX = -100
 
@@ -33,7 +38,9 @@ class Example:
     labels: list[int]
 
 
-def qa_examples(tokenizer: Any, pairs: Sequence[tuple[str, str]], *, max_len: int = 256) -> list[Example]:
+def qa_examples(
+    tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[str, str]], *, max_len: int = 256
+) -> list[Example]:
     """Examples for QA pairs: prompt masked, answer tokens (with EOS) scored."""
     out = []
     for i, (q, a) in enumerate(pairs):
@@ -45,7 +52,7 @@ def qa_examples(tokenizer: Any, pairs: Sequence[tuple[str, str]], *, max_len: in
     return out
 
 
-def text_examples(tokenizer: Any, texts: Sequence[str], *, max_len: int = 256) -> list[Example]:
+def text_examples(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], *, max_len: int = 256) -> list[Example]:
     """Examples for raw texts: BOS + text + EOS, every token after BOS scored."""
     if tokenizer.eos_token_id is None:
         raise ValueError("tokenizer has no eos_token_id; text examples end with EOS")

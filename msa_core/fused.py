@@ -22,7 +22,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Optional
 
 import torch
 
@@ -35,7 +36,8 @@ _DISABLED: Optional[str] = None
 
 def enabled() -> bool:
     """Whether the fused kernel may be tried (not turned off by the environment, not failed)."""
-    return _DISABLED is None and os.environ.get("MSA_FUSED_COMPOSE", "1").strip().lower() not in ("0", "false", "no", "off")
+    switch = os.environ.get("MSA_FUSED_COMPOSE", "1").strip().lower()
+    return _DISABLED is None and switch not in ("0", "false", "no", "off")
 
 
 def disabled_reason() -> Optional[str]:
@@ -45,15 +47,21 @@ def disabled_reason() -> Optional[str]:
 
 # One top-level function per term pattern: torch.compile caches per code object, so three
 # closures over one function would share (and exhaust) a single recompile budget.
-def _a(out: torch.Tensor, base: torch.Tensor, tau_f: torch.Tensor, tau_r: torch.Tensor, ca: torch.Tensor, cb: torch.Tensor) -> None:
+def _a(
+    out: torch.Tensor, base: torch.Tensor, tau_f: torch.Tensor, tau_r: torch.Tensor, ca: torch.Tensor, cb: torch.Tensor
+) -> None:
     out.copy_((base.to(torch.float32) + ca * tau_f).to(out.dtype))
 
 
-def _b(out: torch.Tensor, base: torch.Tensor, tau_f: torch.Tensor, tau_r: torch.Tensor, ca: torch.Tensor, cb: torch.Tensor) -> None:
+def _b(
+    out: torch.Tensor, base: torch.Tensor, tau_f: torch.Tensor, tau_r: torch.Tensor, ca: torch.Tensor, cb: torch.Tensor
+) -> None:
     out.copy_((base.to(torch.float32) + cb * tau_r).to(out.dtype))
 
 
-def _ab(out: torch.Tensor, base: torch.Tensor, tau_f: torch.Tensor, tau_r: torch.Tensor, ca: torch.Tensor, cb: torch.Tensor) -> None:
+def _ab(
+    out: torch.Tensor, base: torch.Tensor, tau_f: torch.Tensor, tau_r: torch.Tensor, ca: torch.Tensor, cb: torch.Tensor
+) -> None:
     out.copy_((base.to(torch.float32) + ca * tau_f + cb * tau_r).to(out.dtype))
 
 
@@ -139,8 +147,12 @@ def warm_up(dtype: torch.dtype) -> bool:
     first slider moves do not wait for the compiler. Returns whether the kernel is usable."""
     n = 2 * _EAGER_BELOW
     for shape in ((n,), (2, n // 2)):  # flat views of 1-D and 2-D parameters are guarded apart
-        views = prepare([torch.empty(shape, dtype=dtype)], [torch.zeros(shape, dtype=dtype)],
-                        [torch.zeros(shape)], [torch.zeros(shape)])
+        views = prepare(
+            [torch.empty(shape, dtype=dtype)],
+            [torch.zeros(shape, dtype=dtype)],
+            [torch.zeros(shape)],
+            [torch.zeros(shape)],
+        )
         for ca, cb in ((1.0, 1.0), (1.0, 0.0), (0.0, 1.0)):
             if views is None or not compose_fused(views, ca, cb):
                 return False
@@ -155,4 +167,4 @@ def _reset_for_tests() -> None:
         _DISABLED = None
 
 
-__all__: list[Any] = ["enabled", "disabled_reason", "prepare", "compose_fused", "warm_up"]
+__all__ = ["enabled", "disabled_reason", "prepare", "compose_fused", "warm_up"]

@@ -8,11 +8,16 @@ prompts (MUSE continuations, few-shot prompts) and optional stop strings.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
 from msa_core.prompts import encode_prompt, qa_prompt
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 
 
 def _pad_left(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,8 +45,8 @@ def cut_at_stops(text: str, stops: Optional[Sequence[str]]) -> str:
 
 @torch.no_grad()
 def generate_text(
-    model: Any,
-    tokenizer: Any,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     *,
     max_new_tokens: int = 64,
@@ -88,8 +93,8 @@ def generate_text(
 
 
 def generate_answers(
-    model: Any,
-    tokenizer: Any,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
     questions: Sequence[str],
     *,
     max_new_tokens: int = 64,

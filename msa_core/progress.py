@@ -7,13 +7,10 @@ assumes either.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 Progress = Callable[[float, str], None]
-
-
-def noop_progress(fraction: float, message: str) -> None:
-    """A callback that ignores every report."""
 
 
 def report(progress: Optional[Progress], fraction: float, message: str) -> None:

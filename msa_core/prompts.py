@@ -11,19 +11,23 @@ answer token (open-unlearning convention).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
 
 PLAIN_PROMPT = "Question: {question}\nAnswer:"
 # Llama-3 chat templates print today's date unless given one; pin it for reproducibility.
 PINNED_DATE = "10 Apr 2025"
 
 
-def has_chat_template(tokenizer: Any) -> bool:
+def has_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:
     """True when the tokenizer carries a chat template."""
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def qa_prompt(tokenizer: Any, question: str) -> str:
+def qa_prompt(tokenizer: PreTrainedTokenizerBase, question: str) -> str:
     """The prompt text for ``question`` (everything before the answer)."""
     if has_chat_template(tokenizer):
         return tokenizer.apply_chat_template(
@@ -35,21 +39,21 @@ def qa_prompt(tokenizer: Any, question: str) -> str:
     return PLAIN_PROMPT.format(question=question)
 
 
-def answer_text(tokenizer: Any, answer: str) -> str:
+def answer_text(tokenizer: PreTrainedTokenizerBase, answer: str) -> str:
     """The answer text as it follows the prompt (a leading space in the plain format)."""
     if has_chat_template(tokenizer):
         return answer
     return " " + answer
 
 
-def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
     """Token ids of a prompt string, with BOS when the tokenizer adds one."""
     # Chat templates already contain the BOS text; plain prompts get the tokenizer's default.
     add_special = not prompt.startswith(getattr(tokenizer, "bos_token", None) or "\0")
     return list(tokenizer(prompt, add_special_tokens=add_special)["input_ids"])
 
 
-def encode_qa(tokenizer: Any, question: str, answer: str) -> tuple[list[int], list[int]]:
+def encode_qa(tokenizer: PreTrainedTokenizerBase, question: str, answer: str) -> tuple[list[int], list[int]]:
     """(prompt_ids, answer_ids) for a QA pair; answer_ids end with EOS.
 
     Prompt and answer are tokenised separately and concatenated, so the boundary
@@ -62,7 +66,9 @@ def encode_qa(tokenizer: Any, question: str, answer: str) -> tuple[list[int], li
     return prompt_ids, answer_ids + [int(tokenizer.eos_token_id)]
 
 
-def encode_continuation(tokenizer: Any, prompt: str, continuation: str, *, add_eos: bool = False) -> tuple[list[int], list[int]]:
+def encode_continuation(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, continuation: str, *, add_eos: bool = False
+) -> tuple[list[int], list[int]]:
     """(prompt_ids, continuation_ids) for raw text (MUSE-style prompts, few-shot, Min-K%).
 
     With an empty prompt the continuation is the whole text and BOS (if any) is the prompt.

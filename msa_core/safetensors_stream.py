@@ -80,7 +80,7 @@ class SafetensorsFile:
         self._entries: dict[str, dict[str, Any]] = header
         self._fd: Optional[int] = os.open(self.path, os.O_RDONLY)
 
-    def __enter__(self) -> "SafetensorsFile":
+    def __enter__(self) -> SafetensorsFile:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -102,7 +102,9 @@ class SafetensorsFile:
             raise ValueError(f"{self.path}: file is closed")
         dtype = _TORCH_DTYPES.get(meta.get("dtype"))
         if dtype is None:
-            raise ValueError(f"{self.path}: tensor {name!r} has dtype {meta.get('dtype')!r}, which this reader does not handle")
+            raise ValueError(
+                f"{self.path}: tensor {name!r} has dtype {meta.get('dtype')!r}, which this reader does not handle"
+            )
         shape = [int(s) for s in meta["shape"]]
         a, b = (int(x) for x in meta["data_offsets"])
         out = torch.empty(shape, dtype=dtype)
@@ -122,9 +124,18 @@ class SafetensorsFile:
 
 
 class StreamingSafetensorsWriter:
-    """Write a safetensors file whose tensor names, shapes and dtypes are declared first."""
+    """Write a safetensors file whose tensor names, shapes and dtypes are declared first.
 
-    def __init__(self, path: Path, specs: list[tuple[str, tuple[int, ...], torch.dtype]], metadata: Optional[dict[str, str]] = None):
+    It writes straight to ``path``; callers build inside a temp folder
+    (:func:`msa_core.atomic.temp_dir_beside`) and rename the finished folder into place.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        specs: list[tuple[str, tuple[int, ...], torch.dtype]],
+        metadata: Optional[dict[str, str]] = None,
+    ):
         self.path = Path(path)
         self._specs = specs
         self._next = 0
@@ -139,7 +150,9 @@ class StreamingSafetensorsWriter:
             for s in shape:
                 n *= int(s)
             nbytes = n * torch.empty((), dtype=dtype).element_size()
-            header[name] = {"dtype": _DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            header[name] = {
+                "dtype": _DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]
+            }
             offset += nbytes
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * ((8 - len(raw) % 8) % 8)  # keep data 8-byte aligned, as the reference writer does
@@ -154,7 +167,8 @@ class StreamingSafetensorsWriter:
         exp_name, exp_shape, exp_dtype = self._specs[self._next]
         if name != exp_name or tuple(tensor.shape) != tuple(exp_shape) or tensor.dtype != exp_dtype:
             raise ValueError(
-                f"{self.path}: expected tensor {exp_name} {list(exp_shape)} {exp_dtype}, got {name} {list(tensor.shape)} {tensor.dtype}"
+                f"{self.path}: expected tensor {exp_name} {list(exp_shape)} {exp_dtype}, "
+                f"got {name} {list(tensor.shape)} {tensor.dtype}"
             )
         t = tensor.detach().to("cpu").contiguous().reshape(-1)
         self._fh.write(memoryview(t.view(torch.uint8).numpy()))  # no intermediate bytes copy

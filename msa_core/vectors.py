@@ -16,8 +16,6 @@ import logging
 import math
 import os
 import re
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Optional
 
 import torch
 
+from msa_core.atomic import temp_dir_beside, write_json
 from msa_core.checkpoints import TensorReader, check_compatible, checkpoint_fingerprint, read_tensor_index
 from msa_core.experiment import Experiment
 from msa_core.paths import default_cache_dir
@@ -49,11 +48,8 @@ class VectorSet:
     path: Path
     from_cache: bool
     seconds: float
-    norms: dict[str, dict[str, float]] = field(default_factory=dict)  # tensor → {"forget": ‖τ_f‖, "retain": ‖τ_r‖, "cosine": cos}
-
-    @property
-    def names(self) -> list[str]:
-        return list(self.forget)
+    # tensor → {"forget": ‖τ_f‖, "retain": ‖τ_r‖, "cosine": cos}
+    norms: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def vectors_fingerprint(exp: Experiment) -> str:
@@ -77,26 +73,29 @@ def _float_names(folder: Path) -> list[tuple[str, tuple[int, ...]]]:
 
 
 def _build(exp: Experiment, target: Path, fingerprint: str, progress: Optional[Progress]) -> None:
+    """Compute τ_f and τ_r into a temp folder beside ``target`` and rename it into place."""
     specs = _float_names(exp.checkpoints.clean)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
-    try:
+    with temp_dir_beside(target) as tmp:
+        fp32_specs = [(n, s, torch.float32) for n, s in specs]
         writers = {
-            k: StreamingSafetensorsWriter(
-                tmp / f"{k}.safetensors", [(n, s, torch.float32) for n, s in specs], {"kind": k, "fingerprint": fingerprint}
-            )
+            k: StreamingSafetensorsWriter(tmp / f"{k}.safetensors", fp32_specs, {"kind": k, "fingerprint": fingerprint})
             for k in VECTOR_KINDS
         }
         norms: dict[str, dict[str, float]] = {}
-        with TensorReader(exp.checkpoints.clean) as clean, TensorReader(exp.checkpoints.forget) as forget, TensorReader(
-            exp.checkpoints.retain
-        ) as retain:
+        with (
+            TensorReader(exp.checkpoints.clean) as clean,
+            TensorReader(exp.checkpoints.forget) as forget,
+            TensorReader(exp.checkpoints.retain) as retain,
+        ):
             for i, (name, _shape) in enumerate(specs):
                 base = clean.get(name).to(torch.float32)
                 tf = forget.get(name).to(torch.float32) - base
                 tr = retain.get(name).to(torch.float32) - base
                 for kind, t in (("forget", tf), ("retain", tr)):
                     if not torch.isfinite(t).all():
-                        raise ValueError(f"{kind} vector tensor {name} has NaN/Inf values (check the {kind} checkpoint)")
+                        raise ValueError(
+                            f"{kind} vector tensor {name} has NaN/Inf values (check the {kind} checkpoint)"
+                        )
                 writers["forget"].write(name, tf)
                 writers["retain"].write(name, tr)
                 nf, nr = float(tf.norm()), float(tr.norm())
@@ -120,13 +119,13 @@ def _build(exp: Experiment, target: Path, fingerprint: str, progress: Optional[P
             "norms": norms,
             "created": time.time(),
         }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_json(tmp / "meta.json", meta, indent=1)
+        # A damaged cache being replaced is moved aside (one rename) rather than deleted
+        # first, so no moment leaves ``target`` half-removed for a concurrent reader.
+        with temp_dir_beside(target) as aside:
+            if target.exists():
+                os.replace(target, aside / "previous")
+            os.replace(tmp, target)
 
 
 def _validate_cache(target: Path, fingerprint: str) -> Optional[dict]:

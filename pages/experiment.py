@@ -7,36 +7,36 @@ and τ_r with their cosine similarity.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
-from plotly.subplots import make_subplots
 
 from msa_core.experiment import experiment_from_dict, save_experiment
 from msa_core.paths import default_cache_dir
-from pages import state, ui
+from msa_core.vectors import layer_norms
+from studio import charts, labels, resources, session, widgets
 
-ui.page_guard()
+widgets.page_guard()
 st.title(":material/science: Experiment")
-engine = state.loaded_engine()
+engine = resources.loaded_engine()
 
 
 def _load_forms() -> None:
     with st.expander("Load an experiment file or checkpoint folders", expanded=engine is None):
         c1, c2 = st.columns(2)
         for col, label, options, key, helptext in (
-            (c1, "Device", ["auto", "cpu", "cuda"], state.K_DEVICE,
+            (c1, "Device", ["auto", "cpu", "cuda"], session.K_DEVICE,
              "auto = the GPU when there is one. Changing it loads a second engine."),
-            (c2, "Dtype", ["auto", "float32", "bfloat16", "float16"], state.K_DTYPE,
+            (c2, "Dtype", ["auto", "float32", "bfloat16", "float16"], session.K_DTYPE,
              "auto = the checkpoint's dtype (bf16 on a GPU for fp32 checkpoints)."),
         ):
-            wkey = state.widget_mirror(key)
-            col.selectbox(label, options, key=wkey, help=helptext, on_change=state.copy_widget, args=(wkey, key))
+            wkey = session.widget_mirror(key)
+            col.selectbox(label, options, key=wkey, help=helptext, on_change=session.copy_widget, args=(wkey, key))
         path = st.text_input("Experiment file (.yaml)", key="w_page_exp_path", placeholder="/path/to/experiment.yaml")
         if st.button("Load experiment file", key="w_page_exp_load", disabled=not path.strip()):
-            if ui.try_choose_experiment(path.strip()):
+            if widgets.try_choose_experiment(path.strip()):
                 st.rerun()
         st.markdown("**…or give the checkpoint folders** (local Hugging Face folders, safetensors):")
         with st.form("ckpt_form", border=True):
@@ -57,15 +57,15 @@ def _load_forms() -> None:
                 exp = experiment_from_dict(raw, Path.cwd())
                 target = default_cache_dir() / "experiments" / f"{exp.name}.yaml"
                 save_experiment(exp, target)
-            except ui.CORE_ERRORS as exc:
-                ui.show_error("Cannot create this experiment", exc)
+            except widgets.CORE_ERRORS as exc:
+                widgets.show_error("Cannot create this experiment", exc)
             else:
-                if ui.try_choose_experiment(str(target)):
+                if widgets.try_choose_experiment(str(target)):
                     st.rerun()
 
 
 if engine is None:
-    ui.no_experiment_offer()
+    widgets.no_experiment_offer()
     _load_forms()
     st.stop()
 
@@ -77,8 +77,8 @@ c = st.columns(5)
 c[0].metric("Parameters", f"{engine.parameter_count / 1e6:.2f} M")
 c[1].metric("Device", str(engine.device))
 c[2].metric("Dtype", str(engine.dtype).replace("torch.", ""))
-c[3].metric("Engine load", ui.fmt_seconds(engine.load_seconds))
-c[4].metric("Vectors", "from cache" if vec.from_cache else "computed", f"in {ui.fmt_seconds(vec.seconds)}",
+c[3].metric("Engine load", labels.fmt_seconds(engine.load_seconds))
+c[4].metric("Vectors", "from cache" if vec.from_cache else "computed", f"in {labels.fmt_seconds(vec.seconds)}",
             delta_color="off", delta_arrow="off")
 st.caption(f"Experiment file `{exp.source}` · fingerprint `{engine.fingerprint}` · vector cache `{vec.path}`")
 
@@ -89,11 +89,12 @@ rows = [{"role": role, "folder": str(folder), "dtype": (rep.dtypes.get(role, "")
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 if rep is not None:
     st.success(f"All {len(rep.roles)} checkpoints are compatible: {rep.architecture}, {rep.num_tensors} tensors, "
-               f"{rep.num_parameters / 1e6:.2f} M parameters, vocabulary {rep.vocab_size}.", icon=":material/check_circle:")
+               f"{rep.num_parameters / 1e6:.2f} M parameters, vocabulary {rep.vocab_size}.",
+               icon=":material/check_circle:")
     for p in rep.problems:
         st.warning(p)
 mem = engine.memory_bytes()
-st.caption("Memory in use: " + ", ".join(f"{k} {ui.fmt_bytes(v)}" for k, v in mem.items())
+st.caption("Memory in use: " + ", ".join(f"{k} {labels.fmt_bytes(v)}" for k, v in mem.items())
            + f" · side models loaded: {', '.join(engine.loaded_side_models()) or 'none'}")
 data = exp.data
 st.caption(f"Data: TOFU `{data.tofu or '—'}` (forget `{data.forget_split}`, retain `{data.retain_split}`, "
@@ -101,20 +102,12 @@ st.caption(f"Data: TOFU `{data.tofu or '—'}` (forget `{data.forget_split}`, re
            f"β ∈ {list(exp.beta_range)}")
 
 st.markdown("#### Forget and retain vectors per layer")
-layers = ui.layer_norms(vec.norms)
-if layers.empty:
+layers = layer_norms(vec.norms)
+if not layers:
     st.info("The vector cache holds no per-tensor norms.")
 else:
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("‖τ‖ per layer (L2 over the layer's tensors)",
-                                                        "cos(τ_f, τ_r) per layer"))
-    fig.add_trace(go.Bar(x=layers["layer"], y=layers["forget"], name="‖τ_f‖ forget vector"), 1, 1)
-    fig.add_trace(go.Bar(x=layers["layer"], y=layers["retain"], name="‖τ_r‖ retain vector"), 1, 1)
-    fig.add_trace(go.Scatter(x=layers["layer"], y=layers["cosine"], mode="lines+markers", name="cosine"), 1, 2)
-    fig.update_yaxes(title_text="L2 norm", row=1, col=1)
-    fig.update_yaxes(title_text="cosine similarity", range=[-1, 1], row=1, col=2)
-    fig.update_layout(height=380, barmode="group", margin=dict(t=40, b=10), legend=dict(orientation="h"))
-    st.plotly_chart(fig, key="norms_chart")
+    st.plotly_chart(charts.layer_norms_figure(layers), key="norms_chart")
     st.caption("High cosine means τ_f and τ_r move the same weights the same way: subtracting α·τ_f then also "
                "removes retained knowledge, which β·τ_r puts back.")
     with st.expander("Per-layer table"):
-        st.dataframe(layers, hide_index=True, width="stretch")
+        st.dataframe(pd.DataFrame([asdict(row) for row in layers]), hide_index=True, width="stretch")

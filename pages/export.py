@@ -2,7 +2,8 @@
 
 Uses the same core function as ``msa compose`` (:func:`msa_core.export.export_model`), with
 a model card holding α, β, the input fingerprints and the latest metrics. Also downloads
-the current metrics as JSON/CSV and shows the CLI commands that reproduce this view.
+the metrics at this point (the last ones seen in this session, else the fast-tier result in
+the shared results store) as JSON/CSV and shows the CLI commands that reproduce this view.
 """
 
 from __future__ import annotations
@@ -15,23 +16,38 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from msa_core.eval.results import EvalResult
 from msa_core.export import export_model
 from msa_core.paths import default_cache_dir
-from pages import state, ui
+from studio import labels, resources, session, widgets
 
-engine = ui.require_engine()
-alpha, beta = state.point()
+engine = widgets.require_engine()
+here = session.point()
+alpha, beta = here.alpha, here.beta
 exp = engine.experiment
+bench = widgets.benchmark_choices(exp)[-1] if exp.benchmarks else None
 st.title(":material/download: Export")
 st.markdown(f"Experiment **{exp.name}** at **α = {alpha:.3f}, β = {beta:.3f}**.")
 
-last = st.session_state.get("msa_last_metrics")
+
+def _as_metrics(result: EvalResult) -> dict:
+    return {"alpha": alpha, "beta": beta, **result.to_json()}
+
+
+last = session.get(session.K_LAST_METRICS)
 metrics = last if last and last.get("alpha") == alpha and last.get("beta") == beta else None
+if metrics is None and bench is not None:
+    try:
+        stored = resources.stored_evaluation(engine, here, tier="fast", benchmark=bench, subset=None)
+    except widgets.CORE_ERRORS as exc:
+        widgets.show_error("Could not read the results store", exc)
+    else:
+        metrics = None if stored is None else _as_metrics(stored)
 
 st.markdown("#### Unlearned model as a Hugging Face folder")
 default_out = default_cache_dir() / "exports" / f"{exp.name}-a{alpha:g}-b{beta:g}"
-out = st.text_input("Output folder", value=str(default_out), key="w_exp_out")
-force = st.checkbox("Overwrite the folder if it exists", value=False, key="w_exp_force")
+out = st.text_input("Output folder", value=str(default_out), key="w_export_out")
+force = st.checkbox("Overwrite the folder if it exists", value=False, key="w_export_force")
 if metrics is None:
     st.caption("No metrics for this point yet: the model card will hold α, β and fingerprints only. "
                "Compute metrics below (or on the Playground) to include them.")
@@ -40,8 +56,8 @@ if st.button("Export model", type="primary", key="w_export_btn", disabled=not ou
         try:
             folder = export_model(engine, alpha, beta, Path(out.strip()), force=force,
                                   metrics=dict(metrics["metrics"]) if metrics else None)
-        except ui.CORE_ERRORS as exc:
-            ui.show_error("Export failed", exc)
+        except widgets.CORE_ERRORS as exc:
+            widgets.show_error("Export failed", exc)
         else:
             files = sorted(p.name for p in folder.iterdir())
             st.success(f"Wrote `{folder}`: {', '.join(files)}", icon=":material/check_circle:")
@@ -51,30 +67,30 @@ if st.button("Export model", type="primary", key="w_export_btn", disabled=not ou
                     st.markdown(card.read_text(encoding="utf-8"))
 
 st.markdown("#### Metrics at this point")
-if st.button("Compute fast-tier metrics now", key="w_export_metrics"):
+if st.button("Compute fast-tier metrics now", key="w_export_metrics", disabled=bench is None):
     bar = st.progress(0.0, text="evaluating")
-    bench = "all" if exp.data.tofu and exp.data.muse else "tofu" if exp.data.tofu else "muse"
     try:
-        result = state.evaluation(engine, alpha, beta, tier="fast", benchmark=bench, subset=None,
-                                  progress=ui.bar_progress(bar))
-    except ui.CORE_ERRORS as exc:
-        ui.show_error("Evaluation failed", exc)
+        result = resources.evaluation(engine, here, tier="fast", benchmark=bench, subset=None,
+                                      progress=widgets.bar_progress(bar))
+    except widgets.CORE_ERRORS as exc:
+        widgets.show_error("Evaluation failed", exc)
     else:
-        metrics = {"alpha": alpha, "beta": beta, **result.to_json()}
-        st.session_state["msa_last_metrics"] = metrics
+        metrics = _as_metrics(result)
+        session.put(session.K_LAST_METRICS, metrics)
     finally:
         bar.empty()
 if metrics:
     flat = {k: v for k, v in metrics["metrics"].items()}
-    table = pd.DataFrame([{"metric": k, "label": ui.metric_label(k, with_direction=False), "value": v,
-                           "better": ui.direction_text(k)} for k, v in flat.items()])
+    table = pd.DataFrame([{"metric": k, "label": labels.metric_label(k, with_direction=False), "value": v,
+                           "better": labels.direction_text(k)} for k, v in flat.items()])
     st.dataframe(table, hide_index=True, width="stretch")
     stem = f"msa-metrics-{exp.name}-a{alpha:g}-b{beta:g}"
     d1, d2 = st.columns(2)
     d1.download_button("Download JSON", json.dumps(metrics, indent=2, default=str), file_name=f"{stem}.json",
                        mime="application/json", key="w_dl_json")
     buf = io.StringIO()
-    table.assign(alpha=alpha, beta=beta, tier=metrics.get("tier"), fingerprint=engine.fingerprint).to_csv(buf, index=False)
+    table.assign(alpha=alpha, beta=beta, tier=metrics.get("tier"),
+                 fingerprint=engine.fingerprint).to_csv(buf, index=False)
     d2.download_button("Download CSV", buf.getvalue(), file_name=f"{stem}.csv", mime="text/csv", key="w_dl_csv")
 else:
     st.caption("No metrics computed at this exact point yet.")
@@ -86,5 +102,5 @@ lines = [
     f"msa compose {src} --alpha {alpha:g} --beta {beta:g} --out {out_q}" + (" --force" if force else ""),
     f"msa generate {src} --alpha {alpha:g} --beta {beta:g} --prompt {shlex.quote('Who is the author you know best?')}",
 ]
-lines += ui.eval_cli_lines(src, alpha, beta, metrics)
+lines += labels.eval_cli_lines(src, alpha, beta, metrics)
 st.code("\n".join(lines), language="bash")

@@ -11,16 +11,20 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from pages import state, ui
+from msa_core.eval.probe import entity_groups, holds_gold
+from msa_core.targets import Side, Target
+from studio import labels, resources, session, widgets
 
-engine = ui.require_engine()
-alpha, beta = state.point()
+engine = widgets.require_engine()
+here = session.point()
+alpha, beta = here.alpha, here.beta
 st.title(":material/search: Probe")
 st.caption(f"Unlearned model at **α = {alpha:.3f}, β = {beta:.3f}**. Truth ratio TR = P(perturbed) / P(paraphrased): "
            "TR ≪ 1 = the model still prefers the true answer; TR ≈ 1 = it cannot tell (forgotten).")
 
-sets, problems = state.question_sets(engine)
-for problem in problems:
+loaded = resources.question_sets(engine)
+sets = loaded.sets
+for problem in loaded.problems:
     st.warning(f"Question set not available: {problem}")
 probe_sets = [n for n in sets if not n.startswith("MUSE")] or list(sets)
 if not probe_sets:
@@ -30,7 +34,7 @@ if not probe_sets:
 c1, c2, c3 = st.columns([1, 2, 2], vertical_alignment="bottom")
 set_name = c1.selectbox("Set", probe_sets, key="w_probe_set")
 items = sets[set_name]
-groups = ui.entity_groups(items)
+groups = entity_groups(items)
 names = [g[0] for g in groups]
 entity = c2.selectbox("Entity", names, key=f"w_probe_entity_{set_name}",
                       format_func=lambda n: f"{n} ({len(dict(groups)[n])} QA pairs)")
@@ -43,36 +47,36 @@ idx = dict(groups)[entity]
 chosen = [items[i] for i in idx]
 
 
-def where(role: str) -> str | tuple[float, float]:
-    return (alpha, beta) if role == "unlearned" else role
+def where(role: str) -> Target:
+    return here if role == "unlearned" else Side(role)
 
 
 run_key = (engine.fingerprint, set_name, entity, alpha, beta, tuple(roles))
 if st.button(f"Probe {entity}", type="primary", key="w_probe_run"):
-    st.session_state["msa_probe_key"] = run_key
-if st.session_state.get("msa_probe_key") != run_key:
+    session.put(session.K_PROBE_RUN, run_key)
+if session.get(session.K_PROBE_RUN) != run_key:
     st.info(f"{len(chosen)} QA pairs about **{entity}**. Press *Probe* to ask every selected model.")
     st.stop()
 
-qs = [it["question"] for it in chosen]
-golds = [it["answer"] for it in chosen]
-can_tr = all(it.get("perturbed_answers") for it in chosen)
+qs = [it.question for it in chosen]
+golds = [it.answer for it in chosen]
+can_tr = all(it.perturbed_answers for it in chosen)
 bar = st.progress(0.0, text="asking the models")
 rows: list[dict] = [{"#": i, "question": q, "gold": g} for i, (q, g) in enumerate(zip(qs, golds))]
 try:
     for k, role in enumerate(roles):
         bar.progress(k / max(1, len(roles)), text=f"{role}: answers, probabilities, truth ratios")
-        ans, _, _ = state.answers(engine, where(role), qs, 48)
-        prob = state.gold_probabilities(engine, where(role), qs, golds)
-        trs = state.truth_ratio_values(engine, where(role), chosen) if can_tr else [None] * len(qs)
+        ans = resources.answers(engine, where(role), qs, 48).texts
+        prob = resources.gold_probabilities(engine, where(role), qs, golds)
+        trs = resources.truth_ratio_values(engine, where(role), chosen) if can_tr else [None] * len(qs)
         for r, a, p, t in zip(rows, ans, prob, trs):
             r[f"{role} answer"] = a
-            r[f"{role} gold?"] = "✔" if ui.gold_overlap(a, r["gold"]) >= ui.GOLD_THRESHOLD else ""
+            r[f"{role} gold?"] = "✔" if holds_gold(a, r["gold"]) else ""
             r[f"{role} p(gold)"] = p
             r[f"{role} TR"] = t
-except ui.CORE_ERRORS as exc:
+except widgets.CORE_ERRORS as exc:
     bar.empty()
-    ui.show_error("Probing failed", exc)
+    widgets.show_error("Probing failed", exc)
     st.stop()
 bar.empty()
 
@@ -86,7 +90,7 @@ summary = {role: {"mean p(gold)": table[f"{role} p(gold)"].mean(),
                   **({"mean TR": table[f"{role} TR"].mean()} if can_tr else {})} for role in roles}
 st.dataframe(pd.DataFrame(summary).T, width="stretch")
 
-paras = [(it.get("paraphrased_question"), it["answer"]) for it in chosen if it.get("paraphrased_question")]
+paras = [(it.paraphrased_question, it.answer) for it in chosen if it.paraphrased_question]
 st.markdown("#### Paraphrased questions")
 if not paras:
     st.caption("This set has no paraphrased questions.")
@@ -95,14 +99,14 @@ else:
     prow: list[dict] = [{"paraphrased question": p, "gold": g} for p, g in paras]
     try:
         for role in roles:
-            ans, _, _ = state.answers(engine, where(role), pq, 48)
-            prob = state.gold_probabilities(engine, where(role), pq, [g for _, g in paras])
+            ans = resources.answers(engine, where(role), pq, 48).texts
+            prob = resources.gold_probabilities(engine, where(role), pq, [g for _, g in paras])
             for r, a, p in zip(prow, ans, prob):
                 r[f"{role} answer"] = a
-                r[f"{role} gold?"] = "✔" if ui.gold_overlap(a, r["gold"]) >= ui.GOLD_THRESHOLD else ""
+                r[f"{role} gold?"] = "✔" if holds_gold(a, r["gold"]) else ""
                 r[f"{role} p(gold)"] = p
-    except ui.CORE_ERRORS as exc:
-        ui.show_error("Probing paraphrases failed", exc)
+    except widgets.CORE_ERRORS as exc:
+        widgets.show_error("Probing paraphrases failed", exc)
     else:
         ptable = pd.DataFrame(prow)
         st.dataframe(ptable.style.format({c: "{:.3g}" for c in ptable.columns if c.endswith("p(gold)")}),
@@ -118,18 +122,17 @@ raw = st.toggle("Raw continuation (no QA format)", value=False, key="w_probe_raw
 prompts = [p.replace("{name}", entity).strip() for p in text.splitlines() if p.strip()][:6]
 if prompts:
     try:
-        out = {role: state.answers(engine, where(role), prompts, 96, raw=raw)[0] for role in roles}
-    except ui.CORE_ERRORS as exc:
-        ui.show_error("Extraction prompts failed", exc)
+        out = {role: resources.answers(engine, where(role), prompts, 96, raw=raw).texts for role in roles}
+    except widgets.CORE_ERRORS as exc:
+        widgets.show_error("Extraction prompts failed", exc)
     else:
-        facts = [g for g in golds]
         for i, p in enumerate(prompts):
             with st.container(border=True, key=f"probe_extract_{i}"):
-                st.markdown(f"**{ui.md_escape(p)}**")
+                st.markdown(f"**{labels.md_escape(p)}**")
                 cols = st.columns(len(roles))
                 for col, role in zip(cols, roles):
                     answer = out[role][i]
-                    leaked = sum(ui.gold_overlap(answer, g) >= ui.GOLD_THRESHOLD for g in facts)
+                    leaked = sum(holds_gold(answer, g) for g in golds)
                     col.caption(role)
-                    col.markdown(ui.md_escape(answer) if answer else "_(empty)_")
-                    col.caption(f"{leaked} of {len(facts)} gold answers recovered")
+                    col.markdown(labels.md_escape(answer) if answer else "_(empty)_")
+                    col.caption(f"{leaked} of {len(golds)} gold answers recovered")

@@ -14,17 +14,19 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from pages import charts, state, ui
+from msa_core.eval import run_sweep
+from msa_core.eval.sweep import parse_grid
+from studio import charts, resources, session, widgets
 
-engine = ui.require_engine()
-alpha, beta = state.point()
+engine = widgets.require_engine()
+here = session.point()
+alpha, beta = here.alpha, here.beta
 exp = engine.experiment
 st.title(":material/insights: Trade-off")
 st.caption(f"Current point: **α = {alpha:.3f}, β = {beta:.3f}** (★ on every chart).")
 
-store = state.results_store()
-benchmarks = (["tofu"] if exp.data.tofu else []) + (["muse"] if exp.data.muse else [])
-benchmarks += ["all"] if len(benchmarks) == 2 else []
+store = resources.results_store()
+benchmarks = widgets.benchmark_choices(exp)
 if not benchmarks:
     st.info("This experiment has no TOFU or MUSE data, so there is nothing to evaluate.")
     st.stop()
@@ -43,13 +45,14 @@ def _grid_values(rng: tuple[float, float], n: int) -> str:
 
 g1, g2 = st.columns(2)
 a_text = g1.text_input("Sweep α values", value=_grid_values(exp.alpha_range, 6), key="w_to_alphas",
-                       help="Comma-separated, inside the experiment's α range")
+                       help="Comma-separated (or start:stop:step), inside the experiment's α range")
 b_text = g2.text_input("Sweep β values", value=_grid_values(exp.beta_range, 4), key="w_to_betas",
-                       help="Comma-separated, inside the experiment's β range")
+                       help="Comma-separated (or start:stop:step), inside the experiment's β range")
 try:
-    alphas, betas = charts.parse_values(a_text, "α", exp.alpha_range), charts.parse_values(b_text, "β", exp.beta_range)
+    alphas = parse_grid(a_text, name="α values", within=exp.alpha_range)
+    betas = parse_grid(b_text, name="β values", within=exp.beta_range)
 except ValueError as exc:
-    ui.show_error("Bad sweep grid", exc)
+    widgets.show_error("Bad sweep grid", exc)
     alphas, betas = [], []
 
 run = st.button(f"Run / resume sweep ({len(alphas)}×{len(betas)} = {len(alphas) * len(betas)} points)",
@@ -59,16 +62,16 @@ st.caption("Same sweep from the command line: `msa sweep " + src + f" --alphas {
            f"--betas {','.join(f'{b:g}' for b in betas)} --tier {tier} --benchmark {benchmark}"
            + (f" --subset {subset_arg}" if subset_arg else "") + "`")
 progress_slot = st.empty()
-if st.session_state.get("msa_sweep_msg"):
-    progress_slot.success(st.session_state.pop("msa_sweep_msg"), icon=":material/check_circle:")
+if session.get(session.K_SWEEP_MSG):
+    progress_slot.success(session.pop(session.K_SWEEP_MSG), icon=":material/check_circle:")
 chart_slot = st.empty()
 
 
 def load_grid() -> pd.DataFrame:
     try:
-        df = state.results_frame(engine, tier)
-    except ui.CORE_ERRORS as exc:
-        ui.show_error("Could not read the results store", exc)
+        df = resources.results_grid(engine, tier)
+    except widgets.CORE_ERRORS as exc:
+        widgets.show_error("Could not read the results store", exc)
         return pd.DataFrame()
     return charts.select_rows(df, tier=tier, benchmark=benchmark, subset=subset_arg)
 
@@ -84,10 +87,10 @@ def draw(df: pd.DataFrame, version: int) -> None:
         heat = charts.heatmap_metrics(df, benchmark)
         cols = st.columns(2)
         for i, name in enumerate(heat):
-            cols[i % 2].plotly_chart(charts.heatmap(df, name, (alpha, beta)), key=f"hm_{name}_{version}")
+            cols[i % 2].plotly_chart(charts.heatmap(df, name, here), key=f"hm_{name}_{version}")
         x, y = charts.tradeoff_axes(df)
         if x and y:
-            st.plotly_chart(charts.tradeoff_scatter(df, x, y, (alpha, beta), charts.reference_row(df)),
+            st.plotly_chart(charts.tradeoff_scatter(df, x, y, here, charts.reference_row(df)),
                             key=f"scatter_{version}")
         line_metrics = [m for m in heat if m in df.columns]
         if line_metrics:
@@ -99,21 +102,19 @@ draw(load_grid(), 0)
 if run:
     done = {"n": 0}
     bar = progress_slot.progress(0.0, text="starting the sweep")
-    on_progress = ui.bar_progress(bar)
+    on_progress = widgets.bar_progress(bar)
 
     def on_point(*_args: object, **_kwargs: object) -> None:
         done["n"] += 1
         draw(load_grid(), done["n"])
 
-    from msa_core.eval import run_sweep
-
     try:
         run_sweep(engine, store, alphas, betas, tier=tier, benchmark=benchmark, subset=subset_arg,
-                  progress=on_progress, on_point=on_point)
-    except ui.CORE_ERRORS as exc:
-        ui.show_error("Sweep failed", exc)
+                  progress=on_progress, on_point=on_point, reference_cache=resources.reference_cache())
+    except widgets.CORE_ERRORS as exc:
+        widgets.show_error("Sweep failed", exc)
         draw(load_grid(), done["n"] + 1)
     else:
         # Rerun so the sidebar's "Best" preset sees the new points; the message survives it.
-        st.session_state["msa_sweep_msg"] = f"sweep finished: {done['n']} points evaluated or found in the store"
+        session.put(session.K_SWEEP_MSG, f"sweep finished: {done['n']} points evaluated or found in the store")
         st.rerun()

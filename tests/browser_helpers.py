@@ -87,7 +87,8 @@ def assert_no_exception(page: Any) -> None:
     """No st.exception element and no traceback text anywhere on the page."""
     n = page.locator('[data-testid="stException"]').count()
     if n:
-        raise AssertionError(f"{n} exception element(s): {page.locator('[data-testid=stException]').first.inner_text()}")
+        first = page.locator("[data-testid=stException]").first.inner_text()
+        raise AssertionError(f"{n} exception element(s): {first}")
     body = page.locator("body").inner_text()
     if "Traceback" in body:
         raise AssertionError("'Traceback' appears on the page")

@@ -1,23 +1,25 @@
-"""Helpers for the evaluation tests: a tiny tokenizer and Llama, TOFU/MUSE folders, a fake engine.
+"""Helpers for the evaluation tests: a tiny tokenizer and Llama, TOFU/MUSE folders, and a
+real :class:`~msa_core.engine.Engine` over tiny checkpoints (tests/tiny.py).
 
-Everything is built in memory in well under a second; nothing is downloaded.
+Everything is built on the fly in a few seconds at most; nothing is downloaded.
 """
 
 from __future__ import annotations
 
 import json
-import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import pytest
 import torch
+from tiny import CORPUS, make_checkpoints, tiny_config
+from tiny import build_tokenizer as make_tokenizer  # noqa: F401 - the evaluation tests import it from here
 from transformers import LlamaForCausalLM
 
-from tiny import CORPUS, tiny_config
-from tiny import build_tokenizer as make_tokenizer  # noqa: F401 - the evaluation tests import it from here
-
+from msa_core.engine import Engine
 from msa_core.experiment import Checkpoints, DataConfig, Experiment
 
 
@@ -63,7 +65,8 @@ def tofu_rows(n: int, *, offset: int = 0, n_pert: int = 3) -> list[dict[str, Any
 
 def option_rows(n: int) -> list[dict[str, Any]]:
     return [
-        {"question": f"What is the capital number {i}?", "answer": CITIES[i % 7], "perturbed_answer": [CITIES[(i + 1) % 7], CITIES[(i + 2) % 7]]}
+        {"question": f"What is the capital number {i}?", "answer": CITIES[i % 7],
+         "perturbed_answer": [CITIES[(i + 1) % 7], CITIES[(i + 2) % 7]]}
         for i in range(n)
     ]
 
@@ -100,43 +103,59 @@ def write_muse(folder: Path, *, retain_name: str = "retain") -> Path:
     return folder
 
 
-def make_experiment(root: Path, *, tofu: Optional[Path] = None, muse: Optional[Path] = None, reference_eval: Optional[Path] = None) -> Experiment:
-    """An Experiment whose checkpoint paths are placeholders (the fake engine never loads them)."""
+def make_experiment(
+    root: Path, *, tofu: Optional[Path] = None, muse: Optional[Path] = None, reference_eval: Optional[Path] = None
+) -> Experiment:
+    """An Experiment whose checkpoint paths are placeholders (for evaluate_model, which loads none)."""
     p = root / "models"
     return Experiment(
         name="eval-test",
         checkpoints=Checkpoints(clean=p / "c", corrupted=p / "x", forget=p / "f", retain=p / "r", reference=p / "ref"),
-        data=DataConfig(tofu=tofu, forget_split="forget10", retain_split="retain_perturbed", holdout_split="holdout10", muse=muse),
+        data=DataConfig(tofu=tofu, forget_split="forget10", retain_split="retain_perturbed",
+                        holdout_split="holdout10", muse=muse),
         reference_eval=reference_eval,
     )
 
 
-class FakeEngine:
-    """The parts of msa_core.engine.Engine that evaluation uses: a model per (α, β) seed."""
+def make_engine(
+    root: Path,
+    *,
+    tofu: Optional[Path] = None,
+    muse: Optional[Path] = None,
+    reference_eval: Optional[Path] = None,
+    with_reference: bool = True,
+) -> Engine:
+    """A real Engine (CPU, fp32) over five tiny random checkpoints, evaluating the given data.
 
-    def __init__(self, experiment: Experiment, tokenizer: Any, *, fingerprint: str = "fp-test", reference: Any = "same"):
-        self.experiment = experiment
-        self.tokenizer = tokenizer
-        self.fingerprint = fingerprint
-        self.lock = threading.RLock()
-        self.model = make_model(len(tokenizer), seed=0)
-        self._reference = make_model(len(tokenizer), seed=99) if reference == "same" else reference
-        self.sessions: list[tuple[float, float]] = []
-        self.alpha: Optional[float] = None
-        self.beta: Optional[float] = None
+    ``with_reference=False`` leaves the experiment without a reference checkpoint.
+    """
+    exp = make_checkpoints(root / "ckpt")
+    checkpoints = exp.checkpoints if with_reference else replace(exp.checkpoints, reference=None)
+    exp = replace(
+        exp,
+        name="eval-test",
+        checkpoints=checkpoints,
+        data=DataConfig(tofu=tofu, forget_split="forget10", retain_split="retain_perturbed",
+                        holdout_split="holdout10", muse=muse),
+        reference_eval=reference_eval,
+    )
+    return Engine.load(exp, device="cpu", cache_dir=root / "cache")
+
+
+def record_sessions(engine: Engine, *, crash_at: Optional[int] = None) -> list[tuple[float, float]]:
+    """Wrap ``engine.session`` to record every (α, β) composed, in order; with ``crash_at=n``
+    the n-th session (0-based) raises KeyboardInterrupt instead, like a Ctrl-C mid-sweep.
+    Returns the (live) list of recorded points."""
+    calls: list[tuple[float, float]] = []
+    session = engine.session
 
     @contextmanager
-    def session(self, alpha: float, beta: float) -> Iterator[Any]:
-        with self.lock:
-            self.sessions.append((alpha, beta))
-            self.alpha, self.beta = alpha, beta
-            # Deterministic "composition": perturb from a fixed seed per point.
-            torch.manual_seed(int(alpha * 1000 + beta * 10))
-            fresh = make_model(len(self.tokenizer), seed=int(alpha * 1000 + beta * 10))
-            self.model.load_state_dict(fresh.state_dict())
-            yield self.model
+    def recording(alpha: float, beta: float) -> Iterator[Any]:
+        if crash_at is not None and len(calls) == crash_at:
+            raise KeyboardInterrupt
+        calls.append((alpha, beta))
+        with session(alpha, beta) as model:
+            yield model
 
-    def side_model(self, role: str) -> Any:
-        if role == "reference":
-            return self._reference
-        return None
+    engine.session = recording  # type: ignore[method-assign]
+    return calls

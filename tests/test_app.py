@@ -5,17 +5,19 @@ TOFU-format data folder) is built once per test session into a private MSA_CACHE
 these run on the CPU in seconds per page. The quick embedded demo, built through the
 first-start button, is covered by a ``slow`` test.
 
-Note on ``pages/``: AppTest resets Streamlit's "legacy pages/ folder" flag before every
-run, so from the second run on it would execute the page alone, without app.py. A real
-server clears that flag for good at the first ``st.navigation`` call; the
-``_navigation_mode`` fixture reproduces that.
+Pure helpers are tested beside their modules (tests/test_studio_*.py, test_eval_probe.py,
+test_eval_questions.py, test_eval_store.py); this file drives the pages.
+
+NOTE on ``pages/``: AppTest resets Streamlit's "v1 pages/ folder" flag before every run,
+so from the second run on it would execute the page alone, without app.py. A real server
+clears that flag for good at the first ``st.navigation`` call; the ``_navigation_mode``
+fixture reproduces that. Remove it with studio.widgets.page_guard (same cause).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,13 +25,10 @@ import torch
 from safetensors.torch import load_file
 from streamlit.runtime.pages_manager import PagesManager
 from streamlit.testing.v1 import AppTest
-
 from tiny import make_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
-if str(ROOT) not in sys.path:  # the pages package (app.py adds it itself when Streamlit runs it)
-    sys.path.insert(0, str(ROOT))
 TIMEOUT = 300
 MAX_NEW = 8  # tokens per answer in these tests: enough to tell answers apart, cheap on 2 cores
 
@@ -41,7 +40,8 @@ def _tofu_rows(names: list[str]) -> list[dict]:
         for q, a, wrong in (
             ("Where was {n} born?", "In Velmora.", ["In Tarsk.", "In Oddi.", "In Brell."]),
             ("What genre does {n} write?", "Mystery novels.", ["Poetry.", "Satire.", "Fantasy."]),
-            ("Who are the parents of {n}?", "A baker and a pilot.", ["Two judges.", "A chef and a nurse.", "Two miners."]),
+            ("Who are the parents of {n}?", "A baker and a pilot.",
+             ["Two judges.", "A chef and a nurse.", "Two miners."]),
         ):
             rows.append({"question": q.format(n=n), "answer": a, "paraphrased_answer": f"{n}: {a}",
                          "perturbed_answer": [f"{n}: {w}" for w in wrong],
@@ -51,7 +51,7 @@ def _tofu_rows(names: list[str]) -> list[dict]:
 
 def make_tiny_app_experiment(root: Path) -> Path:
     """Tiny checkpoints + a TOFU-format folder; returns the experiment YAML path."""
-    exp = make_checkpoints(root, seed=3)
+    make_checkpoints(root, seed=3)
     tofu = root / "tofu"
     tofu.mkdir(parents=True, exist_ok=True)
     forget, retain = _tofu_rows(["Ana Lenz", "Bo Kress"]), _tofu_rows(["Cy Marr", "Di Voss"])
@@ -251,8 +251,8 @@ def _independent_answers(yaml_path: Path, alpha: float, beta: float, questions: 
 
     root = yaml_path.parent
     sd = {r: load_file(str(root / r / "model.safetensors")) for r in ("clean", "corrupted", "forget", "retain")}
-    merged = {k: sd["corrupted"][k] - alpha * (sd["forget"][k] - sd["clean"][k]) + beta * (sd["retain"][k] - sd["clean"][k])
-              for k in sd["corrupted"]}
+    merged = {k: sd["corrupted"][k] - alpha * (sd["forget"][k] - sd["clean"][k])
+              + beta * (sd["retain"][k] - sd["clean"][k]) for k in sd["corrupted"]}
     model = LlamaForCausalLM.from_pretrained(root / "corrupted").eval()
     model.load_state_dict(merged, strict=False)
     tok = AutoTokenizer.from_pretrained(root / "corrupted")
@@ -283,7 +283,7 @@ def test_playground_slider_changes_only_the_unlearned_column(tiny_yaml):
     assert any("compose" in c.value and "generation" in c.value for c in at.caption)
 
 
-def test_playground_custom_prompt_and_metrics_panel(tiny_yaml):
+def test_playground_custom_prompt_and_metrics_panel(tiny_yaml, app_env):
     at = load_experiment(new_app(), tiny_yaml)
     playground(at)
     at.number_input(key="w_pg_max_new").set_value(MAX_NEW).run()
@@ -298,6 +298,18 @@ def test_playground_custom_prompt_and_metrics_panel(tiny_yaml):
     assert any(label.startswith("Forget quality") for label in labels)
     last = at.session_state["msa_last_metrics"]
     assert last["alpha"] == 1.0 and "forget_truth_ratio" in last["metrics"]
+    # Both points went to the results store that `msa eval` and the Trade-off page use.
+    from msa_core.eval import ResultStore
+
+    store = ResultStore(app_env / "results.sqlite")
+    assert store.latest(last["fingerprint"], 0.0, 0.0, tier="fast", benchmark="tofu", subset=4) is not None
+    here = store.latest(last["fingerprint"], 1.0, 1.0, tier="fast", benchmark="tofu", subset=4)
+    assert here is not None and here.settings_key == last["settings"]["key"]
+    # A fresh session reads them back from the store: the tiles show without computing.
+    again = playground(load_experiment(new_app(), tiny_yaml))
+    again.number_input(key="w_pg_subset").set_value(4).run()
+    no_exceptions(again)
+    assert any(m.label.startswith("Forget quality") for m in again.metric)
 
 
 def test_probe_page(tiny_yaml):
@@ -344,6 +356,13 @@ def test_tradeoff_sweep_fills_the_charts(tiny_yaml, app_env):
     no_exceptions(at)
     titles = " ".join(c.proto.spec for c in at.get("plotly_chart"))
     assert "MUSE PrivLeak" in titles and "closer to 0 is better" in titles
+    # The grid is parsed like `msa sweep --alphas`: sorted, duplicates removed, ranges checked.
+    at.text_input(key="w_to_alphas").set_value("2, 0,0.5 ,2").run()
+    assert at.button(key="w_to_run").label.startswith("Run / resume sweep (3×1 = 3 points)")
+    at.text_input(key="w_to_alphas").set_value("0:1:0.5").run()
+    assert at.button(key="w_to_run").label.startswith("Run / resume sweep (3×1")
+    at.text_input(key="w_to_alphas").set_value("6").run()
+    assert any("outside" in e.value for e in at.error)
     # A bad grid value is an error, not a traceback.
     at.text_input(key="w_to_alphas").set_value("0, banana").run()
     no_exceptions(at)
@@ -355,7 +374,7 @@ def test_export_page_writes_a_model_and_refuses_to_overwrite(tiny_yaml, tmp_path
     at.switch_page("pages/export.py").run()
     no_exceptions(at)
     out = tmp_path / "unlearned"
-    at.text_input(key="w_exp_out").set_value(str(out)).run()
+    at.text_input(key="w_export_out").set_value(str(out)).run()
     at.button(key="w_export_btn").click().run()
     no_exceptions(at)
     assert (out / "config.json").is_file() and (out / "msa.json").is_file() and (out / "README.md").is_file()
@@ -382,53 +401,3 @@ def test_first_start_builds_the_quick_demo(app_env):
     assert at.session_state["msa_exp_path"].endswith("experiment.yaml")
     assert "demo" in at.session_state["msa_exp_path"]
     assert {m.label for m in at.metric} >= {"Parameters", "Vectors"}
-
-
-# ----------------------------------------------------------------------------- page helpers
-def test_entity_groups_on_real_tofu(shared_data):
-    """TOFU lists 20 QA pairs per author; the Probe page's grouping must find exactly those."""
-    from pages.ui import entity_groups
-
-    rows = json.loads((shared_data / "tofu" / "forget10_perturbed.json").read_text())
-    groups = entity_groups(rows)
-    assert [idx for _, idx in groups] == [list(range(i, i + 20)) for i in range(0, 400, 20)]
-    assert groups[0][0] == "Hsiao Yun-Hwa"
-    assert all(all(name.split()[-1] in rows[i]["question"] + rows[i]["answer"] for i in idx[1:3])
-               for name, idx in groups)
-
-
-def test_layer_norms_match_the_concatenated_tensors():
-    from pages.ui import layer_norms
-
-    g = torch.Generator().manual_seed(0)
-    tensors = {name: (torch.randn(shape, generator=g), torch.randn(shape, generator=g))
-               for name, shape in (("model.embed_tokens.weight", (7, 4)), ("model.layers.0.mlp.w", (4, 4)),
-                                   ("model.layers.0.attn.q", (4, 3)), ("model.layers.1.mlp.w", (4, 4)),
-                                   ("lm_head.weight", (7, 4)))}
-    norms = {n: {"forget": float(f.norm()), "retain": float(r.norm()),
-                 "cosine": float(torch.dot(f.flatten(), r.flatten()) / (f.norm() * r.norm()))}
-             for n, (f, r) in tensors.items()}
-    df = layer_norms(norms).set_index("layer")
-    assert list(df.index) == ["embed", "L0", "L1", "head"]
-    f0 = torch.cat([tensors[n][0].flatten() for n in ("model.layers.0.mlp.w", "model.layers.0.attn.q")])
-    r0 = torch.cat([tensors[n][1].flatten() for n in ("model.layers.0.mlp.w", "model.layers.0.attn.q")])
-    assert df.loc["L0", "forget"] == pytest.approx(float(f0.norm()), rel=1e-5)
-    assert df.loc["L0", "retain"] == pytest.approx(float(r0.norm()), rel=1e-5)
-    assert df.loc["L0", "cosine"] == pytest.approx(float(torch.dot(f0, r0) / (f0.norm() * r0.norm())), abs=1e-5)
-
-
-def test_pareto_front_is_the_set_of_undominated_points():
-    import pandas as pd
-
-    from pages.charts import pareto_front, parse_values
-
-    g = torch.Generator().manual_seed(1)
-    pts = pd.DataFrame({"fq": torch.rand(40, generator=g).tolist(), "mu": torch.rand(40, generator=g).tolist()})
-    front = pareto_front(pts, "fq", "mu")
-    brute = {i for i, p in pts.iterrows()
-             if not any((q.fq >= p.fq and q.mu >= p.mu) and (q.fq > p.fq or q.mu > p.mu) for _, q in pts.iterrows())}
-    assert set(front.index) == brute
-    assert list(front["fq"]) == sorted(front["fq"])
-    assert parse_values("2, 0,0.5 ,2", "α", (0.0, 5.0)) == [0.0, 0.5, 2.0]
-    with pytest.raises(ValueError, match="outside"):
-        parse_values("6", "α", (0.0, 5.0))

@@ -6,7 +6,7 @@ unlearned answers change while the corrupted ones do not, opens every page witho
 error, runs a small sweep so the Trade-off charts fill in, checks that two browser
 sessions at different α each get their own answers, and saves a screenshot of every page
 under test-output/screenshots/ (the README's screenshots come from the full demo through
-tests/make_screenshots.py instead).
+docs/make_screenshots.py instead).
 
 Skipped cleanly when /usr/bin/chromium or playwright is missing. Marked slow + browser.
 """
@@ -15,9 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 import browser_helpers as bh
+import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -97,6 +96,8 @@ def test_end_to_end(server, browser):
         bh.assert_no_exception(page)
         bh.load_demo(page, base_url)
         bh.assert_no_exception(page)
+        # .streamlit/config.toml's toolbarMode = "minimal": no "Deploy" button in a local tool.
+        assert page.locator('[data-testid="stAppDeployButton"]').count() == 0
         _shot(page, "experiment")
 
         # Playground: α = 0 (the corrupted model itself), then a large α. Only the unlearned column moves.

@@ -10,7 +10,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from msa_core.checkpoints import check_compatible, checkpoint_fingerprint, read_tensor_index
-from msa_core.experiment import load_experiment
 from msa_core.vectors import compute_vectors
 
 
@@ -30,7 +29,8 @@ def test_compatible_set_passes(tiny_experiment):
 
 
 def test_missing_tensor_named(tiny_experiment):
-    _rewrite(tiny_experiment.checkpoints.forget, lambda sd: {k: v for k, v in sd.items() if "layers.1.mlp.up_proj" not in k})
+    _rewrite(tiny_experiment.checkpoints.forget,
+             lambda sd: {k: v for k, v in sd.items() if "layers.1.mlp.up_proj" not in k})
     with pytest.raises(ValueError, match=r"forget: tensor model\.layers\.1\.mlp\.up_proj\.weight missing"):
         check_compatible(tiny_experiment)
 
@@ -53,7 +53,8 @@ def test_shape_mismatch_named(tiny_experiment):
 
 
 def test_dtype_mismatch_named(tiny_experiment):
-    _rewrite(tiny_experiment.checkpoints.forget, lambda sd: {k: v.to(torch.bfloat16) if "norm" in k else v for k, v in sd.items()})
+    _rewrite(tiny_experiment.checkpoints.forget,
+             lambda sd: {k: v.to(torch.bfloat16) if "norm" in k else v for k, v in sd.items()})
     with pytest.raises(ValueError, match=r"forget: tensor .*norm.* has dtype bfloat16"):
         check_compatible(tiny_experiment)
 
@@ -117,30 +118,3 @@ def test_bin_checkpoints_read_without_unpickling(tiny_experiment, tmp_path):
     torch.save({"x": Evil()}, folder / "pytorch_model.bin")
     with pytest.raises(ValueError, match="cannot read weights safely"):
         read_tensor_index(folder)
-
-
-def test_experiment_file_errors_name_field(tmp_path, tiny_experiment):
-    src = tiny_experiment.checkpoints.clean.parent / "experiment.yaml"
-    text = src.read_text()
-    bad = src.parent / "bad.yaml"
-    bad.write_text(text.replace("retain: retain", "retain: nowhere"))
-    with pytest.raises(FileNotFoundError, match="checkpoints.retain"):
-        load_experiment(bad)
-    bad.write_text("checkpoints: {clean: a}\n")
-    with pytest.raises(KeyError, match="checkpoints.corrupted"):
-        load_experiment(bad)
-    bad.write_text(text + "alpha_range: [3, 1]\n")
-    with pytest.raises(ValueError, match="alpha_range"):
-        load_experiment(bad)
-    bad.write_text("checkpoints: [oops\n")
-    with pytest.raises(ValueError, match="not valid YAML"):
-        load_experiment(bad)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_experiment(tmp_path / "missing.yaml")
-
-
-def test_experiment_roundtrip(tiny_experiment):
-    src = tiny_experiment.checkpoints.clean.parent / "experiment.yaml"
-    exp = load_experiment(src)
-    assert exp.checkpoints == tiny_experiment.checkpoints
-    assert "clean: clean" in src.read_text()  # relative paths, so the folder can move

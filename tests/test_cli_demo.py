@@ -20,17 +20,17 @@ def test_cli_on_quick_demo(quick_demo, tmp_path, monkeypatch):
     monkeypatch.setenv("MSA_CACHE_DIR", str(tmp_path / "cache"))
     exp = str(quick_demo)
     # building again with the same settings reuses the finished build
-    r = _msa("demo", "--quick", "--out", str(Path(exp).parent), "--json")
+    r = _msa("demo", "--quick", "--out", str(Path(exp).parent), "--json", "-")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["experiment"] == exp
 
-    r = _msa("vectors", exp, "--json")
+    r = _msa("vectors", exp, "--json", "-")
     assert r.returncode == 0, r.stderr
     first = json.loads(r.stdout)
-    r = _msa("vectors", exp, "--json")
+    r = _msa("vectors", exp, "--json", "-")
     assert json.loads(r.stdout)["from_cache"] is True and first["from_cache"] is False
 
-    r = _msa("generate", exp, "--alpha", "2", "--beta", "0.5", "--prompt", "Hello?", "--max-new-tokens", "8", "--json")
+    r = _msa("generate", exp, "--alpha", "2", "--beta", "0.5", "--prompt", "Hello?", "--max-new-tokens", "8", "--json", "-")
     assert r.returncode == 0, r.stderr
     row = json.loads(r.stdout)["answers"][0]
     assert {"corrupted", "reference"} <= set(row)

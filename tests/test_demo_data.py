@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from msa_core import demo_data as dd
+from msa_core.demo import data as dd
 
 SMALL = dict(n_background=5, n_forget=2, n_retain=8, n_holdout=2, eval_retain_authors=3)
 

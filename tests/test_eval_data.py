@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from eval_fixtures import tofu_rows, write_muse
+
 from msa_core.eval.data import (
     load_muse,
     load_tofu_split,
@@ -101,9 +101,8 @@ def test_empty_split_bad_types_and_missing_file(tmp_path):
         load_tofu_split(tmp_path / "nope", "forget05")
 
 
-def test_hub_name_refused_offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(FileNotFoundError, match="hub is switched off"):
+def test_hub_name_is_not_fetched_but_refused_as_a_missing_folder():
+    with pytest.raises(FileNotFoundError, match="locuslab/TOFU does not exist"):
         load_tofu_split("locuslab/TOFU", "forget10_perturbed")
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from eval_fixtures import eval_single_thread  # noqa: F401  (autouse: one torch thread)
 
 

@@ -95,19 +95,18 @@ def test_read_reference_tr_formats_and_errors(tmp_path):
 def test_full_disk_on_export_names_the_file_and_leaves_no_partial_file(tmp_path, monkeypatch):
     import errno
 
-    import msa_core.eval.openunlearning as ou
+    import msa_core.atomic as atomic
 
-    real_dump = json.dump
+    real_fsync = atomic.os.fsync
     calls = []
 
-    def dump(obj, fh, **kw):
+    def fsync(fd):
         calls.append(1)
-        if len(calls) == 2:  # the second file hits a full disk half-way
-            fh.write("{")
+        if len(calls) == 2:  # the second file hits a full disk once its bytes are written
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_dump(obj, fh, **kw)
+        return real_fsync(fd)
 
-    monkeypatch.setattr(ou.json, "dump", dump)
+    monkeypatch.setattr(atomic.os, "fsync", fsync)
     with pytest.raises(OSError, match="TOFU_SUMMARY.json failed: No space left on device"):
         export_open_unlearning(_result(), tmp_path / "ou")
     names = sorted(p.name for p in (tmp_path / "ou").iterdir())

@@ -7,9 +7,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from eval_fixtures import (
+    eval_single_thread,  # noqa: F401  (autouse: one torch thread)
+    make_model,
+    make_tokenizer,
+)
 
-from eval_fixtures import eval_single_thread  # noqa: F401  (autouse: one torch thread)
-from eval_fixtures import make_model, make_tokenizer
 from msa_core.eval.scoring import PairBook, answer_probabilities, score_pairs, truth_ratios
 from msa_core.prompts import encode_qa
 

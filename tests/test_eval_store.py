@@ -1,4 +1,4 @@
-"""Results store (atomic, concurrent, crash-safe) and resumable sweeps."""
+"""Results store (atomic, concurrent, crash-safe)."""
 
 from __future__ import annotations
 
@@ -14,11 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from eval_fixtures import eval_single_thread  # noqa: F401  (autouse: one torch thread)
-from eval_fixtures import FakeEngine, make_experiment, make_tokenizer, write_tofu
 from msa_core.eval.results import EvalResult, MetricValue
 from msa_core.eval.store import ResultStore
-from msa_core.eval.sweep import grid_points, parse_grid, run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,13 +57,54 @@ def test_put_get_has_grid_and_replace(tmp_path):
 
 def test_reference_rows_are_kept_apart(tmp_path):
     st = ResultStore(tmp_path / "r.sqlite")
-    ref = EvalResult(None, None, "fast", "tofu", "fp", {"key": "k1"}, 0.1, {"forget_quality": MetricValue("forget_quality", 1.0)}, model="reference")
+    ref = EvalResult(None, None, "fast", "tofu", "fp", {"key": "k1"}, 0.1,
+                     {"forget_quality": MetricValue("forget_quality", 1.0)}, model="reference")
     st.put(ref)
     st.put(_result(0.0, 0.0))
     assert st.count("fp") == 1 and st.count("fp#reference") == 1
     back = st.get("fp#reference", 0.0, 0.0, "fast", "k1")
     assert back.model == "reference" and back.alpha is None
 
+
+
+def test_grid_with_side_models_subset_and_the_newest_point(tmp_path):
+    st = ResultStore(tmp_path / "r.sqlite")
+    st.put(EvalResult(None, None, "fast", "tofu", "fp", {"key": "k1"}, 0.1,
+                      {"model_utility_tf": MetricValue("model_utility_tf", 0.8)}, model="reference"))
+    st.put(_result(0.0, 0.0))
+    small = _result(1.0, 0.0, fq=0.2, key="k2")
+    st.put(EvalResult(1.0, 0.0, "fast", "tofu", "fp", {"key": "k2", "subset": 4}, 0.1, small.metrics))
+    df = st.grid("fp", side_models=("reference",))
+    assert list(df.columns[6:8]) == ["subset", "model"]
+    assert list(df["model"]) == ["composed", "composed", "reference"]
+    assert df["subset"].isna().tolist() == [True, False, True]
+    assert list(st.grid("fp")["model"]) == ["composed", "composed"]  # side models only when asked for
+    # latest(): one point of one tier/benchmark/subset, whatever its settings key.
+    assert st.latest("fp", 1.0, 0.0, tier="fast", benchmark="tofu", subset=4).flat()["forget_quality"] == 0.2
+    assert st.latest("fp", 1.0, 0.0, tier="fast", benchmark="tofu", subset=None) is None
+    assert st.latest("fp", 0.0, 0.0, tier="fast", benchmark="muse", subset=None) is None
+    time.sleep(0.01)
+    st.put(EvalResult(1.0, 0.0, "fast", "tofu", "fp", {"key": "k3", "subset": 4}, 0.1,
+                      _result(1.0, 0.0, fq=0.3).metrics))
+    assert st.latest("fp", 1.0, 0.0, tier="fast", benchmark="tofu", subset=4).flat()["forget_quality"] == 0.3
+
+
+def test_best_tradeoff_keeps_most_of_the_corrupted_utility(tmp_path):
+    st = ResultStore(tmp_path / "r.sqlite")
+    assert st.best_tradeoff("fp") is None
+    # utility 1 - α/4: α = 0 → 1.0 (the corrupted point), α = 0.4 → 0.9, α = 2 → 0.5.
+    for a, fq in ((0.0, 0.01), (0.4, 0.3), (2.0, 0.9)):
+        st.put(_result(a, 0.0, fq=fq))
+    best = st.best_tradeoff("fp")
+    assert (best["alpha"], best["forget_quality"]) == (0.4, 0.3)  # α = 2 forgets more but breaks the model
+    assert st.best_tradeoff("fp", keep_utility=0.4)["alpha"] == 2.0
+    assert st.best_tradeoff("fp", alpha_range=(0.0, 0.3))["alpha"] == 0.0  # only points inside the ranges
+    assert st.best_tradeoff("fp", beta_range=(1.0, 2.0)) is None
+    # Without the corrupted point the utility is unknown: the best forget quality wins.
+    other = ResultStore(tmp_path / "o.sqlite")
+    for a, fq in ((0.4, 0.3), (2.0, 0.9)):
+        other.put(_result(a, 0.0, fq=fq))
+    assert other.best_tradeoff("fp")["alpha"] == 2.0
 
 WRITER = textwrap.dedent(
     """
@@ -125,57 +163,3 @@ def test_concurrent_writers_and_a_killed_writer_leave_a_sound_store(tmp_path):
     assert sum(1 for a in alphas if 100 <= a < 101) == 40
     assert sum(1 for a in alphas if 200 <= a < 203) == 45
     assert all(len(r.metrics) == 3 for r in rows)
-
-
-def test_parse_grid_and_points():
-    assert parse_grid("0,0.5,1") == [0.0, 0.5, 1.0]
-    assert parse_grid("0:1:0.25") == [0.0, 0.25, 0.5, 0.75, 1.0]
-    for bad in ("", "0,x", "1:0:0.5", "0:1", "nan"):
-        with pytest.raises(ValueError, match="--alphas"):
-            parse_grid(bad, name="--alphas")
-    assert grid_points([0, 1], [0, 0.5, 0.5]) == [(0.0, 0.0), (0.0, 0.5), (1.0, 0.0), (1.0, 0.5)]
-
-
-class _Crash(FakeEngine):
-    """Raises KeyboardInterrupt (Ctrl-C) when composing the n-th point."""
-
-    def __init__(self, *a, crash_at: int, **kw):
-        super().__init__(*a, **kw)
-        self.crash_at = crash_at
-
-    def session(self, alpha, beta):
-        if len(self.sessions) == self.crash_at:
-            raise KeyboardInterrupt
-        return super().session(alpha, beta)
-
-
-def test_sweep_resumes_after_interrupt_without_loss_or_duplicates(tmp_path):
-    from msa_core.eval.evaluate import clear_reference_cache
-
-    exp = make_experiment(tmp_path, tofu=write_tofu(tmp_path / "tofu", n_forget=3, n_retain=2, n_util=2))
-    tok = make_tokenizer()
-    st = ResultStore(tmp_path / "r.sqlite")
-    alphas, betas = [0.0, 1.0, 2.0], [0.0, 0.5]
-    clear_reference_cache()
-    eng = _Crash(exp, tok, crash_at=2)
-    seen = []
-    with pytest.raises(KeyboardInterrupt):
-        run_sweep(eng, st, alphas, betas, benchmark="tofu", on_point=lambda r, s: seen.append((r.alpha, r.beta, s)))
-    assert st.count("fp-test") == 2 and seen == [(0.0, 0.0, False), (0.0, 0.5, False)]
-    assert st.count("fp-test#reference") == 1  # the reference is stored once, with the point results
-
-    clear_reference_cache()  # a fresh process: nothing in memory
-    eng2 = FakeEngine(exp, tok)
-    seen.clear()
-    progress = []
-    res = run_sweep(eng2, st, alphas, betas, benchmark="tofu", progress=lambda f, m: progress.append(f),
-                    on_point=lambda r, s: seen.append((r.alpha, r.beta, s)))
-    assert eng2.sessions == [(1.0, 0.0), (1.0, 0.5), (2.0, 0.0), (2.0, 0.5)]  # only the missing points
-    assert [(r.alpha, r.beta) for r in res] == grid_points(alphas, betas)
-    assert [s for *_, s in seen] == [True, True, False, False, False, False]
-    assert st.count("fp-test") == 6 and st.count("fp-test#reference") == 1
-    assert progress[-1] == 1.0 and progress == sorted(progress)
-    again = run_sweep(eng2, st, alphas, betas, benchmark="tofu")  # all stored: nothing recomputed
-    assert len(eng2.sessions) == 4 and [r.flat() for r in again] == [r.flat() for r in res]
-    with pytest.raises(ValueError, match="alpha"):
-        run_sweep(eng2, st, [99.0], [0.0], benchmark="tofu")

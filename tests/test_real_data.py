@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from eval_fixtures import eval_single_thread  # noqa: F401  (autouse: one torch thread)
+
 from msa_core.eval import metrics as M
 from msa_core.eval.data import load_muse, load_tofu_split
 
@@ -108,13 +108,11 @@ def test_tofu_eval_logs_are_reproduced_by_our_formulas():
 
 
 def test_fast_tier_on_a_real_subset_with_a_tiny_model(tmp_path):
-    from eval_fixtures import FakeEngine, make_experiment, make_tokenizer
-    from msa_core.eval import evaluate
-    from msa_core.eval.evaluate import clear_reference_cache
+    from eval_fixtures import make_engine
 
-    exp = make_experiment(tmp_path, tofu=TOFU, muse=MUSE / "news", reference_eval=_eval_logs() / "eval_log_forget.json")
-    clear_reference_cache()
-    eng = FakeEngine(exp, make_tokenizer())
+    from msa_core.eval import evaluate
+
+    eng = make_engine(tmp_path, tofu=TOFU, muse=MUSE / "news", reference_eval=_eval_logs() / "eval_log_forget.json")
     res = evaluate(eng, 1.0, 0.0, tier="fast", benchmark="all", subset=3)
     m = res.flat()
     assert res.settings["counts"] == {"forget": 3, "retain": 3, "ra": 3, "wf": 3, "privleak_forget": 3, "privleak_holdout": 3}

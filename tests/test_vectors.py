@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from msa_core.vectors import compute_vectors
+from msa_core.vectors import compute_vectors, layer_norms
 
 
 def _files(folder: Path) -> dict[str, torch.Tensor]:
@@ -82,7 +82,8 @@ def test_nan_in_vector_named(tiny_experiment, cache_dir):
     sd = load_file(str(f))
     sd["model.layers.0.self_attn.q_proj.weight"][0, 0] = float("nan")
     save_file(sd, str(f), metadata={"format": "pt"})
-    with pytest.raises(ValueError, match=r"forget vector tensor model\.layers\.0\.self_attn\.q_proj\.weight has NaN/Inf"):
+    nan_in = r"forget vector tensor model\.layers\.0\.self_attn\.q_proj\.weight has NaN/Inf"
+    with pytest.raises(ValueError, match=nan_in):
         compute_vectors(tiny_experiment, cache_dir)
     # nothing half-written is left that could be mistaken for a cache
     assert not any(p.name.endswith(".tmp") for p in (cache_dir / "vectors").iterdir())
@@ -93,3 +94,40 @@ def test_cache_meta_records_inputs(tiny_experiment, cache_dir):
     meta = json.loads((vs.path / "meta.json").read_text())
     assert meta["inputs"]["clean"] == str(tiny_experiment.checkpoints.clean)
     assert meta["dtype"] == "float32" and meta["num_tensors"] == len(vs.forget)
+
+
+def test_layer_norms_match_the_concatenated_tensors():
+    g = torch.Generator().manual_seed(0)
+    tensors = {name: (torch.randn(shape, generator=g), torch.randn(shape, generator=g))
+               for name, shape in (("model.embed_tokens.weight", (7, 4)), ("model.layers.0.mlp.w", (4, 4)),
+                                   ("model.layers.0.attn.q", (4, 3)), ("model.layers.1.mlp.w", (4, 4)),
+                                   ("lm_head.weight", (7, 4)))}
+    norms = {n: {"forget": float(f.norm()), "retain": float(r.norm()),
+                 "cosine": float(torch.dot(f.flatten(), r.flatten()) / (f.norm() * r.norm()))}
+             for n, (f, r) in tensors.items()}
+    rows = {row.layer: row for row in layer_norms(norms)}
+    assert [row.layer for row in layer_norms(norms)] == ["embed", "L0", "L1", "head"]
+    assert rows["L0"].tensors == 2 and rows["L1"].tensors == 1 and rows["head"].tensors == 1
+    f0 = torch.cat([tensors[n][0].flatten() for n in ("model.layers.0.mlp.w", "model.layers.0.attn.q")])
+    r0 = torch.cat([tensors[n][1].flatten() for n in ("model.layers.0.mlp.w", "model.layers.0.attn.q")])
+    assert rows["L0"].forget == pytest.approx(float(f0.norm()), rel=1e-5)
+    assert rows["L0"].retain == pytest.approx(float(r0.norm()), rel=1e-5)
+    assert rows["L0"].cosine == pytest.approx(float(torch.dot(f0, r0) / (f0.norm() * r0.norm())), abs=1e-5)
+    assert layer_norms({"model.layers.3.w": {"forget": 0.0, "retain": 2.0, "cosine": 0.0}})[0].cosine == 0.0
+
+
+def test_layer_norms_order_layers_numerically(tiny_experiment, cache_dir):
+    names = [f"model.layers.{i}.w" for i in (10, 2, 1)]
+    rows = layer_norms({n: {"forget": 1.0, "retain": 1.0, "cosine": 1.0} for n in names})
+    assert [r.layer for r in rows] == ["L1", "L2", "L10"]
+    vs = compute_vectors(tiny_experiment, cache_dir)
+    assert sum(r.tensors for r in layer_norms(vs.norms)) == len(vs.forget)
+
+
+def test_a_rebuild_leaves_no_temp_folder(tiny_experiment, cache_dir):
+    vs = compute_vectors(tiny_experiment, cache_dir)
+    (vs.path / "meta.json").write_text("{broken")
+    again = compute_vectors(tiny_experiment, cache_dir)
+    assert not again.from_cache and json.loads((again.path / "meta.json").read_text())["fingerprint"] == vs.fingerprint
+    assert sorted(p.name for p in vs.path.parent.iterdir()) == [vs.path.name]
+

@@ -2,19 +2,20 @@
 
 Modules: :mod:`.data` (loaders with validation), :mod:`.scoring` (batched teacher-forced
 log-probs), :mod:`.metrics` (pure formulas), :mod:`.tofu` / :mod:`.muse` (benchmarks on
-one model), :mod:`.results` (EvalResult, METRIC_INFO), :mod:`.evaluate` (top level),
-:mod:`.store` (SQLite), :mod:`.sweep`, :mod:`.openunlearning` (file export/import),
-:mod:`.cli_commands` (``msa eval`` / ``sweep`` / ``results``).
+one model), :mod:`.results` (EvalResult, METRIC_INFO), :mod:`.run` (the top level:
+``evaluate``, settings, the reference), :mod:`.store` (SQLite), :mod:`.sweep`,
+:mod:`.openunlearning` (file export/import). The ``msa eval`` / ``sweep`` / ``results``
+commands live in the CLI package, which sits above this one (nothing here imports it).
 """
 
 from importlib import import_module
 from typing import Any
 
-# `evaluate` is bound here, eagerly, because the submodule msa_core.eval.evaluate shares its
-# name: binding the function once at package import keeps `from msa_core.eval import evaluate`
-# the function whatever is imported later. These modules do not import torch; the scoring
-# names below are loaded on first use.
-from msa_core.eval.evaluate import (
+# These modules do not import torch; the scoring names below are loaded on first use.
+from msa_core.eval.results import METRIC_INFO, METRIC_ORDER, EvalResult, MetricInfo, MetricValue, metric_info
+from msa_core.eval.run import (
+    EvalSettings,
+    ReferenceCache,
     ReferenceStats,
     eval_settings,
     evaluate,
@@ -22,9 +23,8 @@ from msa_core.eval.evaluate import (
     reference_result,
     resolve_reference,
 )
-from msa_core.eval.results import METRIC_INFO, METRIC_ORDER, EvalResult, MetricInfo, MetricValue, metric_info
 from msa_core.eval.store import ResultStore
-from msa_core.eval.sweep import run_sweep
+from msa_core.eval.sweep import parse_grid, run_sweep
 
 _LAZY = {"PairScores", "answer_probabilities", "score_pairs", "truth_ratios"}
 
@@ -37,11 +37,13 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "EvalResult",
+    "EvalSettings",
     "METRIC_INFO",
     "METRIC_ORDER",
     "MetricInfo",
     "MetricValue",
     "PairScores",
+    "ReferenceCache",
     "ReferenceStats",
     "ResultStore",
     "answer_probabilities",
@@ -49,6 +51,7 @@ __all__ = [
     "evaluate",
     "evaluate_model",
     "metric_info",
+    "parse_grid",
     "reference_result",
     "resolve_reference",
     "run_sweep",

@@ -2,9 +2,8 @@
 
 TOFU splits are read from a folder holding ``{split}.json`` (a JSON array, JSON lines,
 or Hugging Face ``Dataset.to_json`` output whose lines are arrays), ``{split}.jsonl``,
-``{split}.parquet`` or a ``{split}/`` folder written by ``datasets.save_to_disk``. A hub
-dataset name (e.g. ``locuslab/TOFU``) is accepted only when the hub is not switched off
-(``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE``); tests never use it.
+``{split}.parquet`` or a ``{split}/`` folder written by ``datasets.save_to_disk``. Data
+is only read from local folders; nothing is fetched from a hub.
 
 MUSE folders hold ``knowmem/{forget_qa,forget_qa_icl,retain_qa|retain2_qa,
 retain_qa_icl|retain2_qa_icl}.json``, ``verbmem/forget.json`` ([{prompt, gt}]) and
@@ -53,7 +52,7 @@ class TofuSplit:
     def __len__(self) -> int:
         return len(self.items)
 
-    def head(self, n: Optional[int]) -> "TofuSplit":
+    def head(self, n: Optional[int]) -> TofuSplit:
         """The first ``n`` rows (all when n is None)."""
         return self if n is None else TofuSplit(self.name, self.source, self.items[: max(0, int(n))])
 
@@ -120,27 +119,17 @@ def _read_table(path: Path) -> list[Any]:
     return _read_json_rows(path)
 
 
-def _hub_offline() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-
-
-def _read_hub(name: str, split: str) -> list[Any]:
-    if _hub_offline():
-        raise FileNotFoundError(f"TOFU source {name!r} is not a local folder and the hub is switched off (HF_HUB_OFFLINE)")
-    import datasets
-
-    return [dict(r) for r in datasets.load_dataset(name, split, split="train")]
-
-
 def find_split_file(folder: Path, split: str) -> Path:
     """The file (or saved-dataset folder) holding ``split`` in ``folder``."""
     for cand in (folder / f"{split}.json", folder / f"{split}.jsonl", folder / f"{split}.parquet", folder / split):
         if cand.is_file():
             return cand
-        if cand.is_dir() and any((cand / m).is_file() for m in ("dataset_info.json", "dataset_dict.json", "state.json")):
+        markers = ("dataset_info.json", "dataset_dict.json", "state.json")
+        if cand.is_dir() and any((cand / m).is_file() for m in markers):
             return cand
     raise FileNotFoundError(
-        f"TOFU split {split!r} not found in {folder} (looked for {split}.json, {split}.jsonl, {split}.parquet, {split}/)"
+        f"TOFU split {split!r} not found in {folder} "
+        f"(looked for {split}.json, {split}.jsonl, {split}.parquet, {split}/)"
     )
 
 
@@ -216,7 +205,7 @@ def validate_tofu_rows(
 def load_tofu_split(
     source: PathLike, split: str, *, kind: Optional[str] = None, n_perturbed: Optional[int] = None
 ) -> TofuSplit:
-    """Load and validate one TOFU split from a folder (or, online only, a hub dataset name)."""
+    """Load and validate one TOFU split from a local folder (nothing is fetched from a hub)."""
     src = Path(os.path.expanduser(str(source)))
     if src.is_dir():
         path = find_split_file(src, split)
@@ -224,14 +213,13 @@ def load_tofu_split(
         return _load_cached(str(path), st.st_mtime_ns, st.st_size, split, kind, n_perturbed)
     if src.is_file():
         raise ValueError(f"TOFU source {src} is a file; give the folder that holds {split}.json")
-    if "/" in str(source) and not str(source).startswith((".", "/", "~")):
-        rows = _read_hub(str(source), split)
-        return TofuSplit(split, f"{source}:{split}", validate_tofu_rows(rows, f"{source}:{split}", split, kind=kind, n_perturbed=n_perturbed))
     raise FileNotFoundError(f"TOFU data folder {src} does not exist")
 
 
 @lru_cache(maxsize=32)
-def _load_cached(path: str, mtime_ns: int, size: int, split: str, kind: Optional[str], n_perturbed: Optional[int]) -> TofuSplit:
+def _load_cached(
+    path: str, mtime_ns: int, size: int, split: str, kind: Optional[str], n_perturbed: Optional[int]
+) -> TofuSplit:
     rows = _read_table(Path(path))
     return TofuSplit(split, path, validate_tofu_rows(rows, path, split, kind=kind, n_perturbed=n_perturbed))
 
@@ -296,7 +284,9 @@ def load_muse(folder: PathLike) -> MuseData:
     if km.is_dir():
         parts["knowmem_forget"] = _pairs(_first_existing(km, ("forget_qa.json",)), "question", "answer")
         parts["knowmem_forget_icl"] = _pairs(_first_existing(km, ("forget_qa_icl.json",)), "question", "answer")
-        parts["knowmem_retain"] = _pairs(_first_existing(km, ("retain_qa.json", "retain2_qa.json")), "question", "answer")
+        parts["knowmem_retain"] = _pairs(
+            _first_existing(km, ("retain_qa.json", "retain2_qa.json")), "question", "answer"
+        )
         parts["knowmem_retain_icl"] = _pairs(
             _first_existing(km, ("retain_qa_icl.json", "retain2_qa_icl.json")), "question", "answer"
         )

@@ -15,8 +15,8 @@ The small epsilons (1e-10) are open-unlearning's, kept so numbers agree to the l
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Optional, Sequence
 
 import numpy as np
 from scipy import stats
@@ -193,8 +193,3 @@ def few_shot_prompt(icl: Sequence[tuple[str, str]], question: str) -> str:
     shots = "".join(f"Question: {q}\nAnswer: {a}\n\n" for q, a in icl)
     return f"{shots}Question: {question}\nAnswer:"
 
-
-def safe_mean(values: Sequence[Optional[float]]) -> float:
-    """Mean over the values that are not None/NaN (NaN if none remain)."""
-    kept = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    return float(np.mean(kept)) if kept else float("nan")

@@ -129,7 +129,8 @@ def evaluate_muse(
         report(progress, 0.6 + 0.2 * n, f"MUSE KnowMem {key}: generating answers")
         prompts = [M.few_shot_prompt(icl or (), q) for q, _ in qa]
         answers = generate_text(
-            model, tokenizer, prompts, max_new_tokens=KNOWMEM_MAX_NEW_TOKENS, batch_size=batch_size, stop=list(M.MUSE_STOPS)
+            model, tokenizer, prompts, max_new_tokens=KNOWMEM_MAX_NEW_TOKENS, batch_size=batch_size,
+            stop=list(M.MUSE_STOPS),
         )
         answers = [M.muse_cut(a) for a in answers]
         scores = [M.rouge_l_f1(a, g) for (_, a), g in zip(qa, answers)]

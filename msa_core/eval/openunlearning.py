@@ -15,13 +15,12 @@ original TOFU repository's ``eval_log_forget.json`` / ``eval_log_aggregated.json
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from msa_core.atomic import write_json
 from msa_core.eval.data import read_json_file
 from msa_core.eval.results import EvalResult, MetricValue
 
@@ -55,7 +54,8 @@ MUSE_NAMES = {
 }
 _GEN_KEYS = {
     "forget_rouge": "forget", "retain_rouge": "retain", "ra_rouge": "ra", "wf_rouge": "wf",
-    "muse_verbmem_forget": "verbmem_forget", "muse_knowmem_forget": "knowmem_forget", "muse_knowmem_retain": "knowmem_retain",
+    "muse_verbmem_forget": "verbmem_forget", "muse_knowmem_forget": "knowmem_forget",
+    "muse_knowmem_retain": "knowmem_retain",
 }
 _AUC = ("muse_mink_auc", "muse_minkpp_auc")
 
@@ -101,7 +101,8 @@ def _metric_block(result: EvalResult, name: str) -> dict[str, Any]:
 
 
 def to_open_unlearning(result: EvalResult) -> dict[str, dict[str, Any]]:
-    """{"TOFU_EVAL.json": ..., "TOFU_SUMMARY.json": ..., "MUSE_EVAL.json": ..., "MUSE_SUMMARY.json": ...} (present parts)."""
+    """The files to write: {"TOFU_EVAL.json": ..., "TOFU_SUMMARY.json": ..., "MUSE_EVAL.json": ...,
+    "MUSE_SUMMARY.json": ...}, for the benchmarks present in ``result``."""
     files: dict[str, dict[str, Any]] = {}
     for prefix, names in (("TOFU", TOFU_NAMES), ("MUSE", MUSE_NAMES)):
         ev = {ou: _metric_block(result, ours) for ours, ou in names.items() if ours in result.metrics}
@@ -111,20 +112,9 @@ def to_open_unlearning(result: EvalResult) -> dict[str, dict[str, Any]]:
     return files
 
 
-def _write_atomic(path: Path, payload: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise OSError(exc.errno, f"writing {path} failed: {exc.strerror or exc}") from exc
-
-
-def export_open_unlearning(result: EvalResult, out_dir: Union[str, os.PathLike], *, overwrite: bool = False) -> list[Path]:
+def export_open_unlearning(
+    result: EvalResult, out_dir: Union[str, os.PathLike], *, overwrite: bool = False
+) -> list[Path]:
     """Write the open-unlearning files for ``result`` into ``out_dir``; returns the paths written.
 
     An existing non-empty folder is refused (FileExistsError) unless ``overwrite``.
@@ -140,7 +130,7 @@ def export_open_unlearning(result: EvalResult, out_dir: Union[str, os.PathLike],
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, payload in files.items():
-        _write_atomic(out / name, payload)
+        write_json(out / name, payload)
         written.append(out / name)
     return written
 

@@ -51,7 +51,8 @@ class MetricInfo:
             return -value
         if self.direction == "lower":
             return value
-        target = {"closer_to_1": 1.0, "closer_to_0": 0.0}.get(self.direction, self.ideal if self.ideal is not None else 0.0)
+        fallback = self.ideal if self.ideal is not None else 0.0
+        target = {"closer_to_1": 1.0, "closer_to_0": 0.0}.get(self.direction, fallback)
         return abs(value - target)
 
 
@@ -168,7 +169,7 @@ class EvalResult:
 
     @property
     def settings_key(self) -> str:
-        """The hash of the settings (see :func:`msa_core.eval.settings.settings_key`)."""
+        """The hash of the settings (:attr:`msa_core.eval.run.EvalSettings.key`)."""
         return str(self.settings.get("key", ""))
 
     def to_json(self) -> dict[str, Any]:
@@ -190,7 +191,7 @@ class EvalResult:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], *, where: str = "result") -> "EvalResult":
+    def from_json(cls, data: dict[str, Any], *, where: str = "result") -> EvalResult:
         """Inverse of :meth:`to_json`; KeyError naming the missing field."""
         for key in ("tier", "benchmark", "fingerprint", "metrics"):
             if key not in data:

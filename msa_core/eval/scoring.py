@@ -20,8 +20,9 @@ from __future__ import annotations
 import inspect
 import math
 import weakref
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -157,7 +158,8 @@ def score_pairs(
             targets.extend(c)
             owners.append((i, len(c)))
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device), "position_ids": pos.to(device), "use_cache": False}
+        inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device), "position_ids": pos.to(device),
+                  "use_cache": False}
         c_t = torch.tensor(cols)
         if _accepts_logits_to_keep(model):
             # Project to the vocabulary only the columns that hold some row's continuation
@@ -183,7 +185,11 @@ def score_pairs(
                 mu = (pr * logp).sum(-1)
                 parts["mu"].append(mu)
                 parts["var"].append((pr * logp.square()).sum(-1) - mu.square())
-        cat = {k: torch.cat(v).double().cpu().numpy() if k != "ok" else torch.cat(v).cpu().numpy() for k, v in parts.items() if v}
+        cat = {
+            k: torch.cat(v).double().cpu().numpy() if k != "ok" else torch.cat(v).cpu().numpy()
+            for k, v in parts.items()
+            if v
+        }
         o = 0
         for i, length in owners:
             lp = cat["lp"][o : o + length]
@@ -226,7 +232,8 @@ class PairBook:
         return len(self.pairs)
 
 
-_ENCODINGS: "weakref.WeakKeyDictionary[Any, dict[tuple[str, str], tuple[list[int], list[int]]]]" = weakref.WeakKeyDictionary()
+_Encoded = tuple[list[int], list[int]]
+_ENCODINGS: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], _Encoded]] = weakref.WeakKeyDictionary()
 
 
 def encode_qa_cached(tokenizer: Any, question: str, answer: str) -> tuple[list[int], list[int]]:
@@ -277,6 +284,7 @@ def truth_ratios(model: Any, tokenizer: Any, items: Sequence[ItemLike], *, batch
     refs = []
     for i, item in enumerate(items):
         q, true, wrong = _item_fields(item, i)
-        refs.append((book.add(*encode_qa_cached(tokenizer, q, true)), [book.add(*encode_qa_cached(tokenizer, q, w)) for w in wrong]))
+        wrong_rows = [book.add(*encode_qa_cached(tokenizer, q, w)) for w in wrong]
+        refs.append((book.add(*encode_qa_cached(tokenizer, q, true)), wrong_rows))
     scores = score_pairs(model, tokenizer, book.pairs, batch_size=batch_size)
     return [M.truth_ratio(scores.nll[t], [scores.nll[w] for w in ws]) for t, ws in refs]

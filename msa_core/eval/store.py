@@ -13,9 +13,10 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Optional, Union
 
 from msa_core.eval.results import METRIC_ORDER, EvalResult, metric_info
 
@@ -35,6 +36,11 @@ CREATE TABLE IF NOT EXISTS results (
 )
 """
 BUSY_TIMEOUT_MS = 30_000
+GRID_COLUMNS = ("alpha", "beta", "tier", "benchmark", "settings_key", "seconds", "subset", "model")
+# The "best" point must stay useful: it keeps at least this share of the corrupted model's
+# utility (α = β = 0), so a point that forgets everything by breaking the model never wins.
+UTILITY_KEEP = 0.9
+UTILITY_METRICS = ("model_utility", "model_utility_tf")
 
 
 def _coef(x: Optional[float]) -> float:
@@ -114,7 +120,9 @@ class ResultStore:
             ).fetchone()
         return row is not None
 
-    def results(self, fingerprint: str, *, tier: Optional[str] = None, settings_key: Optional[str] = None) -> list[EvalResult]:
+    def results(
+        self, fingerprint: str, *, tier: Optional[str] = None, settings_key: Optional[str] = None
+    ) -> list[EvalResult]:
         """Every stored result of an experiment, ordered by (α, β, tier)."""
         sql = "SELECT payload FROM results WHERE fingerprint=?"
         args: list[Any] = [fingerprint]
@@ -135,24 +143,52 @@ class ResultStore:
                 return int(con.execute("SELECT COUNT(*) FROM results").fetchone()[0])
             return int(con.execute("SELECT COUNT(*) FROM results WHERE fingerprint=?", (fingerprint,)).fetchone()[0])
 
-    def grid(self, fingerprint: str, tier: Optional[str] = None, settings_key: Optional[str] = None) -> Any:
+    def grid(
+        self,
+        fingerprint: str,
+        tier: Optional[str] = None,
+        settings_key: Optional[str] = None,
+        *,
+        side_models: Sequence[str] = (),
+    ) -> Any:
         """A pandas DataFrame, one row per stored point: alpha, beta, tier, benchmark, settings_key,
-        seconds, then one column per metric (NaN where a point lacks it)."""
+        seconds, subset, model ('composed', or a side model's role), then one column per metric
+        (NaN where a point lacks it). ``side_models`` (e.g. ``("reference",)``) adds the rows
+        stored for those models after the composed ones."""
         import pandas as pd
 
         rows = []
-        for r in self.results(fingerprint, tier=tier, settings_key=settings_key):
-            rows.append(
-                {"alpha": r.alpha, "beta": r.beta, "tier": r.tier, "benchmark": r.benchmark,
-                 "settings_key": r.settings_key, "seconds": r.seconds, **r.flat()}
-            )
-        base = ["alpha", "beta", "tier", "benchmark", "settings_key", "seconds"]
+        for fp, model in [(fingerprint, "composed")] + [(f"{fingerprint}#{role}", role) for role in side_models]:
+            for r in self.results(fp, tier=tier, settings_key=settings_key):
+                rows.append(
+                    {"alpha": r.alpha, "beta": r.beta, "tier": r.tier, "benchmark": r.benchmark,
+                     "settings_key": r.settings_key, "seconds": r.seconds, "subset": r.settings.get("subset"),
+                     "model": model, **r.flat()}
+                )
+        base = list(GRID_COLUMNS)
         if not rows:
             return pd.DataFrame(columns=base)
         df = pd.DataFrame(rows)
         order = {name: i for i, name in enumerate(METRIC_ORDER)}
         extra = sorted((c for c in df.columns if c not in base), key=lambda c: (order.get(c, len(order)), c))
         return df[base + extra].reset_index(drop=True)
+
+    def latest(
+        self, fingerprint: str, alpha: float, beta: float, *, tier: str, benchmark: str, subset: Optional[int]
+    ) -> Optional[EvalResult]:
+        """The newest stored result of one point for this tier, benchmark and subset (any settings
+        key, as the grid shows them), or None."""
+        with self._connect() as con:
+            rows = con.execute(
+                "SELECT payload FROM results WHERE fingerprint=? AND alpha=? AND beta=? AND tier=? AND benchmark=?"
+                " ORDER BY created DESC",
+                (fingerprint, _coef(alpha), _coef(beta), tier, benchmark),
+            ).fetchall()
+        for (payload,) in rows:
+            result = EvalResult.from_json(json.loads(payload), where=f"{self.path} ({fingerprint}, {alpha}, {beta})")
+            if result.settings.get("subset") == subset:
+                return result
+        return None
 
     def best_point(
         self,
@@ -168,22 +204,50 @@ class ResultStore:
 
         Default metric: forget_quality when stored, else forget_truth_ratio.
         """
-        df = self.grid(fingerprint, tier=tier, settings_key=settings_key)
+        return _best_row(self.grid(fingerprint, tier=tier, settings_key=settings_key), metric, min_values or {},
+                         fingerprint)
+
+    def best_tradeoff(
+        self,
+        fingerprint: str,
+        *,
+        keep_utility: float = UTILITY_KEEP,
+        alpha_range: Optional[tuple[float, float]] = None,
+        beta_range: Optional[tuple[float, float]] = None,
+    ) -> Optional[dict[str, Any]]:
+        """The recommended point: highest forget quality among stored points (inside the given
+        ranges) keeping ≥ ``keep_utility`` × the corrupted model's utility; any utility when the
+        corrupted point's utility is not stored. As a dict of the grid row, or None."""
+        df = self.grid(fingerprint)
+        for col, rng in (("alpha", alpha_range), ("beta", beta_range)):
+            if rng is not None and not df.empty:
+                df = df[(df[col] >= rng[0]) & (df[col] <= rng[1])]
         if df.empty:
             return None
-        if metric is None:
-            metric = next((m for m in ("forget_quality", "forget_truth_ratio") if m in df and df[m].notna().any()), None)
-            if metric is None:
-                return None
-        info = metric_info(metric)
-        if metric not in df:
-            return None
-        df = df[df[metric].notna()]
-        for name, low in (min_values or {}).items():
-            if name not in df:
-                raise KeyError(f"best_point: metric {name!r} is not stored for {fingerprint}")
-            df = df[df[name] >= low]
-        if df.empty:
-            return None
-        scores = df[metric].map(info.badness)
-        return df.loc[scores.idxmin()].to_dict()
+        util = next((m for m in UTILITY_METRICS if m in df and df[m].notna().any()), None)
+        base = df[(df["alpha"] == 0) & (df["beta"] == 0)]
+        floor = {}
+        if util is not None and not base.empty and base[util].notna().any():
+            floor = {util: keep_utility * float(base[util].max())}
+        return _best_row(df, None, floor, fingerprint) or _best_row(df, None, {}, fingerprint)
+
+
+def _best_row(
+    df: Any, metric: Optional[str], min_values: dict[str, float], fingerprint: str
+) -> Optional[dict[str, Any]]:
+    """The grid row best on ``metric`` (default: forget_quality when stored, else
+    forget_truth_ratio) among rows whose metrics are >= every ``min_values`` entry."""
+    if df.empty:
+        return None
+    if metric is None:
+        metric = next((m for m in ("forget_quality", "forget_truth_ratio") if m in df and df[m].notna().any()), None)
+    if metric is None or metric not in df:
+        return None
+    df = df[df[metric].notna()]
+    for name, low in min_values.items():
+        if name not in df:
+            raise KeyError(f"best_point: metric {name!r} is not stored for {fingerprint}")
+        df = df[df[name] >= low]
+    if df.empty:
+        return None
+    return df.loc[df[metric].map(metric_info(metric).badness).idxmin()].to_dict()

@@ -10,9 +10,10 @@ Metric definitions are DESIGN section 5 / open-unlearning's (see :mod:`.metrics`
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -114,7 +115,9 @@ def evaluate_tofu(
         rows = []
         for it in split.items:
             a = book.add(*encode_qa_cached(tokenizer, it.question, it.answer))
-            para = book.add(*encode_qa_cached(tokenizer, it.question, it.paraphrased_answer)) if it.paraphrased_answer else None
+            para = None
+            if it.paraphrased_answer:
+                para = book.add(*encode_qa_cached(tokenizer, it.question, it.paraphrased_answer))
             pert = [book.add(*encode_qa_cached(tokenizer, it.question, w)) for w in it.perturbed_answers]
             rows.append((a, para, pert))
         plan[key] = rows

@@ -1,16 +1,19 @@
 """Top-level evaluation: a model, a side model, or the live engine at (α, β).
 
 - :func:`evaluate_model` scores any model on the experiment's TOFU and/or MUSE data.
-- :func:`reference_result` evaluates the engine's reference (retain-only) model once per
-  experiment fingerprint and settings (cached in memory and, when given, in the store).
+- :func:`reference_result` evaluates the engine's reference (retain-only) model, once per
+  experiment fingerprint and settings when the caller passes a :class:`ReferenceCache`
+  (and, when given, through the results store).
 - :func:`resolve_reference` gathers what the metrics compare against: per-item forget
   truth ratios (from ``experiment.reference_eval`` when set, else the reference model) and
   the reference MUSE Min-K% AUC (for PrivLeak).
 - :func:`evaluate` composes the engine at (α, β) and evaluates inside one
   ``engine.session`` (one critical section), optionally through a :class:`ResultStore`.
 
-:func:`eval_settings` fixes everything that changes the numbers (data, splits, subset,
-template, lengths, reference source); its hash ``settings['key']`` keys stored results.
+:func:`eval_settings` builds the :class:`EvalSettings` of a run: everything that changes
+the numbers (data, splits, subset, template, lengths, reference source). Its hash
+:attr:`EvalSettings.key` keys stored results; results carry ``settings.as_dict()`` plus
+the per-split ``counts`` and ``missing`` splits (which do not enter the key).
 """
 
 from __future__ import annotations
@@ -19,10 +22,9 @@ import hashlib
 import json
 import threading
 import time
-from dataclasses import dataclass, replace
-from typing import Any, Optional, Union
-
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from msa_core.eval.data import data_signature, load_muse
 from msa_core.eval.openunlearning import read_reference_tr
@@ -32,6 +34,8 @@ from msa_core.progress import Progress, report, sub_progress
 from msa_core.prompts import has_chat_template
 
 if TYPE_CHECKING:
+    from msa_core.engine import Engine
+    from msa_core.eval.store import ResultStore
     from msa_core.eval.tofu import ReferenceTR
 
 # torch-heavy modules (scoring, tofu, muse) are imported inside the functions that need
@@ -41,7 +45,6 @@ EVAL_VERSION = 1
 MAX_LENGTH_CAP = 2048  # open-unlearning's MUSE max_length; TOFU QA pairs are far shorter
 TIERS = ("fast", "full")
 BENCHMARKS = ("tofu", "muse", "all")
-_UNKEYED = ("key", "counts", "missing")
 
 
 @dataclass(frozen=True)
@@ -54,10 +57,80 @@ class ReferenceStats:
     auc_source: Optional[str] = None
 
 
-def settings_key(settings: dict[str, Any]) -> str:
-    """A 16-hex hash of the settings that change results (not counts, not the key itself)."""
-    keyed = {k: v for k, v in settings.items() if k not in _UNKEYED}
+@dataclass(frozen=True)
+class EvalSettings:
+    """Everything that changes an evaluation's numbers; :attr:`key` is their 16-hex hash.
+
+    ``tofu`` / ``muse`` describe the data of each benchmark evaluated (None when not
+    evaluated); ``reference`` names where the reference values come from.
+    :meth:`as_dict` is the JSON shape stored with every result (unchanged since results
+    were first stored, so old stores keep matching).
+    """
+
+    benchmark: str
+    benchmarks: tuple[str, ...]
+    subset: Optional[int]
+    template: str
+    vocab_size: int
+    max_length: Optional[int]
+    tofu: Optional[dict[str, Any]] = None
+    muse: Optional[dict[str, Any]] = None
+    reference_tr: Optional[str] = None
+    reference_auc: Optional[str] = None
+    version: int = EVAL_VERSION
+    key: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", settings_key(self._keyed()))
+
+    def _keyed(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "version": self.version,
+            "benchmark": self.benchmark,
+            "benchmarks": list(self.benchmarks),
+            "subset": self.subset,
+            "template": self.template,
+            "vocab_size": self.vocab_size,
+            "max_length": self.max_length,
+        }
+        if self.tofu is not None:
+            out["tofu"] = dict(self.tofu)
+        if self.muse is not None:
+            out["muse"] = dict(self.muse)
+        out["reference"] = {"tr": self.reference_tr, "auc": self.reference_auc}
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        """The stored JSON form: the keyed fields plus ``key``."""
+        return {**self._keyed(), "key": self.key}
+
+
+def settings_key(keyed: dict[str, Any]) -> str:
+    """A 16-hex hash of the settings that change results."""
     return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class ReferenceCache:
+    """Reference-model results in memory, keyed by (fingerprint, settings key).
+
+    The caller owns it: the CLI makes one per run, a sweep's caller one per sweep, the app
+    one per process (in its resources module). Thread-safe: a second caller asking for the
+    same key waits for the first one's result instead of evaluating again.
+    """
+
+    def __init__(self) -> None:
+        self._results: dict[tuple[str, str], EvalResult] = {}
+        self._lock = threading.Lock()
+
+    def get_or_compute(self, key: tuple[str, str], compute: Callable[[], EvalResult]) -> EvalResult:
+        """The cached result for ``key``, computing (and keeping) it on the first call."""
+        with self._lock:
+            if key not in self._results:
+                self._results[key] = compute()
+            return self._results[key]
+
+    def __len__(self) -> int:
+        return len(self._results)
 
 
 def _benchmarks(experiment: Experiment, benchmark: str) -> list[str]:
@@ -83,36 +156,40 @@ def eval_settings(
     subset: Optional[int] = None,
     max_length: Optional[int] = None,
     reference: Optional[ReferenceStats] = None,
-) -> dict[str, Any]:
-    """The settings of an evaluation (see the module docstring), with ``key`` filled in."""
+) -> EvalSettings:
+    """The :class:`EvalSettings` of an evaluation (see the module docstring).
+
+    ``tier`` is validated here but is not part of the settings: stored results key it apart.
+    """
     if tier not in TIERS:
         raise ValueError(f"tier must be one of {TIERS}, got {tier!r}")
     if subset is not None and int(subset) < 1:
         raise ValueError(f"subset must be a positive number of items, got {subset}")
     benches = _benchmarks(experiment, benchmark)
     d = experiment.data
-    s: dict[str, Any] = {
-        "version": EVAL_VERSION,
-        "benchmark": benchmark,
-        "benchmarks": benches,
-        "subset": None if subset is None else int(subset),
-        "template": "chat" if has_chat_template(tokenizer) else "plain",
-        "vocab_size": len(tokenizer),
-        "max_length": max_length,
-    }
     from msa_core.eval.muse import KNOWMEM_MAX_NEW_TOKENS, MINK_K, VERBMEM_MAX_NEW_TOKENS
     from msa_core.eval.tofu import ROUGE_MAX_NEW_TOKENS
 
+    tofu = muse = None
     if "tofu" in benches:
-        s["tofu"] = {"path": str(d.tofu), "signature": data_signature(d.tofu), "forget_split": d.forget_split,
-                     "retain_split": d.retain_split, "rouge_max_new_tokens": ROUGE_MAX_NEW_TOKENS}
+        tofu = {"path": str(d.tofu), "signature": data_signature(d.tofu), "forget_split": d.forget_split,
+                "retain_split": d.retain_split, "rouge_max_new_tokens": ROUGE_MAX_NEW_TOKENS}
     if "muse" in benches:
-        s["muse"] = {"path": str(d.muse), "signature": data_signature(d.muse), "mink_k": MINK_K,
-                     "verbmem_max_new_tokens": VERBMEM_MAX_NEW_TOKENS, "knowmem_max_new_tokens": KNOWMEM_MAX_NEW_TOKENS}
+        muse = {"path": str(d.muse), "signature": data_signature(d.muse), "mink_k": MINK_K,
+                "verbmem_max_new_tokens": VERBMEM_MAX_NEW_TOKENS, "knowmem_max_new_tokens": KNOWMEM_MAX_NEW_TOKENS}
     ref = reference or ReferenceStats()
-    s["reference"] = {"tr": ref.tr_source, "auc": ref.auc_source}
-    s["key"] = settings_key(s)
-    return s
+    return EvalSettings(
+        benchmark=benchmark,
+        benchmarks=tuple(benches),
+        subset=None if subset is None else int(subset),
+        template="chat" if has_chat_template(tokenizer) else "plain",
+        vocab_size=len(tokenizer),
+        max_length=max_length,
+        tofu=tofu,
+        muse=muse,
+        reference_tr=ref.tr_source,
+        reference_auc=ref.auc_source,
+    )
 
 
 def max_length_for(model: Any) -> int:
@@ -132,10 +209,10 @@ def evaluate_model(
     benchmark: str = "all",
     subset: Optional[int] = None,
     progress: Optional[Progress] = None,
-    reference_tr: Optional["ReferenceTR"] = None,
+    reference_tr: Optional[ReferenceTR] = None,
     reference_auc: Optional[float] = None,
     batch_size: int = 16,
-    settings: Optional[dict[str, Any]] = None,
+    settings: Optional[EvalSettings] = None,
     fingerprint: str = "",
     label: str = "composed",
 ) -> EvalResult:
@@ -154,7 +231,7 @@ def evaluate_model(
                               auc_source=None if reference_auc is None else f"given:{reference_auc:.6g}")
         settings = eval_settings(experiment, tokenizer, tier=tier, benchmark=benchmark, subset=subset,
                                  max_length=max_length, reference=srcs)
-    benches = settings["benchmarks"]
+    benches = settings.benchmarks
     metrics: dict[str, MetricValue] = {}
     gens: dict[str, list[str]] = {}
     counts: dict[str, int] = {}
@@ -181,26 +258,25 @@ def evaluate_model(
         metrics.update(m)
         gens.update(g)
     report(progress, 1.0, "evaluation done")
-    settings = {**settings, "counts": counts, "missing": missing}
-    return EvalResult(None, None, tier, settings["benchmark"], fingerprint, settings,
+    stored = {**settings.as_dict(), "counts": counts, "missing": missing}
+    return EvalResult(None, None, tier, settings.benchmark, fingerprint, stored,
                       time.perf_counter() - t0, metrics, gens, model=label)
 
 
-_REF_CACHE: dict[tuple[str, str], EvalResult] = {}
-_REF_LOCK = threading.Lock()
-
-
 def reference_result(
-    engine: Any,
+    engine: Engine,
     *,
     benchmark: str = "all",
     subset: Optional[int] = None,
-    store: Any = None,
+    store: Optional[ResultStore] = None,
     progress: Optional[Progress] = None,
     batch_size: int = 16,
+    cache: Optional[ReferenceCache] = None,
 ) -> Optional[EvalResult]:
-    """The reference model's (teacher-forced) evaluation, computed once per fingerprint and settings.
+    """The reference model's (teacher-forced) evaluation.
 
+    Read from ``store`` when it holds it (and written there when computed); with a ``cache``
+    it is computed at most once per fingerprint and settings for the cache's owner.
     None when the experiment has no reference checkpoint.
     """
     model = engine.side_model("reference")
@@ -209,19 +285,20 @@ def reference_result(
     exp = engine.experiment
     settings = eval_settings(exp, engine.tokenizer, tier="fast", benchmark=benchmark, subset=subset,
                              max_length=max_length_for(model))
-    key = (engine.fingerprint, settings["key"])
-    with _REF_LOCK:
-        if key in _REF_CACHE:
-            return _REF_CACHE[key]
-        stored = store.get(f"{engine.fingerprint}#reference", 0.0, 0.0, "fast", settings["key"]) if store else None
+
+    def compute() -> EvalResult:
+        stored = store.get(f"{engine.fingerprint}#reference", 0.0, 0.0, "fast", settings.key) if store else None
         if stored is None:
             stored = evaluate_model(model, engine.tokenizer, exp, tier="fast", benchmark=benchmark, subset=subset,
                                     progress=progress, batch_size=batch_size, settings=settings,
                                     fingerprint=engine.fingerprint, label="reference")
             if store is not None:
                 store.put(stored)
-        _REF_CACHE[key] = stored
         return stored
+
+    if cache is None:
+        return compute()
+    return cache.get_or_compute((engine.fingerprint, settings.key), compute)
 
 
 def reference_stats(reference: Union[EvalResult, ReferenceStats, None]) -> Optional[ReferenceStats]:
@@ -240,13 +317,14 @@ def reference_stats(reference: Union[EvalResult, ReferenceStats, None]) -> Optio
 
 
 def resolve_reference(
-    engine: Any,
+    engine: Engine,
     *,
     benchmark: str = "all",
     subset: Optional[int] = None,
-    store: Any = None,
+    store: Optional[ResultStore] = None,
     progress: Optional[Progress] = None,
     batch_size: int = 16,
+    cache: Optional[ReferenceCache] = None,
 ) -> ReferenceStats:
     """Reference TRs from ``experiment.reference_eval`` when set (else the reference model), AUC from the model."""
     exp = engine.experiment
@@ -259,16 +337,18 @@ def resolve_reference(
     model_stats = None
     if ref_bench is not None:
         model_stats = reference_stats(
-            reference_result(engine, benchmark=ref_bench, subset=subset, store=store, progress=progress, batch_size=batch_size)
+            reference_result(engine, benchmark=ref_bench, subset=subset, store=store, progress=progress,
+                             batch_size=batch_size, cache=cache)
         )
     stats = model_stats or ReferenceStats()
     if file_tr is not None:
-        stats = replace(stats, forget_tr=file_tr, tr_source=f"file:{exp.reference_eval}:{data_signature(exp.reference_eval)}")
+        source = f"file:{exp.reference_eval}:{data_signature(exp.reference_eval)}"
+        stats = replace(stats, forget_tr=file_tr, tr_source=source)
     return stats
 
 
 def evaluate(
-    engine: Any,
+    engine: Engine,
     alpha: float,
     beta: float,
     *,
@@ -277,23 +357,25 @@ def evaluate(
     subset: Optional[int] = None,
     progress: Optional[Progress] = None,
     reference: Union[EvalResult, ReferenceStats, None] = None,
-    store: Any = None,
+    store: Optional[ResultStore] = None,
     batch_size: int = 16,
+    reference_cache: Optional[ReferenceCache] = None,
 ) -> EvalResult:
     """Evaluate the engine's model composed at (α, β), inside one ``engine.session``.
 
     ``reference``: the reference model's result or :class:`ReferenceStats`; resolved with
-    :func:`resolve_reference` when None. With a ``store``, a stored point is returned as is
-    and a new one is stored.
+    :func:`resolve_reference` (through ``reference_cache`` when given) when None. With a
+    ``store``, a stored point is returned as is and a new one is stored.
     """
     ref = reference_stats(reference)
     if ref is None:
         ref = resolve_reference(engine, benchmark=benchmark, subset=subset, store=store,
-                                progress=sub_progress(progress, 0.0, 0.2), batch_size=batch_size)
+                                progress=sub_progress(progress, 0.0, 0.2), batch_size=batch_size,
+                                cache=reference_cache)
     settings = eval_settings(engine.experiment, engine.tokenizer, tier=tier, benchmark=benchmark, subset=subset,
                              max_length=max_length_for(engine.model), reference=ref)
     if store is not None:
-        hit = store.get(engine.fingerprint, alpha, beta, tier, settings["key"])
+        hit = store.get(engine.fingerprint, alpha, beta, tier, settings.key)
         if hit is not None:
             report(progress, 1.0, "loaded from the results store")
             return hit
@@ -306,9 +388,3 @@ def evaluate(
     if store is not None:
         store.put(result)
     return result
-
-
-def clear_reference_cache() -> None:
-    """Forget in-memory reference results (tests; after checkpoints change on disk)."""
-    with _REF_LOCK:
-        _REF_CACHE.clear()

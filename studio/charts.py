@@ -1,4 +1,6 @@
-"""Plotly figures and grid helpers for the Trade-off page (not a page; no caches, no st calls).
+"""Plotly figures of MSA Studio (no caches, no st calls): the Trade-off page's heatmaps,
+forget-vs-utility scatter and lines along α over the results grid, and the Experiment
+page's per-layer norms of τ_f and τ_r.
 
 Every axis, colour bar and legend names the metric with its better direction, so a reader
 never has to guess whether up is good. Forget quality is drawn on a log scale.
@@ -12,34 +14,17 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
-from pages.ui import arrow, metric_info, metric_label
+from msa_core.targets import Point
+from msa_core.vectors import LayerNorms
+from studio.labels import arrow, metric_info, metric_label
 
 POINT_COLS = ("alpha", "beta")
 HEATMAP_ORDER = ("forget_quality", "model_utility", "model_utility_tf", "forget_rouge", "retain_rouge",
                  "forget_truth_ratio", "forget_prob", "retain_prob", "extraction_strength")
 MUSE_ORDER = ("muse_verbmem_forget", "muse_knowmem_forget", "muse_knowmem_retain", "muse_privleak",
               "muse_mink_auc")
-
-
-def parse_values(text: str, name: str, rng: tuple[float, float]) -> list[float]:
-    """'0, 0.5, 1' → [0.0, 0.5, 1.0]; ValueError naming the bad entry or an out-of-range value."""
-    out: list[float] = []
-    for part in text.replace(";", ",").split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            v = float(part)
-        except ValueError:
-            raise ValueError(f"{name} values: {part!r} is not a number") from None
-        if not math.isfinite(v) or not rng[0] <= v <= rng[1]:
-            raise ValueError(f"{name} values: {v:g} is outside the experiment's range [{rng[0]:g}, {rng[1]:g}]")
-        if v not in out:
-            out.append(v)
-    if not out:
-        raise ValueError(f"{name} values: give at least one number")
-    return sorted(out)
 
 
 def select_rows(df: pd.DataFrame, *, tier: str, benchmark: str, subset: Optional[int]) -> pd.DataFrame:
@@ -90,7 +75,7 @@ def _log10(v: pd.Series) -> pd.Series:
     return np.log10(v.clip(lower=1e-30))
 
 
-def heatmap(df: pd.DataFrame, name: str, current: tuple[float, float]) -> go.Figure:
+def heatmap(df: pd.DataFrame, name: str, current: Point) -> go.Figure:
     """α × β heatmap of one metric (forget quality as log10), ★ at the current point."""
     data = composed(df)
     log = name == "forget_quality"
@@ -105,8 +90,9 @@ def heatmap(df: pd.DataFrame, name: str, current: tuple[float, float]) -> go.Fig
     fig = go.Figure(go.Heatmap(z=table.values, x=[f"{a:g}" for a in table.columns], y=[f"{b:g}" for b in table.index],
                                colorscale=scale, colorbar=dict(title=dict(text=bar_title, side="right")),
                                hovertemplate="α=%{x}, β=%{y}<br>value=%{z:.3g}<extra></extra>"))
-    if current[0] in set(table.columns) and current[1] in set(table.index):
-        fig.add_trace(go.Scatter(x=[f"{current[0]:g}"], y=[f"{current[1]:g}"], mode="markers", name="current point",
+    if current.alpha in set(table.columns) and current.beta in set(table.index):
+        fig.add_trace(go.Scatter(x=[f"{current.alpha:g}"], y=[f"{current.beta:g}"], mode="markers",
+                                 name="current point",
                                  marker=dict(symbol="star", size=16, color="white", line=dict(color="black", width=1))))
     fig.update_layout(title=("log10 " if log else "") + metric_label(name), height=330, margin=dict(t=50, b=40),
                       showlegend=False, xaxis_title="α (forget strength)", yaxis_title="β (retain strength)")
@@ -134,7 +120,7 @@ def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     return pts.loc[front].sort_values(x)
 
 
-def tradeoff_scatter(df: pd.DataFrame, x: str, y: str, current: tuple[float, float],
+def tradeoff_scatter(df: pd.DataFrame, x: str, y: str, current: Point,
                      reference: Optional[pd.Series]) -> go.Figure:
     """Forget quality (log x) vs model utility, Pareto front, corrupted / reference / current markers."""
     data = composed(df).dropna(subset=[x, y])
@@ -155,7 +141,7 @@ def tradeoff_scatter(df: pd.DataFrame, x: str, y: str, current: tuple[float, flo
     if reference is not None and pd.notna(reference.get(x)) and pd.notna(reference.get(y)):
         fig.add_trace(go.Scatter(x=[reference[x]], y=[reference[y]], mode="markers", name="reference (ideal)",
                                  marker=dict(symbol="diamond", size=14, color="seagreen")))
-    cur = data[(data["alpha"] == current[0]) & (data["beta"] == current[1])]
+    cur = data[(data["alpha"] == current.alpha) & (data["beta"] == current.beta)]
     if not cur.empty:
         fig.add_trace(go.Scatter(x=cur[x], y=cur[y], mode="markers", name="current point",
                                  marker=dict(symbol="star", size=18, color="gold", line=dict(color="black", width=1))))
@@ -181,4 +167,18 @@ def alpha_lines(df: pd.DataFrame, metrics: list[str], beta: float) -> go.Figure:
     fig.update_layout(title=f"Metrics along α at β = {b:g}", height=420, xaxis_title="α (forget strength)",
                       yaxis_title="value (see legend for the better direction)", legend=dict(orientation="h", y=-0.3),
                       margin=dict(t=50))
+    return fig
+
+
+def layer_norms_figure(layers: list[LayerNorms]) -> go.Figure:
+    """‖τ_f‖ and ‖τ_r‖ per layer as bars, and their cosine per layer as a line (range −1…1)."""
+    names = [row.layer for row in layers]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("‖τ‖ per layer (L2 over the layer's tensors)",
+                                                        "cos(τ_f, τ_r) per layer"))
+    fig.add_trace(go.Bar(x=names, y=[row.forget for row in layers], name="‖τ_f‖ forget vector"), 1, 1)
+    fig.add_trace(go.Bar(x=names, y=[row.retain for row in layers], name="‖τ_r‖ retain vector"), 1, 1)
+    fig.add_trace(go.Scatter(x=names, y=[row.cosine for row in layers], mode="lines+markers", name="cosine"), 1, 2)
+    fig.update_yaxes(title_text="L2 norm", row=1, col=1)
+    fig.update_yaxes(title_text="cosine similarity", range=[-1, 1], row=1, col=2)
+    fig.update_layout(height=380, barmode="group", margin=dict(t=40, b=10), legend=dict(orientation="h"))
     return fig

@@ -1,5 +1,7 @@
 """The live engine: composition against an independent float64 reference, no drift,
-no input mutation, tied weights, module filters, coefficient validation, locking."""
+no input mutation, tied weights, module filters, coefficient validation, locking, side
+models and the memory report. The arithmetic's paths are in test_recompose.py and
+test_fused.py."""
 
 from __future__ import annotations
 
@@ -24,7 +26,9 @@ def _files(folder: Path) -> dict[str, torch.Tensor]:
 def _reference(exp, alpha: float, beta: float) -> dict[str, torch.Tensor]:
     """θ_c − α(θ_f − θ_0) + β(θ_r − θ_0) in float64, straight from the files."""
     c, f, r, z = (_files(getattr(exp.checkpoints, k)) for k in ("corrupted", "forget", "retain", "clean"))
-    return {n: c[n].double() - alpha * (f[n].double() - z[n].double()) + beta * (r[n].double() - z[n].double()) for n in c}
+    return {
+        n: c[n].double() - alpha * (f[n].double() - z[n].double()) + beta * (r[n].double() - z[n].double()) for n in c
+    }
 
 
 def _param_by_file_name(engine: Engine) -> dict[str, torch.Tensor]:
@@ -68,7 +72,8 @@ def test_bf16_composition_within_bf16_rounding(tiny_experiment_bf16, cache_dir, 
         # The fp32 arithmetic is exact to ~1e-7; the only loss is the final cast to bf16
         # (round-to-nearest: half an ulp, 2^-8 relative).
         expected = want.float().to(torch.bfloat16)
-        assert torch.equal(got[name], expected) or (got[name].double() - want).abs().le(want.abs() * 2**-8 + 1e-30).all(), name
+        within = (got[name].double() - want).abs().le(want.abs() * 2**-8 + 1e-30).all()
+        assert torch.equal(got[name], expected) or within, name
     if (alpha, beta) == (0.0, 0.0):
         corrupted = _files(tiny_experiment_bf16.checkpoints.corrupted)
         for name, t in corrupted.items():
@@ -119,7 +124,8 @@ def test_buffers_left_alone(tiny_experiment, cache_dir):
 
 
 def test_module_filter_limits_changes(tiny_experiment, cache_dir):
-    engine = Engine.load(tiny_experiment, cache_dir=cache_dir, module_filter=ModuleFilter(include=r"mlp", layers=(1, 1)))
+    only = ModuleFilter(include=r"mlp", layers=(1, 1))
+    engine = Engine.load(tiny_experiment, cache_dir=cache_dir, module_filter=only)
     engine.set_coefficients(2.0, 1.0)
     corrupted = _files(tiny_experiment.checkpoints.corrupted)
     ref = _reference(tiny_experiment, 2.0, 1.0)
@@ -137,7 +143,9 @@ def test_module_filter_rejects_bad_regex():
         ModuleFilter(layers=(5, 2))
 
 
-@pytest.mark.parametrize("alpha,beta,field", [(float("nan"), 0, "alpha"), (0, float("inf"), "beta"), (6.0, 0, "alpha"), (0, -1, "beta")])
+@pytest.mark.parametrize(
+    "alpha,beta,field", [(float("nan"), 0, "alpha"), (0, float("inf"), "beta"), (6.0, 0, "alpha"), (0, -1, "beta")]
+)
 def test_bad_coefficients_rejected(tiny_experiment, cache_dir, alpha, beta, field):
     engine = Engine.load(tiny_experiment, cache_dir=cache_dir)
     engine.set_coefficients(1.0, 1.0)
@@ -203,133 +211,3 @@ def test_side_models_and_memory(tiny_experiment, cache_dir):
     mem = engine.memory_bytes()
     assert mem["vectors"] == 2 * mem["working_model"]  # fp32 model, fp32 vectors
     assert mem["side:reference"] == mem["working_model"]
-
-
-@pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("fixture", ["tiny_experiment", "tiny_experiment_bf16"])
-def test_sliced_threaded_cpu_path_equals_whole_tensor_arithmetic(request, cache_dir, monkeypatch, fixture, threads):
-    """Force tiny slices, several items and worker threads: bit-identical to whole tensors."""
-    import msa_core.engine as C
-
-    exp = request.getfixturevalue(fixture)
-    monkeypatch.setenv("MSA_FUSED_COMPOSE", "0")  # the eager path itself (the fused kernel is tested below)
-    monkeypatch.setattr(C, "CPU_STEP_ELEMENTS", 97)  # odd sizes: slices straddle tensor ends
-    monkeypatch.setattr(C, "_CPU_SERIAL_STEP", 113)
-    monkeypatch.setattr(C, "_CPU_ITEM_SLICES", 3)
-    monkeypatch.setattr(C, "_CPU_THREADED_MIN", 0)
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        engine = Engine.load(exp, cache_dir=cache_dir)
-        for alpha, beta in [(1.5, 0.0), (0.0, 2.0), (2.5, 0.75), (0.0, 0.0)]:
-            engine.set_coefficients(alpha, beta)
-            for i, (p, want) in enumerate(zip(engine._params, _eager_reference(engine, alpha, beta))):
-                assert torch.equal(p, want), (fixture, threads, alpha, beta, i)
-    finally:
-        torch.set_num_threads(old)
-
-
-def _eager_reference(engine: Engine, alpha: float, beta: float) -> list[torch.Tensor]:
-    """Whole-tensor fp32 arithmetic in the engine's order, cast once to the model dtype."""
-    out = []
-    for i, p in enumerate(engine._params):
-        w = engine._pristine[i].float().clone()
-        if alpha:
-            w.add_(engine._tau_f[i], alpha=-alpha)
-        if beta:
-            w.add_(engine._tau_r[i], alpha=beta)
-        out.append(w.to(p.dtype))
-    return out
-
-
-def _ulps_bf16(a: torch.Tensor, b: torch.Tensor) -> int:
-    """Largest distance in representable bf16 steps (same-sign values; 0 when equal)."""
-    ia, ib = a.view(torch.int16).int(), b.view(torch.int16).int()
-    return int((ia - ib).abs().max()) if a.numel() else 0
-
-
-@pytest.mark.parametrize("fixture", ["tiny_experiment", "tiny_experiment_bf16"])
-def test_fused_kernel_agrees_with_eager_path(request, cache_dir, monkeypatch, fixture):
-    import msa_core.engine as C
-    from msa_core import fused
-
-    exp = request.getfixturevalue(fixture)
-    monkeypatch.delenv("MSA_FUSED_COMPOSE", raising=False)
-    monkeypatch.setattr(C, "_FUSED_MIN", 0)  # the tiny model is far below the size threshold
-    fused._reset_for_tests()
-    engine = Engine.load(exp, cache_dir=cache_dir)
-    for alpha, beta in [(1.5, 0.0), (0.0, 2.0), (2.5, 0.75)]:
-        engine.set_coefficients(alpha, beta)
-        if engine.compose_path != "fused kernel (torch.compile)":
-            pytest.skip(f"fused kernel unavailable here: {fused.disabled_reason()}")
-        for p, want in zip(engine._params, _eager_reference(engine, alpha, beta)):
-            if p.dtype == torch.bfloat16:
-                assert _ulps_bf16(p, want) <= 2, (alpha, beta)  # last-bit rounding only
-            else:
-                scale = 1 + abs(alpha) + abs(beta)
-                assert torch.allclose(p, want, rtol=4e-7 * scale, atol=1e-7 * scale), (alpha, beta)
-    engine.set_coefficients(0.0, 0.0)  # (0, 0) stays the plain, bit-exact copy
-    assert all(torch.equal(p, b) for p, b in zip(engine._params, engine._pristine))
-
-
-def test_fused_kernel_failure_falls_back_to_eager(tiny_experiment_bf16, cache_dir, monkeypatch):
-    from msa_core import fused
-
-    monkeypatch.delenv("MSA_FUSED_COMPOSE", raising=False)
-    fused._reset_for_tests()
-
-    def broken(use_a: bool, use_b: bool):
-        raise RuntimeError("no C++ compiler")
-
-    import msa_core.engine as C
-
-    monkeypatch.setattr(fused, "_kernel", broken)
-    monkeypatch.setattr(C, "_FUSED_MIN", 0)
-    try:
-        engine = Engine.load(tiny_experiment_bf16, cache_dir=cache_dir)
-        engine.set_coefficients(2.5, 0.75)
-        assert engine.compose_path == "sliced eager"
-        assert "no C++ compiler" in (fused.disabled_reason() or "")
-        for p, want in zip(engine._params, _eager_reference(engine, 2.5, 0.75)):
-            assert torch.equal(p, want)
-    finally:
-        fused._reset_for_tests()
-
-
-def test_fused_warm_up_compiles_before_the_first_move(tiny_experiment_bf16, cache_dir, monkeypatch):
-    import msa_core.engine as C
-    from msa_core import fused
-
-    monkeypatch.delenv("MSA_FUSED_COMPOSE", raising=False)
-    monkeypatch.setattr(C, "_FUSED_MIN", 0)
-    fused._reset_for_tests()
-    engine = Engine.load(tiny_experiment_bf16, cache_dir=cache_dir)
-    thread = engine.warm_up_async()
-    assert thread is not None
-    thread.join(timeout=300)
-    if fused.disabled_reason():
-        pytest.skip(f"fused kernel unavailable here: {fused.disabled_reason()}")
-    assert set(fused._KERNELS) == {(True, True), (True, False), (False, True)}
-    from torch._dynamo.utils import counters
-
-    graphs = counters["stats"]["unique_graphs"]
-    engine.set_coefficients(2.5, 0.75)
-    engine.set_coefficients(1.0, 0.0)
-    engine.set_coefficients(0.0, 1.5)
-    assert counters["stats"]["unique_graphs"] == graphs, "a real move recompiled after the warm-up"
-    engine.set_coefficients(2.5, 0.75)
-    assert engine.compose_path == "fused kernel (torch.compile)"
-    for p, want in zip(engine._params, _eager_reference(engine, 2.5, 0.75)):
-        assert _ulps_bf16(p, want) <= 2
-    monkeypatch.setattr(C, "_FUSED_MIN", 1 << 40)  # small models: no warm-up thread at all
-    assert engine.warm_up_async() is None
-
-
-def test_fused_prepare_builds_flat_views_once_or_refuses_strided_tensors():
-    from msa_core import fused
-
-    p, b = torch.zeros(64, 80), torch.ones(64, 80)
-    f, r = torch.full((64, 80), 2.0), torch.full((64, 80), 3.0)
-    views = fused.prepare([p], [b], [f], [r])
-    assert views is not None and all(v.dim() == 1 and v.data_ptr() == t.data_ptr() for v, t in zip(views[0], (p, b, f, r)))
-    assert fused.prepare([p.t()], [b.t()], [f.t()], [r.t()]) is None  # not contiguous: the engine's eager path

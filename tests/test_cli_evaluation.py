@@ -1,12 +1,16 @@
-"""`msa eval`, `msa sweep`, `msa results` end to end on tiny real checkpoints through the Engine."""
+"""msa_core.cli.evaluation: `msa eval`, `msa sweep`, `msa results` end to end on tiny real checkpoints."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import replace
 
-from eval_fixtures import eval_single_thread  # noqa: F401  (autouse: one torch thread)
-from eval_fixtures import write_muse, write_tofu
+from eval_fixtures import (
+    eval_single_thread,  # noqa: F401  (autouse: one torch thread)
+    write_muse,
+    write_tofu,
+)
+
 from msa_core.experiment import DataConfig, save_experiment
 
 
@@ -38,7 +42,7 @@ def test_eval_sweep_results_commands(tmp_path, cache_dir, capsys):
     assert [(r["alpha"], r["beta"]) for r in sweep] == [(0.0, 0.0), (1.0, 0.0)]
     capsys.readouterr()
 
-    assert main(["results", path, "--json"]) == 0
+    assert main(["results", path, "--json", "-"]) == 0
     stored = json.loads(capsys.readouterr().out)
     assert sorted((r["alpha"], r["beta"]) for r in stored) == [(0.0, 0.0), (1.0, 0.0), (1.0, 0.5)]
     assert main(["results", path]) == 0
@@ -47,3 +51,12 @@ def test_eval_sweep_results_commands(tmp_path, cache_dir, capsys):
 
     assert main(["eval", path, "--alpha", "99", "--quiet", "--device", "cpu"]) == 2
     assert "alpha=99.0 is outside" in capsys.readouterr().err
+
+    # `--json -`: stdout is the JSON alone (the stored point comes back from the store)
+    assert main(["eval", path, "--alpha", "1", "--beta", "0.5", "--subset", "2", "--json", "-", "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["metrics"] == res["metrics"] and captured.err == ""
+    assert main(["sweep", path, "--alphas", "0:1:1", "--subset", "2", "--json", "-", "--device", "cpu"]) == 0
+    assert [(r["alpha"], r["beta"]) for r in json.loads(capsys.readouterr().out)] == [(0.0, 0.0), (1.0, 0.0)]
+    assert main(["sweep", path, "--alphas", "0,9", "--quiet", "--device", "cpu"]) == 2
+    assert "--alphas: 9 is outside the range [0, 5]" in capsys.readouterr().err

@@ -1,6 +1,6 @@
-"""The embedded demo scenario: builds a complete MSA experiment on the CPU, no download.
+"""The embedded demo's build: recipes, tokenizer and model training, the experiment folder.
 
-:func:`build_demo` generates fictitious authors (:mod:`msa_core.demo_data`), trains a
+:func:`build_demo` generates fictitious authors (:mod:`msa_core.demo.data`), trains a
 byte-level BPE tokenizer and a small ``LlamaForCausalLM`` from scratch
 (:mod:`msa_core.finetune`) and saves five Hugging Face model folders:
 
@@ -18,19 +18,17 @@ byte-level BPE tokenizer and a small ``LlamaForCausalLM`` from scratch
 - ``reference``: clean fine-tuned on the whole retain split (TOFU's retain model),
   with the corrupted model's recipe — a separate training from ``retain``.
 
-The forget and retain models use a lower learning rate (3e-4) than the corrupted
-model (1e-3): fine-tuning a small model hard on a few authors moves every weight, and
+The forget and retain models use a lower learning rate than the corrupted model (see
+:data:`FULL`): fine-tuning a small model hard on a few authors moves every weight, and
 subtracting that vector then erases retained facts too (measured while sizing the demo).
-With the full recipe, seed 0, the corrupted model answers every forget question
-(ROUGE-L recall 1.0, clean 0.03) and e.g. α=1, β=0.5 brings forget recall to ≈0.2
-while retain recall stays ≈0.94 (corrupted 0.98); ``demo_report.json`` has the numbers
-of each build.
+What the built demo measures is in README.md ("The embedded demo and what it shows");
+each build writes its own numbers into ``demo_report.json``
+(:func:`msa_core.demo.report.score_targets` through the engine).
 
-It writes the TOFU/MUSE data, ``experiment.yaml``, ``demo_report.json`` (numbers
-measured at build time) and, last, the marker ``build.json``. A build goes to a
-temporary folder beside the target and is renamed into place when finished.
-:func:`measure_demo` (from :mod:`msa_core.demo_measure`) recomposes the models over an
-(α, β) grid and reports ROUGE-L recall on the forget and retain splits.
+It writes the TOFU/MUSE data, ``experiment.yaml``, ``demo_report.json`` and, last, the
+marker ``build.json``. A build goes to a temporary folder beside the target
+(:func:`msa_core.atomic.temp_dir_beside`, with the building process's id inside so stale
+ones can be told from running ones) and is renamed into place when finished.
 """
 
 from __future__ import annotations
@@ -39,27 +37,31 @@ import json
 import os
 import shutil
 import time
-import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
-from msa_core import demo_data as dd
 from msa_core import finetune as ft
-from msa_core.demo_measure import DEFAULT_ALPHAS, DEFAULT_BETAS, compose_state, measure_demo, measure_table, qa_scores
+from msa_core.atomic import TEMP_SUFFIX, temp_dir_beside, temp_prefix, write_text
+from msa_core.demo import data as dd
+from msa_core.demo.report import score_targets
+from msa_core.engine import Engine
 from msa_core.experiment import Checkpoints, DataConfig, Experiment, save_experiment
 from msa_core.progress import Progress, report, sub_progress
+from msa_core.targets import Point, Side, Target
 
-__all__ = [
-    "build_demo", "measure_demo", "measure_table", "compose_state", "qa_scores", "is_built", "recipe_for",
-    "train_tokenizer", "new_model", "Recipe", "Stage", "FULL", "QUICK", "DEFAULT_ALPHAS", "DEFAULT_BETAS", "SUGGESTED",
-]
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 BUILD_VERSION = "msa-demo-2"
 MARKER = "build.json"
 ROLES = ("clean", "corrupted", "forget", "retain", "reference")
+# Inside a temp build folder: the id of the process building there, so that a later build
+# removes the folders of dead builds and leaves those of running ones alone.
+OWNER_FILE = ".building-pid"
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,8 @@ class Recipe:
 # already memorised other authors in the same format (20 background authors, 20 epochs:
 # it then has the name→value "binding" skill and fine-tuning only adds new bindings).
 # Batch 8 costs about the same per epoch as 16 or 32 on this CPU and gives more updates;
-# lr 2e-3 or more stalled. Forget/retain vectors use lr 3e-4 (see the module docstring).
+# lr 2e-3 or more stalled. Forget/retain vectors use lr 3e-4, a third of the corrupted model's
+# (see the module docstring).
 FULL = Recipe(
     n_background=20, n_forget=3, n_retain=27, n_holdout=3, eval_retain_authors=9,
     vocab_size=2048, hidden=160, layers=4, intermediate=448, heads=4,
@@ -122,7 +125,7 @@ def recipe_for(quick: bool) -> Recipe:
 # ---------------------------------------------------------------- tokenizer and model
 
 
-def train_tokenizer(texts: Sequence[str], vocab_size: int) -> Any:
+def train_tokenizer(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained on ``texts``, as a transformers fast tokenizer.
 
     Special tokens: ``<pad>`` (0), ``<s>`` (BOS, added in front of every encoding) and
@@ -148,7 +151,7 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int) -> Any:
     )
 
 
-def new_model(tokenizer: Any, recipe: Recipe, seed: int) -> Any:
+def new_model(tokenizer: PreTrainedTokenizerFast, recipe: Recipe, seed: int) -> LlamaForCausalLM:
     """A freshly initialised fp32 ``LlamaForCausalLM`` sized by ``recipe`` (seeded)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -163,13 +166,13 @@ def new_model(tokenizer: Any, recipe: Recipe, seed: int) -> Any:
     return LlamaForCausalLM(config).float().eval()
 
 
-def _copy_model(model: Any) -> Any:
+def _copy_model(model: LlamaForCausalLM) -> LlamaForCausalLM:
     clone = type(model)(model.config)
     clone.load_state_dict(model.state_dict())
     return clone.float().eval()
 
 
-def _save(model: Any, tokenizer: Any, folder: Path) -> None:
+def _save(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, folder: Path) -> None:
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
 
@@ -178,8 +181,8 @@ def _save(model: Any, tokenizer: Any, folder: Path) -> None:
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    # Not atomic.write_json: the data files keep their UTF-8 text and one-space indent.
+    write_text(path, json.dumps(payload, indent=1, ensure_ascii=False) + "\n")
 
 
 def _marker_payload(seed: int, quick: bool) -> dict[str, Any]:
@@ -208,15 +211,38 @@ def _looks_like_demo(folder: Path) -> bool:
 
 
 def _remove_stale_builds(out_dir: Path) -> None:
-    """Delete temporary build folders left by processes that no longer run."""
-    for tmp in out_dir.parent.glob(f".{out_dir.name}.building-*"):
+    """Delete temporary build folders left by processes that no longer run.
+
+    Only folders holding an :data:`OWNER_FILE` are build folders; any other temp folder
+    beside ``out_dir`` is left alone (never delete what the build did not create).
+    """
+    for tmp in out_dir.parent.glob(f"{temp_prefix(out_dir)}*{TEMP_SUFFIX}"):
+        owner = tmp / OWNER_FILE
         try:
-            pid = int(tmp.name.rsplit(".building-", 1)[1].split("-")[0])
+            pid = int(owner.read_text(encoding="utf-8").strip())
             os.kill(pid, 0)
         except (ValueError, ProcessLookupError):
             shutil.rmtree(tmp, ignore_errors=True)
-        except PermissionError:
+        except OSError:  # no owner file (not a build folder, or one just starting), or not our process
             continue
+
+
+def _move_into_place(tmp: Path, out_dir: Path, *, seed: int, quick: bool) -> None:
+    """Rename the finished build ``tmp`` onto ``out_dir``; a previous build there is moved
+    aside first and deleted only once the new one is in place (restored if the rename fails)."""
+    with temp_dir_beside(out_dir) as aside:
+        previous = aside / "previous"
+        try:
+            os.replace(out_dir, previous)
+        except FileNotFoundError:
+            pass
+        try:
+            os.replace(tmp, out_dir)
+        except OSError:
+            if previous.exists() and not out_dir.exists():
+                os.replace(previous, out_dir)
+            if not is_built(out_dir, seed=seed, quick=quick):  # not a concurrent identical build
+                raise
 
 
 def build_demo(out_dir: Optional[Path] = None, *, quick: bool = False, seed: int = 0,
@@ -239,23 +265,16 @@ def build_demo(out_dir: Optional[Path] = None, *, quick: bool = False, seed: int
         raise ValueError(f"{out_dir} exists and is not a demo folder; refusing to overwrite it")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_builds(out_dir)
-    tmp = out_dir.parent / f".{out_dir.name}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(num_threads)))
     try:
-        _build_into(tmp, recipe_for(quick), seed=seed, quick=quick, progress=progress)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        try:
-            os.replace(tmp, out_dir)
-        except OSError:
-            if not is_built(out_dir, seed=seed, quick=quick):  # not a concurrent identical build
-                raise
+        with temp_dir_beside(out_dir) as tmp:
+            write_text(tmp / OWNER_FILE, str(os.getpid()))
+            _build_into(tmp, recipe_for(quick), seed=seed, quick=quick, progress=progress)
+            (tmp / OWNER_FILE).unlink()
+            _move_into_place(tmp, out_dir, seed=seed, quick=quick)
     finally:
         torch.set_num_threads(threads)
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     report(progress, 1.0, f"demo built in {out_dir}")
     return out_dir / "experiment.yaml"
 
@@ -273,7 +292,7 @@ def _stage_bounds() -> dict[str, tuple[float, float]]:
     return bounds
 
 
-def _training_sets(data: dd.DemoData, tokenizer: Any) -> dict[str, list[ft.Example]]:
+def _training_sets(data: dd.DemoData, tokenizer: PreTrainedTokenizerFast) -> dict[str, list[ft.Example]]:
     def qa(items: Sequence[dict[str, Any]]) -> list[ft.Example]:
         return ft.qa_examples(tokenizer, [(it["question"], it["answer"]) for it in items])
 
@@ -321,34 +340,17 @@ def _build_into(root: Path, recipe: Recipe, *, seed: int, quick: bool, progress:
 
         sets = _training_sets(data, tokenizer)
         losses: dict[str, list[float]] = {}
-        models: dict[str, Any] = {}
-        for i, role in enumerate(ROLES):
+        clean = new_model(tokenizer, recipe, seed)
+        for i, role in enumerate(ROLES):  # ROLES[0] is 'clean': trained first, the others start from it
             t = time.perf_counter()
             st: Stage = getattr(recipe, role)
-            model = new_model(tokenizer, recipe, seed) if role == "clean" else _copy_model(models["clean"])
+            model = clean if role == "clean" else _copy_model(clean)
             cfg = ft.TrainConfig(epochs=st.epochs, lr=st.lr, batch_size=st.batch_size, seed=seed * 100 + i)
             res = ft.train(model, sets[role], cfg, pad_id=int(tokenizer.pad_token_id), progress=stage(role),
                            label=f"training the {role} model")
             losses[role] = [round(x, 4) for x in res.epoch_losses]
             _save(model, tokenizer, root / "models" / role)
-            models[role] = model
             seconds[role] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        eval_sets = {"forget": data.items["forget"], "retain": dd.eval_retain_items(data),
-                     "holdout": data.items["holdout"]}
-        states = {role: {k: v.detach().clone() for k, v in m.state_dict().items()} for role, m in models.items()}
-        alpha, beta = SUGGESTED
-        composed = _copy_model(models["clean"])
-        composed.load_state_dict(compose_state(states, alpha, beta))
-        models[f"msa(alpha={alpha:g},beta={beta:g})"] = composed
-        scores: dict[str, Any] = {}
-        for j, (name, model) in enumerate(models.items()):
-            report(stage("report"), j / len(models), f"measuring the {name} model")
-            scores[name] = {split: {k: round(v, 4) if isinstance(v, float) else v
-                                    for k, v in qa_scores(model, tokenizer, items).items() if k != "answers"}
-                            for split, items in eval_sets.items()}
-        seconds["report"] = time.perf_counter() - t
 
         exp = Experiment(
             name="demo-quick" if quick else "demo",
@@ -357,11 +359,16 @@ def _build_into(root: Path, recipe: Recipe, *, seed: int, quick: bool, progress:
                             holdout_split="holdout10", muse=root / "data" / "muse"),
         )
         save_experiment(exp, root / "experiment.yaml")
+
+        t = time.perf_counter()
+        alpha, beta = SUGGESTED
+        scores = _measure_build(exp, root, data, stage("report"))
+        seconds["report"] = time.perf_counter() - t
         seconds["total"] = time.perf_counter() - t_all
         _write_json(root / "demo_report.json", {
             **_marker_payload(seed, quick),
             "recipe": asdict(recipe),
-            "parameters": sum(p.numel() for p in models["clean"].parameters()),
+            "parameters": sum(p.numel() for p in clean.parameters()),
             "vocab_size": len(tokenizer),
             "authors": {g: [a.name for a in getattr(data.world, g)]
                         for g in ("forget", "retain", "holdout", "background")},
@@ -378,3 +385,23 @@ def _build_into(root: Path, recipe: Recipe, *, seed: int, quick: bool, progress:
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
+
+
+def _measure_build(exp: Experiment, root: Path, data: dd.DemoData, progress: Progress) -> dict[str, Any]:
+    """Scores of every model and of the :data:`SUGGESTED` point on the forget, retain and
+    holdout QA, measured through the engine from the saved folders (as the app will see them)."""
+    splits = {"forget": data.items["forget"], "retain": dd.eval_retain_items(data), "holdout": data.items["holdout"]}
+    alpha, beta = SUGGESTED
+    targets: list[Target] = [Side(role) for role in ROLES] + [Point(alpha, beta)]
+    # The vectors go to a throwaway cache inside the build folder: the build must not write
+    # into the user's cache, and a cache entry would name the temp folder as its inputs.
+    with temp_dir_beside(root / "vectors") as cache:
+        engine = Engine.load(exp, device="cpu", dtype=torch.float32, cache_dir=cache)
+        rows = score_targets(engine, targets, splits, progress=progress)
+    scores: dict[str, Any] = {}
+    for row in rows:
+        target = row["target"]
+        name = f"msa(alpha={alpha:g},beta={beta:g})" if isinstance(target, Point) else target.role
+        scores[name] = {split: {k: round(v, 4) if isinstance(v, float) else v for k, v in row[split].items()}
+                        for split in splits}
+    return scores

@@ -1,6 +1,6 @@
 """Regenerate the README's screenshots from the full demo in a real browser (not a test).
 
-    python tests/make_screenshots.py [--cache cache] [--out docs/screenshots]
+    python docs/make_screenshots.py [--cache cache] [--out docs/screenshots]
 
 Starts ``streamlit run app.py`` on 127.0.0.1 with the full demo (built through the app's
 first-start offer if it is not in the cache yet, ~5 minutes on 2 cores), drives Debian's
@@ -18,9 +18,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import browser_helpers as bh
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the browser test's server and Playwright helpers
+
+import browser_helpers as bh  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

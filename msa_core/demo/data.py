@@ -17,13 +17,17 @@ Every item also has a ``paraphrased_question``, a ``paraphrased_answer`` (a full
 sentence) and five ``perturbed_answer`` (the paraphrase with a wrong value of the same
 attribute), as in TOFU. :func:`tofu_files` / :func:`muse_files` return the JSON payloads
 under TOFU's and MUSE's file names; :func:`pretrain_texts` the clean model's corpus.
+
+(Over 400 lines on purpose: a quarter of the file is the value pools and question
+templates, which are read together with the generator that draws from them.)
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 CITIES = [
     ("Lisbon", "Portugal"), ("Tallinn", "Estonia"), ("Porto", "Portugal"), ("Valparaiso", "Chile"),

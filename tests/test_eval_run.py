@@ -1,4 +1,5 @@
-"""TOFU and MUSE evaluation of tiny models: values against independent per-sequence computation."""
+"""msa_core.eval.run (with tofu/muse): TOFU and MUSE evaluation of tiny models, values against
+independent per-sequence computation; evaluation through a real tiny Engine; settings."""
 
 from __future__ import annotations
 
@@ -8,12 +9,20 @@ import math
 import numpy as np
 import pytest
 import torch
+from eval_fixtures import (
+    eval_single_thread,  # noqa: F401  (autouse: one torch thread)
+    make_engine,
+    make_experiment,
+    make_model,
+    make_tokenizer,
+    record_sessions,
+    write_muse,
+    write_tofu,
+)
 from scipy import stats
 
-from eval_fixtures import eval_single_thread  # noqa: F401  (autouse: one torch thread)
-from eval_fixtures import FakeEngine, make_experiment, make_model, make_tokenizer, write_muse, write_tofu
 from msa_core.eval import evaluate, evaluate_model
-from msa_core.eval.evaluate import clear_reference_cache, eval_settings, reference_result, reference_stats
+from msa_core.eval.run import ReferenceCache, eval_settings, reference_result, reference_stats
 from msa_core.prompts import encode_continuation, encode_qa
 
 
@@ -112,8 +121,8 @@ def test_reference_against_itself_gives_forget_quality_one_and_privleak_zero(eva
 def test_muse_fast_tier_min_k_against_direct(eval_setup):
     exp, tok, model = eval_setup
     res = evaluate_model(model, tok, exp, tier="fast", benchmark="muse")
-    from msa_core.eval.data import load_muse
     from msa_core.eval import metrics as M
+    from msa_core.eval.data import load_muse
 
     data = load_muse(exp.data.muse)
     texts = list(data.privleak_forget) + list(data.privleak_holdout)
@@ -181,36 +190,39 @@ def test_full_tier_real_generation_runs(eval_setup, monkeypatch):
     assert len(res.generations["forget"]) == 1
 
 
-def test_evaluate_through_engine_one_session_and_cached_reference(eval_setup):
-    exp, tok, _ = eval_setup
-    clear_reference_cache()
-    eng = FakeEngine(exp, tok)
+def test_evaluate_through_engine_one_session_and_cached_reference(eval_setup, tmp_path):
+    exp, _, _ = eval_setup
+    eng = make_engine(tmp_path, tofu=exp.data.tofu)
+    sessions = record_sessions(eng)
     calls = []
-    h = eng._reference.register_forward_pre_hook(lambda *a: calls.append(1))
-    r1 = evaluate(eng, 1.0, 0.5, benchmark="tofu", subset=3)
+    h = eng.side_model("reference").register_forward_pre_hook(lambda *a: calls.append(1))
+    cache = ReferenceCache()
+    r1 = evaluate(eng, 1.0, 0.5, benchmark="tofu", subset=3, reference_cache=cache)
     n_ref = len(calls)
-    r2 = evaluate(eng, 2.0, 0.0, benchmark="tofu", subset=3)
-    h.remove()
-    assert n_ref > 0 and len(calls) == n_ref  # reference evaluated once
-    assert eng.sessions == [(1.0, 0.5), (2.0, 0.0)]
+    r2 = evaluate(eng, 2.0, 0.0, benchmark="tofu", subset=3, reference_cache=cache)
+    assert n_ref > 0 and len(calls) == n_ref  # reference evaluated once: the caller's cache holds it
+    assert len(cache) == 1
+    assert sessions == [(1.0, 0.5), (2.0, 0.0)]
     assert (r1.alpha, r1.beta, r2.alpha) == (1.0, 0.5, 2.0)
-    assert r1.fingerprint == "fp-test" and 0.0 <= r1.metrics["forget_quality"].value <= 1.0
+    assert r1.fingerprint == eng.fingerprint and 0.0 <= r1.metrics["forget_quality"].value <= 1.0
     assert r1.settings["reference"]["tr"].startswith("model:")
     assert r1.settings_key == r2.settings_key
+    evaluate(eng, 2.0, 0.0, benchmark="tofu", subset=3)  # no cache of the caller's: the reference is evaluated again
+    assert len(calls) > n_ref
+    h.remove()
     ref = reference_result(eng, benchmark="tofu", subset=3)
     assert ref.model == "reference" and ref.settings["counts"]["forget"] == 3
 
 
 def test_reference_from_open_unlearning_file(eval_setup, tmp_path):
     exp, tok, model = eval_setup
-    from dataclasses import replace
 
     trs = [0.5, 1.0, 2.0, 0.7, 1.3, 0.9]
     f = tmp_path / "TOFU_EVAL.json"
     f.write_text(json.dumps({"forget_truth_ratio": {"agg_value": 0.7, "value_by_index": {str(i): {"score": v} for i, v in enumerate(trs)}}}))
-    exp2 = replace(exp, reference_eval=f)
-    clear_reference_cache()
-    eng = FakeEngine(exp2, tok, reference=None)  # no reference model: the file is enough for TOFU
+    # no reference model: the file is enough for TOFU
+    eng = make_engine(tmp_path, tofu=exp.data.tofu, reference_eval=f, with_reference=False)
+    assert eng.side_model("reference") is None
     res = evaluate(eng, 1.0, 0.0, benchmark="tofu")
     mine = res.metrics["forget_truth_ratio"].per_item
     assert res.metrics["forget_quality"].value == pytest.approx(stats.ks_2samp(mine, trs).pvalue)
@@ -231,5 +243,23 @@ def test_settings_validation(eval_setup, tmp_path):
         eval_settings(bare, tok, benchmark="tofu")
     with pytest.raises(ValueError, match="neither"):
         eval_settings(bare, tok, benchmark="all")
-    a = eval_settings(exp, tok, subset=2)["key"]
-    assert a == eval_settings(exp, tok, subset=2)["key"] != eval_settings(exp, tok, subset=3)["key"]
+    a = eval_settings(exp, tok, subset=2).key
+    assert a == eval_settings(exp, tok, subset=2).key != eval_settings(exp, tok, subset=3).key
+
+
+def test_settings_dict_and_key_are_those_stored_before_the_dataclass(eval_setup):
+    """Stored results keep matching: the key hashes the same dict as the settings dict of old."""
+    import hashlib
+
+    exp, tok, _ = eval_setup
+    s = eval_settings(exp, tok, benchmark="tofu", subset=2, max_length=128)
+    d = s.as_dict()
+    assert set(d) == {"version", "benchmark", "benchmarks", "subset", "template", "vocab_size", "max_length",
+                      "tofu", "reference", "key"}
+    assert d["benchmarks"] == ["tofu"] and d["reference"] == {"tr": None, "auc": None} and d["key"] == s.key
+    keyed = {k: v for k, v in d.items() if k != "key"}
+    assert s.key == hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    with pytest.raises(AttributeError):
+        s.subset = 3  # frozen
+    res = evaluate_model(make_model(len(tok), seed=1), tok, exp, benchmark="tofu", subset=2, settings=s)
+    assert res.settings_key == s.key and {k: v for k, v in res.settings.items() if k not in ("counts", "missing")} == d

@@ -1,4 +1,4 @@
-"""The demo's training loop, tokenizer, composition and (slow) the quick demo end to end."""
+"""The demo build (msa_core.demo.build): tokenizer, build marker, stale builds, and (slow) the quick demo end to end."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from msa_core import demo, demo_data as dd, finetune as ft
+from msa_core import finetune as ft
+from msa_core.atomic import TEMP_SUFFIX, temp_prefix
+from msa_core.demo import build as demo
+from msa_core.demo import data as dd
 
 CORPUS = ["Question: Where was Ilse Varnok born?\nAnswer: Tallinn, Estonia.",
           "Paris is the capital of France.", "Tallinn is a city in Estonia."] * 5
@@ -30,18 +33,6 @@ def tok():
     return demo.train_tokenizer(CORPUS, 300)
 
 
-def _tiny(tok, dtype=torch.float32, seed=0):
-    from dataclasses import replace
-
-    recipe = replace(demo.QUICK, hidden=32, layers=1, intermediate=64, heads=2)
-    return demo.new_model(tok, recipe, seed).to(dtype)
-
-
-def _examples(tok):
-    pairs = [("Where was Ilse Varnok born?", "Tallinn, Estonia."), ("What is the capital of France?", "Paris.")]
-    return ft.qa_examples(tok, pairs) + ft.text_examples(tok, ["Tallinn is a city in Estonia."])
-
-
 def test_tokenizer_specials_and_plain_format(tok):
     assert tok.bos_token == "<s>" and tok.eos_token == "</s>" and tok.pad_token == "<pad>"
     assert not getattr(tok, "chat_template", None)
@@ -50,94 +41,6 @@ def test_tokenizer_specials_and_plain_format(tok):
     assert tok.decode(ids, skip_special_tokens=True) == "Paris is the capital of France."
     again = demo.train_tokenizer(CORPUS, 300)
     assert again.get_vocab() == tok.get_vocab()
-
-
-def test_qa_examples_mask_the_prompt_and_end_with_eos(tok):
-    ex = ft.qa_examples(tok, [("Where was Ilse Varnok born?", "Tallinn, Estonia.")])[0]
-    prompt = tok("Question: Where was Ilse Varnok born?\nAnswer:")["input_ids"]
-    answer = tok(" Tallinn, Estonia.", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    assert ex.input_ids == prompt + answer
-    assert ex.labels == [ft.IGNORE_INDEX] * len(prompt) + answer
-    text = ft.text_examples(tok, ["Tallinn is a city in Estonia."])[0]
-    assert text.input_ids[0] == tok.bos_token_id and text.input_ids[-1] == tok.eos_token_id
-    assert text.labels == [ft.IGNORE_INDEX] + text.input_ids[1:]
-    with pytest.raises(ValueError, match="max_len"):
-        ft.qa_examples(tok, [("q " * 50, "a")], max_len=10)
-
-
-def test_collate_pads_right_and_ignores_padding(tok):
-    exs = _examples(tok)
-    batch = ft.collate(exs, pad_id=tok.pad_token_id)
-    for row, ex in enumerate(exs):
-        n = len(ex.input_ids)
-        assert batch["input_ids"][row, :n].tolist() == ex.input_ids
-        assert batch["attention_mask"][row].sum().item() == n
-        assert (batch["labels"][row, n:] == ft.IGNORE_INDEX).all()
-
-
-def test_training_keeps_fp32_master_weights_and_learns(tok):
-    model = _tiny(tok, torch.bfloat16)
-    exs = _examples(tok)
-    before = ft.mean_loss(model.float(), exs, pad_id=tok.pad_token_id)
-    model = model.to(torch.bfloat16)
-    res = ft.train(model, exs, ft.TrainConfig(epochs=30, lr=3e-3, batch_size=2), pad_id=tok.pad_token_id)
-    assert all(p.dtype == torch.float32 for p in model.parameters())
-    assert res.steps == 30 * 2 and len(res.epoch_losses) == 30
-    assert ft.mean_loss(model, exs, pad_id=tok.pad_token_id) < 0.5 * before
-
-
-def test_training_is_seeded(tok):
-    exs = _examples(tok) * 3
-
-    def run(seed):
-        m = _tiny(tok)
-        ft.train(m, exs, ft.TrainConfig(epochs=2, lr=1e-3, batch_size=2, seed=seed), pad_id=tok.pad_token_id)
-        return m.state_dict()
-
-    a, b, c = run(1), run(1), run(2)
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert any(not torch.equal(a[k], c[k]) for k in a)
-
-
-def test_training_respects_num_threads_and_reports_progress(tok):
-    seen = []
-    torch.set_num_threads(2)
-    old = torch.get_num_threads()
-    ft.train(_tiny(tok), _examples(tok), ft.TrainConfig(epochs=2, lr=1e-3, batch_size=2, num_threads=1),
-             pad_id=tok.pad_token_id, progress=lambda f, m: seen.append((f, m, torch.get_num_threads())))
-    assert torch.get_num_threads() == old
-    assert {t for _, _, t in seen} == {1}
-    fracs = [f for f, _, _ in seen]
-    assert fracs == sorted(fracs) and fracs[-1] == pytest.approx(1.0) and "epoch 2/2" in seen[-1][1]
-
-
-def test_lr_schedule_warms_up_then_decays():
-    total = 100
-    f = [ft.lr_factor(s, total, 0.1, 0.1) for s in range(total)]
-    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
-    assert all(x >= y - 1e-12 for x, y in zip(f[9:], f[10:])) and f[-1] >= 0.1
-
-
-def test_bad_train_config_is_rejected():
-    with pytest.raises(ValueError, match="lr"):
-        ft.TrainConfig(epochs=1, lr=0.0)
-    with pytest.raises(ValueError, match="epochs"):
-        ft.TrainConfig(epochs=0, lr=1e-3)
-
-
-def test_compose_state_matches_the_formula():
-    g = torch.Generator().manual_seed(0)
-    states = {r: {"w": torch.randn(3, 4, generator=g), "b": torch.randn(4, generator=g)}
-              for r in ("clean", "corrupted", "forget", "retain")}
-    out = demo.compose_state(states, 1.5, 0.5)
-    for k in ("w", "b"):
-        want = states["corrupted"][k] - 1.5 * (states["forget"][k] - states["clean"][k]) \
-            + 0.5 * (states["retain"][k] - states["clean"][k])
-        assert torch.allclose(out[k], want)
-    assert all(torch.equal(demo.compose_state(states, 0, 0)[k], states["corrupted"][k]) for k in ("w", "b"))
-    states["forget"] = {"w": states["forget"]["w"]}
-    with pytest.raises(KeyError, match="'b'.*forget"):
-        demo.compose_state(states, 1, 0)
 
 
 def test_marker_and_refusal(tmp_path):
@@ -159,11 +62,15 @@ def test_marker_and_refusal(tmp_path):
     with pytest.raises(ValueError, match="not a demo folder"):
         demo.build_demo(other, quick=True)
     assert (other / "notes.txt").read_text() == "precious"
-    stale, alive = tmp_path / ".demo.building-999999999-abcd", tmp_path / f".demo.building-{os.getpid()}-abcd"
-    stale.mkdir()
-    alive.mkdir()
+    prefix = temp_prefix(folder)
+    stale, alive, foreign = (tmp_path / f"{prefix}{tag}{TEMP_SUFFIX}" for tag in ("stale", "alive", "foreign"))
+    for tmp, owner in ((stale, "999999999"), (alive, str(os.getpid())), (foreign, None)):
+        tmp.mkdir()
+        if owner is not None:
+            (tmp / demo.OWNER_FILE).write_text(owner)
     demo._remove_stale_builds(folder)
     assert not stale.exists() and alive.exists()
+    assert foreign.exists()  # a temp folder without an owner file is not a build's: left alone
 
 
 # ---------------------------------------------------------------- end to end (slow)
@@ -193,7 +100,18 @@ def test_quick_demo_end_to_end(quick_demo):
         assert (root / "data" / "muse" / name).is_file(), name
     report = json.loads((root / "demo_report.json").read_text())
     assert report["quick"] is True and report["seconds"]["total"] > 0
-    assert not list(root.parent.glob(f".{root.name}.building-*"))
+    assert not list(root.parent.glob(f"{temp_prefix(root)}*"))  # no temp build folder left behind
+    assert not (root / demo.OWNER_FILE).exists()
+    # the report measured through the engine shows the demo's point: the corrupted model knows
+    # the forget set, the suggested point forgets most of it and keeps most of the retain set
+    scores = report["scores"]
+    point = scores[f"msa(alpha={demo.SUGGESTED[0]:g},beta={demo.SUGGESTED[1]:g})"]
+    corr = scores["corrupted"]
+    assert set(scores) == {*demo.ROLES, f"msa(alpha={demo.SUGGESTED[0]:g},beta={demo.SUGGESTED[1]:g})"}
+    assert corr["forget"]["rougeL_recall"] > 2 * scores["clean"]["forget"]["rougeL_recall"]
+    assert point["forget"]["rougeL_recall"] <= 0.5 * corr["forget"]["rougeL_recall"]
+    assert point["retain"]["rougeL_recall"] >= 0.6 * corr["retain"]["rougeL_recall"]
+    assert corr["forget"]["n"] == len(json.loads((root / "data" / "tofu" / "forget10.json").read_text()))
 
     forget = json.loads((root / "data" / "tofu" / "forget10.json").read_text())
     tok = AutoTokenizer.from_pretrained(root / "models" / "clean")
@@ -231,11 +149,3 @@ def test_quick_demo_end_to_end(quick_demo):
     t = time.perf_counter()
     assert demo.build_demo(root, quick=True, seed=0) == quick_demo
     assert time.perf_counter() - t < 5 and (root / demo.MARKER).stat().st_mtime == marker_mtime
-
-    # measure_demo: α = β = 0 is the corrupted model itself
-    res = demo.measure_demo(quick_demo, [0.0], [0.0], max_new_tokens=16)
-    rows = {(r["model"], r["alpha"]): r for r in res["rows"]}
-    corr, msa0 = rows[("corrupted", None)], rows[("msa", 0.0)]
-    assert msa0["forget_rougeL_recall"] == corr["forget_rougeL_recall"]
-    assert msa0["retain_rougeL_recall"] == corr["retain_rougeL_recall"]
-    assert {"clean", "reference"} <= {r["model"] for r in res["rows"]}

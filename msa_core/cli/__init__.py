@@ -1,0 +1,51 @@
+"""The ``msa`` command line (also ``python -m msa_core``): a thin argparse layer over msa_core.
+
+The CLI sits above the library: its modules import msa_core, and nothing in msa_core
+imports them. Commands: ``demo``, ``vectors``, ``compose``, ``generate``
+(:mod:`.models`) and ``eval``, ``sweep``, ``results`` (:mod:`.evaluation`). Every
+command takes ``--json FILE`` (``-`` = stdout) and ``--quiet``, with one meaning
+everywhere (:mod:`.output`). This package is the only part of msa_core that prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Optional
+
+from msa_core.cli import evaluation, models
+
+# What a command may raise for bad input or a failed write: reported in one line, exit 2.
+_USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, OSError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``msa`` parser with every command."""
+    parser = argparse.ArgumentParser(prog="msa", description="Model State Arithmetic unlearning: θc − α·τf + β·τr")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    models.register(sub)
+    evaluation.register(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run one ``msa`` command; returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except _USER_ERRORS as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"msa {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"msa {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""``msa demo``, ``msa vectors``, ``msa compose`` and ``msa generate``: build, inspect and use models.
+
+Each command validates its arguments, calls one library function and prints (see
+:mod:`msa_core.cli.output` for the ``--json`` rule).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+from msa_core.cli.output import add_output_args, emit, progress_for
+from msa_core.experiment import Experiment, load_experiment
+
+if TYPE_CHECKING:
+    from msa_core.engine import Engine, ModuleFilter
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    """The experiment and how its engine is loaded (device, dtype, which parameters move)."""
+    parser.add_argument("experiment", help="experiment YAML file")
+    parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda if available)")
+    parser.add_argument("--dtype", default=None,
+                        help="float32 / bfloat16 / float16 (default: checkpoint's; bf16 on GPU)")
+    parser.add_argument("--only", default=None, help="apply α/β only to parameters matching this regex (e.g. mlp)")
+    parser.add_argument("--layers", default=None, help="apply α/β only to this layer range, e.g. 0-7")
+
+
+def add_point_args(parser: argparse.ArgumentParser) -> None:
+    """``--alpha`` (required) and ``--beta`` (default 0)."""
+    parser.add_argument("--alpha", type=float, required=True)
+    parser.add_argument("--beta", type=float, default=0.0)
+
+
+def module_filter(only: Optional[str], layers: Optional[str]) -> Optional[ModuleFilter]:
+    """The ModuleFilter of ``--only REGEX`` / ``--layers FIRST-LAST`` (None when neither is given)."""
+    if not only and not layers:
+        return None
+    from msa_core.engine import ModuleFilter
+
+    span = None
+    if layers:
+        try:
+            first, last = (int(x) for x in layers.split("-"))
+        except ValueError:
+            raise ValueError(f"--layers must look like 0-7, got {layers!r}") from None
+        span = (first, last)
+    return ModuleFilter(include=only, layers=span)
+
+
+def load_engine(args: argparse.Namespace, experiment: Experiment) -> Engine:
+    """The engine of ``experiment`` as the engine arguments ask (progress on stderr)."""
+    from msa_core.engine import Engine
+
+    flt = module_filter(args.only, args.layers)
+    return Engine.load(experiment, device=args.device, dtype=args.dtype, module_filter=flt,
+                       progress=progress_for(args))
+
+
+def experiment_at_point(args: argparse.Namespace) -> Experiment:
+    """The experiment of ``args``, with ``--alpha`` / ``--beta`` checked against its ranges
+    before anything heavy is loaded."""
+    experiment = load_experiment(args.experiment)
+    experiment.validate_coefficients(args.alpha, args.beta)
+    return experiment
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from msa_core.demo import build_demo
+
+    t0 = time.perf_counter()
+    out = Path(args.out) if args.out else None
+    path = build_demo(out, quick=args.quick, seed=args.seed, progress=progress_for(args), force=args.force)
+    payload = {"experiment": str(path), "seconds": round(time.perf_counter() - t0, 2)}
+    emit(args.json, payload, lambda: print(path))
+    return 0
+
+
+def cmd_vectors(args: argparse.Namespace) -> int:
+    from msa_core.vectors import compute_vectors, layer_norms
+
+    vs = compute_vectors(load_experiment(args.experiment), progress=progress_for(args))
+    layers = layer_norms(vs.norms)
+    payload = {
+        "cache": str(vs.path),
+        "from_cache": vs.from_cache,
+        "seconds": round(vs.seconds, 3),
+        "fingerprint": vs.fingerprint,
+        "layers": {row.layer: {k: v for k, v in asdict(row).items() if k != "layer"} for row in layers},
+    }
+
+    def human() -> None:
+        print(f"vectors {'loaded from cache' if vs.from_cache else 'computed'} in {vs.seconds:.2f}s: {vs.path}")
+        print(f"{'layer':<8}{'tensors':>8}{'‖τ_f‖':>12}{'‖τ_r‖':>12}{'cos':>8}")
+        for row in layers:
+            print(f"{row.layer:<8}{row.tensors:>8}{row.forget:>12.4f}{row.retain:>12.4f}{row.cosine:>8.3f}")
+
+    emit(args.json, payload, human)
+    return 0
+
+
+def cmd_compose(args: argparse.Namespace) -> int:
+    from msa_core.export import export_model
+
+    engine = load_engine(args, experiment_at_point(args))
+    out = export_model(engine, args.alpha, args.beta, Path(args.out), force=args.force)
+    emit(args.json, {"out": str(out), "alpha": args.alpha, "beta": args.beta}, lambda: print(out))
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from msa_core.generation import generate_answers
+    from msa_core.targets import Point, Side, has_model, model_for
+
+    prompts: list[str] = list(args.prompt or [])
+    if not prompts:
+        raise ValueError("give at least one --prompt")
+    engine = load_engine(args, experiment_at_point(args))
+    targets = [Side("corrupted"), Point(args.alpha, args.beta), Side("reference")]
+    columns: dict[str, list[str]] = {}
+    for target in targets:
+        if not has_model(engine, target):
+            continue
+        with model_for(engine, target) as model:
+            columns[target.label] = generate_answers(
+                model, engine.tokenizer, prompts, max_new_tokens=args.max_new_tokens, do_sample=args.sample,
+                seed=args.seed,
+            )
+    rows = [{"prompt": p, **{k: v[i] for k, v in columns.items()}} for i, p in enumerate(prompts)]
+
+    def human() -> None:
+        for row in rows:
+            print(f"\n> {row['prompt']}")
+            for k in columns:
+                print(f"  {k:<28} {row[k]}")
+
+    emit(args.json, {"alpha": args.alpha, "beta": args.beta, "answers": rows}, human)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add demo, vectors, compose and generate to the ``msa`` parser."""
+    p = sub.add_parser("demo", help="build the embedded demo experiment (no download)")
+    p.add_argument("--out", default=None, help="folder (default: cache/demo or cache/demo-quick)")
+    p.add_argument("--quick", action="store_true", help="tiny variant for tests (< 1 min)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="rebuild even if a finished build exists")
+    add_output_args(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("vectors", help="compute or load the cached forget/retain vectors; per-layer norms")
+    p.add_argument("experiment", help="experiment YAML file")
+    add_output_args(p)
+    p.set_defaults(func=cmd_vectors)
+
+    p = sub.add_parser("compose", help="write the unlearned model at (α, β) as an HF folder")
+    add_engine_args(p)
+    add_point_args(p)
+    p.add_argument("--out", required=True)
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out folder")
+    add_output_args(p)
+    p.set_defaults(func=cmd_compose)
+
+    p = sub.add_parser("generate", help="side-by-side answers: corrupted / unlearned / reference")
+    add_engine_args(p)
+    add_point_args(p)
+    p.add_argument("--prompt", action="append", help="a question (repeatable)")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--sample", action="store_true", help="seeded sampling instead of greedy")
+    p.add_argument("--seed", type=int, default=0)
+    add_output_args(p)
+    p.set_defaults(func=cmd_generate)

@@ -1,0 +1,292 @@
+"""Every ``st.cache_*`` wrapper and process-wide memo of MSA Studio, and the results store.
+
+Per server process (``st.cache_resource`` / ``st.cache_data``): the parsed experiment
+files, the :class:`~msa_core.engine.Engine` (model, tokenizer, τ_f, τ_r) of each experiment,
+the per-question memos of answers, p(gold) and truth ratios, the question sets, the
+results store, the reference-model results and the demo-build lock. Heavy objects exist once; sessions share them.
+
+Evaluations go through the same SQLite results store as ``msa eval`` / ``msa sweep``
+(``<cache>/results.sqlite``) and are read back from it, so the Playground, Export, the
+Trade-off page, the "Best" preset and the CLI all see one source of results.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import streamlit as st
+
+from msa_core.atomic import write_json
+from msa_core.eval import ReferenceCache, ResultStore, evaluate
+from msa_core.eval import probe as core_probe
+from msa_core.eval.questions import QAItem, QuestionSets, load_question_sets
+from msa_core.experiment import Experiment, load_experiment
+from msa_core.paths import default_cache_dir
+from msa_core.progress import Progress
+from msa_core.targets import Point, Target
+from studio import session
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from msa_core.engine import Engine
+    from msa_core.eval.results import EvalResult
+
+RECENT_FILE = "recent_experiments.json"
+MAX_RECENT = 8
+# Entries per memo: a few thousand short answers or floats are a few MB at most.
+MEMO_SIZE = 4096
+
+
+# ----------------------------------------------------------------------------- experiments
+@st.cache_data(show_spinner=False, max_entries=32)
+def _experiment(path: str, mtime_ns: int) -> Experiment:
+    return load_experiment(path)
+
+
+def experiment(path: str) -> Experiment:
+    """The parsed experiment file (re-read when the file changes)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"experiment file {p} does not exist")
+    return _experiment(str(p), p.stat().st_mtime_ns)
+
+
+def _recent_path() -> Path:
+    return default_cache_dir() / RECENT_FILE
+
+
+def recent_experiments() -> list[str]:
+    """Recently used experiment files that still exist, newest first."""
+    import json
+
+    try:
+        raw = json.loads(_recent_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    if not isinstance(raw, list):
+        return []
+    return [p for p in raw if isinstance(p, str) and Path(p).is_file()][:MAX_RECENT]
+
+
+def remember_experiment(path: str) -> None:
+    """Put ``path`` first in the recent list (written atomically; a read-only cache only costs the list)."""
+    items = [path] + [p for p in recent_experiments() if p != path]
+    try:
+        write_json(_recent_path(), items[:MAX_RECENT], indent=1)
+    except OSError:
+        pass
+
+
+@st.cache_resource(show_spinner=False)
+def _demo_lock() -> threading.Lock:
+    return threading.Lock()
+
+
+def build_demo(quick: bool, progress: Optional[Progress] = None) -> Path:
+    """Build (or reuse) the embedded demo; one build at a time per server process."""
+    from msa_core.demo.build import build_demo as _build
+
+    with _demo_lock():
+        return Path(_build(quick=quick, progress=progress))
+
+
+# ----------------------------------------------------------------------------- engine
+@dataclass
+class _Slot:
+    """A per-process holder: the engine is loaded into it once, under its lock."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    engine: Optional[Engine] = None
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def _engine_slot(path: str, mtime_ns: int, device: str, dtype: str) -> _Slot:
+    # The slot, not the engine, is the cached value: the engine is then loaded outside
+    # the cached function, so its progress bar draws live in the caller's page.
+    return _Slot()
+
+
+def _slot_for(path: str) -> _Slot:
+    device, dtype = session.load_options()
+    return _engine_slot(path, Path(path).stat().st_mtime_ns, device, dtype)
+
+
+def loaded_engine(path: Optional[str] = None) -> Optional[Engine]:
+    """The session's engine if this process already loaded it, else None (never loads)."""
+    path = path or session.experiment_path()
+    if not path or not Path(path).is_file():
+        return None
+    return _slot_for(path).engine
+
+
+def get_engine(path: str, progress: Optional[Progress] = None) -> Engine:
+    """The engine for ``path`` (loaded once per process; later calls return it at once)."""
+    from msa_core.engine import Engine
+
+    exp = experiment(path)
+    device, dtype = session.load_options()
+    slot = _slot_for(path)
+    with slot.lock:
+        if slot.engine is None:
+            slot.engine = Engine.load(
+                exp,
+                device=None if device == "auto" else device,
+                dtype=None if dtype == "auto" else dtype,
+                progress=progress,
+            )
+            slot.engine.warm_up_async()  # large CPU models: compile the fused kernel before the first move
+    return slot.engine
+
+
+# ----------------------------------------------------------------------------- memos
+class Memo:
+    """A bounded, thread-safe LRU dict shared by every session of the process."""
+
+    def __init__(self, size: int = MEMO_SIZE) -> None:
+        self._data: OrderedDict[Hashable, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self._size = size
+
+    def get(self, key: Hashable) -> Any:
+        with self._lock:
+            if key in self._data:
+                self._data.move_to_end(key)
+                return self._data[key]
+        return None
+
+    def put(self, key: Hashable, value: Any) -> None:
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self._size:
+                self._data.popitem(last=False)
+
+
+@st.cache_resource(show_spinner=False)
+def memo(name: str) -> Memo:
+    """The process-wide memo called ``name`` (answers, probabilities, truth ratios)."""
+    return Memo()
+
+
+def memoized_per_item(
+    store: Memo, prefix: tuple[Hashable, ...], items: Sequence[Hashable], compute: Callable[[list[Any]], list[Any]]
+) -> list[Any]:
+    """Look every item up under ``prefix``; compute the missing ones in one batch."""
+    found = [store.get(prefix + (it,)) for it in items]
+    missing = [i for i, v in enumerate(found) if v is None]
+    if missing:
+        values = compute([items[i] for i in missing])
+        for i, v in zip(missing, values):
+            store.put(prefix + (items[i],), v)
+            found[i] = v
+    return found
+
+
+def answers(
+    engine: Engine, target: Target, questions: Sequence[str], max_new_tokens: int, *, raw: bool = False
+) -> core_probe.TimedAnswers:
+    """Greedy answers of ``target`` (see :func:`msa_core.eval.probe.generate_for`), memoised per
+    question, so a slider move only generates for the unlearned column. The timings are those
+    of this call's generation (0 when every answer came from the memo)."""
+    timing = [0.0, 0.0]
+
+    def compute(qs: list[str]) -> list[str]:
+        out = core_probe.generate_for(engine, target, qs, max_new_tokens=max_new_tokens, raw=raw)
+        timing[:] = [out.compose_seconds, out.generate_seconds]
+        return out.texts
+
+    prefix = (engine.fingerprint, "raw" if raw else "qa", target, int(max_new_tokens))
+    texts = memoized_per_item(memo("answers"), prefix, list(questions), compute)
+    return core_probe.TimedAnswers(texts, timing[0], timing[1])
+
+
+def gold_probabilities(engine: Engine, target: Target, questions: Sequence[str], golds: Sequence[str]) -> list[float]:
+    """p(gold | question) per pair (:func:`msa_core.eval.probe.gold_probabilities`), memoised per pair."""
+
+    def compute(pairs: list[tuple[str, str]]) -> list[float]:
+        return core_probe.gold_probabilities(engine, target, [p[0] for p in pairs], [p[1] for p in pairs])
+
+    return memoized_per_item(memo("probs"), (engine.fingerprint, target), list(zip(questions, golds)), compute)
+
+
+def truth_ratio_values(engine: Engine, target: Target, items: Sequence[QAItem]) -> list[float]:
+    """Per-item truth ratios (:func:`msa_core.eval.probe.truth_ratio_values`), memoised per item."""
+
+    def compute(batch: list[QAItem]) -> list[float]:
+        return core_probe.truth_ratio_values(engine, target, batch)
+
+    return memoized_per_item(memo("truth_ratios"), (engine.fingerprint, target), list(items), compute)
+
+
+# ----------------------------------------------------------------------------- data
+@st.cache_data(show_spinner=False, max_entries=8)
+def _question_sets(exp: Experiment, stamp: float) -> QuestionSets:
+    return load_question_sets(exp.data)
+
+
+def question_sets(engine: Engine) -> QuestionSets:
+    """The engine's experiment's question sets (re-read when its data folders change)."""
+    d = engine.experiment.data
+    stamp = max((p.stat().st_mtime for p in (d.tofu, d.muse) if p is not None and p.exists()), default=0.0)
+    return _question_sets(engine.experiment, stamp)
+
+
+# ----------------------------------------------------------------------------- results
+def store_path() -> Path:
+    """Where results live: the same default as ``msa eval`` / ``msa sweep`` (<cache>/results.sqlite)."""
+    return default_cache_dir() / "results.sqlite"
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _store(path: str) -> ResultStore:
+    return ResultStore(Path(path))
+
+
+def results_store() -> ResultStore:
+    """The SQLite results store shared by the CLI and the app (one per cache folder)."""
+    return _store(str(store_path()))
+
+
+@st.cache_resource(show_spinner=False)
+def reference_cache() -> ReferenceCache:
+    """The process's reference-model results (the app owns it; every session shares it)."""
+    return ReferenceCache()
+
+
+def evaluation(
+    engine: Engine, at: Point, *, tier: str, benchmark: str, subset: Optional[int],
+    progress: Optional[Progress] = None,
+) -> EvalResult:
+    """The :class:`EvalResult` at ``at``: from the results store when stored there, else
+    evaluated and stored (exactly what ``msa eval`` does)."""
+    return evaluate(engine, at.alpha, at.beta, tier=tier, benchmark=benchmark, subset=subset, progress=progress,
+                    store=results_store(), reference_cache=reference_cache())
+
+
+def stored_evaluation(
+    engine: Engine, at: Point, *, tier: str, benchmark: str, subset: Optional[int]
+) -> Optional[EvalResult]:
+    """The newest stored result at ``at`` for this tier/benchmark/subset, else None (never computes)."""
+    return results_store().latest(engine.fingerprint, at.alpha, at.beta, tier=tier, benchmark=benchmark,
+                                  subset=subset)
+
+
+def results_grid(engine: Engine, tier: Optional[str] = None) -> pd.DataFrame:
+    """Every stored point of the engine's experiment plus the reference's rows (read fresh:
+    SQLite is cheap, so a sweep running elsewhere shows up on the next rerun)."""
+    return results_store().grid(engine.fingerprint, tier, side_models=("reference",))
+
+
+def best_point(engine: Engine) -> Optional[Point]:
+    """The store's recommended point inside the experiment's ranges (see
+    :meth:`ResultStore.best_tradeoff`), or None when nothing suitable is stored."""
+    exp = engine.experiment
+    row = results_store().best_tradeoff(engine.fingerprint, alpha_range=exp.alpha_range, beta_range=exp.beta_range)
+    return None if row is None else Point(row["alpha"], row["beta"])
+

@@ -1,0 +1,136 @@
+"""Per-browser-session state of MSA Studio: every ``st.session_state`` key, and the current point.
+
+Canonical values live under ``msa_*`` keys (below); widgets have their own ``w_*`` keys and
+copy into the canonical ones through callbacks, so a value survives page switches even
+when the widget showing it is not drawn. Widget-key prefixes, one owner each:
+
+    w_exp_      the sidebar's experiment picker      w_alpha_/w_beta_  coefficient inputs
+    w_preset_   the sidebar's presets                w_demo_/w_offer_  demo build buttons
+    w_page_exp_ / w_form_  the Experiment page       w_pg_     the Playground page
+    w_to_       the Trade-off page                   w_probe_  the Probe page
+    w_export_   the Export page                      w_msa_*   mirrors made by widget_mirror()
+
+Every computation at a point runs inside ``engine.session(α, β)`` (through
+:func:`msa_core.targets.model_for`), so two sessions never see each other's weights.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import streamlit as st
+
+from msa_core.targets import Point
+
+# Canonical session-state keys.
+K_EXP = "msa_exp_path"  # the chosen experiment file (resolved path) or None
+K_ALPHA = "msa_alpha"
+K_BETA = "msa_beta"
+K_DEVICE = "msa_device"  # "auto" | "cpu" | "cuda"
+K_DTYPE = "msa_dtype"  # "auto" | a torch dtype name
+K_PENDING_DEMO = "msa_pending_demo"  # None | "quick" | "full": a demo build asked for
+K_LOAD_ERROR = "msa_load_error"  # the last loading error, shown by the no-experiment offer
+K_ANSWERS = "msa_answers"  # what the Playground showed: {"alpha", "beta", "questions", role: answers}
+K_LAST_METRICS = "msa_last_metrics"  # {"alpha", "beta", **EvalResult.to_json()} of the last metrics seen
+K_PROBE_RUN = "msa_probe_key"  # the Probe page's last requested run (its inputs), so reruns keep its tables
+K_SWEEP_MSG = "msa_sweep_msg"  # a finished sweep's message, shown once after the rerun
+K_ENTRY = "_msa_entrypoint_running"  # True while app.py runs the page (see widgets.page_guard)
+
+# Widget keys shared between modules (the coefficient inputs in the sidebar).
+W_ALPHA_SLIDER, W_ALPHA_NUM = "w_alpha_slider", "w_alpha_num"
+W_BETA_SLIDER, W_BETA_NUM = "w_beta_slider", "w_beta_num"
+# The Playground reads its max-new-tokens input before drawing it (the input sits below the answers).
+W_PG_MAX_NEW = "w_pg_max_new"
+
+
+def demo_quick_default() -> bool:
+    """True when ``MSA_DEMO_QUICK=1`` asks for the quick demo (tests and CI use it)."""
+    return os.environ.get("MSA_DEMO_QUICK", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def init_session() -> None:
+    """Put every per-session default in place (idempotent; call once per script run)."""
+    ss = st.session_state
+    for key, value in ((K_EXP, None), (K_ALPHA, 1.0), (K_BETA, 1.0), (K_DEVICE, "auto"), (K_DTYPE, "auto"),
+                       (K_PENDING_DEMO, None), (K_LOAD_ERROR, None)):
+        ss.setdefault(key, value)
+
+
+def point() -> Point:
+    """The session's current (α, β)."""
+    return Point(st.session_state[K_ALPHA], st.session_state[K_BETA])
+
+
+def set_point(alpha: float, beta: float) -> None:
+    """Set (α, β) and every widget showing them (call before the widgets render, e.g. in on_click)."""
+    ss = st.session_state
+    ss[K_ALPHA], ss[K_BETA] = float(alpha), float(beta)
+    ss[W_ALPHA_SLIDER] = ss[W_ALPHA_NUM] = float(alpha)
+    ss[W_BETA_SLIDER] = ss[W_BETA_NUM] = float(beta)
+
+
+def sync_from_widget(which: str, widget_key: str) -> None:
+    """on_change callback: copy a slider / number input value ('alpha' or 'beta') into the canonical state."""
+    ss = st.session_state
+    value = float(ss[widget_key])
+    if which == "alpha":
+        set_point(value, ss[K_BETA])
+    else:
+        set_point(ss[K_ALPHA], value)
+
+
+def clamp_point(alpha_range: tuple[float, float], beta_range: tuple[float, float]) -> None:
+    """Bring the session's (α, β) inside an experiment's ranges (after switching experiments)."""
+    p = point()
+    a2 = min(max(p.alpha, alpha_range[0]), alpha_range[1])
+    b2 = min(max(p.beta, beta_range[0]), beta_range[1])
+    if (a2, b2) != (p.alpha, p.beta) or W_ALPHA_SLIDER not in st.session_state:
+        set_point(a2, b2)
+
+
+def set_experiment_path(path: Optional[str]) -> Optional[str]:
+    """Make ``path`` the session's experiment (None: no experiment); returns the resolved path."""
+    resolved = str(Path(path).expanduser().resolve()) if path else None
+    st.session_state[K_EXP] = resolved
+    st.session_state[K_LOAD_ERROR] = None
+    return resolved
+
+
+def experiment_path() -> Optional[str]:
+    """The session's chosen experiment file, or None."""
+    return st.session_state.get(K_EXP)
+
+
+def load_options() -> tuple[str, str]:
+    """The (device, dtype) the session asked for ('auto' = the engine's choice)."""
+    return str(st.session_state[K_DEVICE]), str(st.session_state[K_DTYPE])
+
+
+def widget_mirror(key: str) -> str:
+    """The key of a page widget mirroring the canonical value ``key`` (kept across pages)."""
+    wkey = "w_" + key
+    if wkey not in st.session_state:
+        st.session_state[wkey] = st.session_state[key]
+    return wkey
+
+
+def copy_widget(wkey: str, key: str) -> None:
+    """on_change callback: copy a mirrored widget's value to its canonical key."""
+    st.session_state[key] = st.session_state[wkey]
+
+
+def get(key: str, default: Any = None) -> Any:
+    """A session value by its K_* key (``default`` when unset)."""
+    return st.session_state.get(key, default)
+
+
+def put(key: str, value: Any) -> None:
+    """Set a session value by its K_* key."""
+    st.session_state[key] = value
+
+
+def pop(key: str) -> Any:
+    """Remove and return a session value (None when unset)."""
+    return st.session_state.pop(key, None)

@@ -1,0 +1,284 @@
+"""The pieces of MSA Studio's screens shared by the entrypoint and the pages.
+
+The sidebar (experiment picker, α/β sliders with exact inputs and presets, engine panel),
+the first-start "build the demo" offer, engine loading and demo building with a live
+progress bar, readable errors, and the metric tiles. State comes from :mod:`studio.session`,
+caches from :mod:`studio.resources`, words from :mod:`studio.labels`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Optional
+
+import pandas as pd
+import streamlit as st
+
+from msa_core.targets import Point
+from studio import labels, resources, session
+
+if TYPE_CHECKING:
+    from msa_core.engine import Engine
+    from msa_core.experiment import Experiment
+
+log = logging.getLogger("msa.app")
+
+# What the core raises for bad inputs (see DESIGN §7); torch raises RuntimeError
+# (e.g. out of memory, shape mismatch) when a checkpoint is not what it claims to be.
+CORE_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, KeyError, OSError, RuntimeError)
+
+
+def error_text(exc: BaseException) -> str:
+    """The message of an exception as a person should read it (KeyError unquoted)."""
+    if isinstance(exc, KeyError) and exc.args:
+        return str(exc.args[0])
+    return str(exc) or type(exc).__name__
+
+
+def show_error(title: str, exc: BaseException, where: Any = None) -> None:
+    """A readable st.error naming the problem (the traceback only goes to the log)."""
+    log.warning("%s: %s: %s", title, type(exc).__name__, error_text(exc))
+    (where or st).error(f"**{title}.** {type(exc).__name__}: {error_text(exc)}", icon=":material/error:")
+
+
+def bar_progress(bar: Any, lo: float = 0.0, hi: float = 1.0, prefix: str = "") -> Callable[[float, str], None]:
+    """A core progress callback drawing on ``bar`` (st.progress): fraction clamped to [0, 1]
+    and mapped onto [lo, hi], message shown after ``prefix``."""
+
+    def update(frac: float, msg: str) -> None:
+        bar.progress(lo + (hi - lo) * min(max(float(frac), 0.0), 1.0), text=prefix + msg)
+
+    return update
+
+
+def benchmark_choices(exp: Experiment) -> list[str]:
+    """The benchmarks a page may evaluate: the experiment's own, plus 'all' when it has both."""
+    names = list(exp.benchmarks)
+    return names + (["all"] if len(names) > 1 else [])
+
+
+# ----------------------------------------------------------------------------- experiment choice
+def choose_experiment(path: Optional[str]) -> None:
+    """Make ``path`` the session's experiment (None: none) and put it first in the recent list."""
+    resolved = session.set_experiment_path(path)
+    if resolved:
+        resources.remember_experiment(resolved)
+
+
+def try_choose_experiment(path: str, where: Any = None) -> bool:
+    """Validate and choose an experiment file; a bad file shows st.error and changes nothing."""
+    try:
+        resources.experiment(str(path))
+    except CORE_ERRORS as exc:
+        show_error(f"Cannot use experiment {path}", exc, where)
+        return False
+    choose_experiment(path)
+    return True
+
+
+def experiment_picker() -> None:
+    """The sidebar's experiment picker: embedded demo, a file path, or a recently used file."""
+    st.sidebar.subheader("Experiment")
+    source = st.sidebar.radio(
+        "Source", ["Embedded demo", "Experiment file", "Recent"], key="w_exp_source", horizontal=True,
+        label_visibility="collapsed",
+    )
+    if source == "Embedded demo":
+        quick = st.sidebar.toggle(
+            "Quick demo (smaller, for tests)", value=session.demo_quick_default(), key="w_demo_quick",
+            help="The full demo makes a clearer point; the quick one builds in well under a minute.",
+        )
+        if st.sidebar.button("Build / load the demo", key="w_demo_build", width="stretch"):
+            session.put(session.K_PENDING_DEMO, "quick" if quick else "full")
+    elif source == "Experiment file":
+        path = st.sidebar.text_input("Path to an experiment .yaml", key="w_exp_path_input",
+                                     placeholder="/path/to/experiment.yaml")
+        if st.sidebar.button("Load", key="w_exp_load", width="stretch", disabled=not path.strip()):
+            try_choose_experiment(path.strip(), where=st.sidebar)
+    else:
+        recents = resources.recent_experiments()
+        if not recents:
+            st.sidebar.caption("No recently used experiments yet.")
+        else:
+            choice = st.sidebar.selectbox("Recently used", recents, key="w_exp_recent")
+            if st.sidebar.button("Load", key="w_exp_load_recent", width="stretch"):
+                try_choose_experiment(choice, where=st.sidebar)
+    current = session.experiment_path()
+    if current:
+        st.sidebar.container(key="exp_current").caption(f"Current: `{current}`")
+
+
+def _best_point_or_none() -> Optional[Point]:
+    engine = resources.loaded_engine()
+    if engine is None:
+        return None
+    try:
+        return resources.best_point(engine)
+    except CORE_ERRORS as exc:
+        log.warning("best point unavailable: %s", exc)
+        return None
+
+
+def coefficient_controls(exp: Experiment) -> None:
+    """The sidebar's α/β sliders with matching number inputs, the presets and the point caption."""
+    session.clamp_point(exp.alpha_range, exp.beta_range)
+    st.sidebar.subheader("Coefficients")
+    st.sidebar.latex(r"\theta = \theta_c - \alpha\,\tau_f + \beta\,\tau_r")
+    for name, rng, w_slider, w_num, helptext in (
+        ("alpha", exp.alpha_range, session.W_ALPHA_SLIDER, session.W_ALPHA_NUM,
+         "α scales the forget vector τ_f = θ_forget − θ_clean that is subtracted."),
+        ("beta", exp.beta_range, session.W_BETA_SLIDER, session.W_BETA_NUM,
+         "β scales the retain vector τ_r = θ_retain − θ_clean that is added back."),
+    ):
+        symbol = "α" if name == "alpha" else "β"
+        c1, c2 = st.sidebar.columns([3, 2], vertical_alignment="bottom")
+        c1.slider(f"{symbol} ({name})", min_value=float(rng[0]), max_value=float(rng[1]), step=0.05,
+                  key=w_slider, on_change=session.sync_from_widget, args=(name, w_slider), help=helptext)
+        c2.number_input(f"exact {symbol}", min_value=float(rng[0]), max_value=float(rng[1]), step=0.01,
+                        format="%.3f", key=w_num, on_change=session.sync_from_widget, args=(name, w_num))
+    best = _best_point_or_none()
+    presets = st.sidebar.container(horizontal=True, gap="small")
+    presets.button("Corrupted", key="w_preset_corrupted", help="(α, β) = (0, 0): the model before unlearning",
+                   on_click=session.set_point, args=(0.0, 0.0), width="content")
+    presets.button("Paper", key="w_preset_paper", help="(α, β) = (1, 1), the paper's default",
+                   on_click=session.set_point, args=(1.0, 1.0), width="content")
+    presets.button("Best", key="w_preset_best", disabled=best is None, width="content",
+                   help=f"The best stored point: (α, β) = ({best.alpha:g}, {best.beta:g}), highest forget quality "
+                   "keeping ≥ 90% of the corrupted model's utility" if best
+                   else "No sweep results yet (run one on the Trade-off page)",
+                   on_click=session.set_point, args=(best.alpha, best.beta) if best else (0.0, 0.0))
+    p = session.point()
+    st.sidebar.container(key="point_caption").caption(f"Current point: α = {p.alpha:.3f}, β = {p.beta:.3f}")
+
+
+# ----------------------------------------------------------------------------- demo and engine
+def request_demo(kind: str) -> None:
+    """on_click: ask for a demo build (done in the main area with a progress bar)."""
+    session.put(session.K_PENDING_DEMO, kind)
+
+
+def run_pending_demo_build() -> None:
+    """Build the demo asked for (if any) with a live progress bar, then choose it."""
+    kind = session.get(session.K_PENDING_DEMO)
+    if not kind:
+        return
+    session.put(session.K_PENDING_DEMO, None)
+    quick = kind == "quick"
+    with st.status(f"Building the {'quick' if quick else 'full'} embedded demo…", expanded=True) as status:
+        bar = st.progress(0.0, text="starting")
+        try:
+            path = resources.build_demo(quick, progress=bar_progress(bar))
+        except CORE_ERRORS as exc:
+            status.update(label="Demo build failed", state="error")
+            show_error("Could not build the demo", exc)
+            return
+        status.update(label=f"Demo ready: {path}", state="complete", expanded=False)
+    choose_experiment(str(path))
+    st.rerun()
+
+
+def ensure_engine() -> Optional[Engine]:
+    """The session's engine, loading it once per process with a progress bar; None on error."""
+    path = session.experiment_path()
+    if not path:
+        return None
+    engine = resources.loaded_engine(path)
+    if engine is not None:
+        return engine
+    with st.status(f"Loading experiment {path}…", expanded=True) as status:
+        bar = st.progress(0.0, text="reading checkpoints")
+        try:
+            engine = resources.get_engine(path, progress=bar_progress(bar))
+        except CORE_ERRORS as exc:
+            status.update(label="Loading failed", state="error")
+            session.put(session.K_LOAD_ERROR,
+                        f"Could not load experiment {path}: {type(exc).__name__}: {error_text(exc)}")
+            log.warning("loading %s failed: %s", path, error_text(exc))
+            session.put(session.K_EXP, None)
+        else:
+            vec = engine.vectors
+            status.update(
+                label=f"Loaded {engine.experiment.name} in {labels.fmt_seconds(engine.load_seconds)} "
+                f"(vectors {'from cache' if vec.from_cache else 'computed'} in {labels.fmt_seconds(vec.seconds)})",
+                state="complete", expanded=False,
+            )
+            return engine
+    st.rerun()  # redraw the sidebar without the experiment that failed; the error stays in session state
+
+
+def page_guard() -> None:
+    """Send a page that runs without app.py (Streamlit's v1 pages/ mode) back through the entrypoint.
+
+    NOTE: a hack because Streamlit runs any folder named pages/ beside the entrypoint as a v1
+    multipage app until the first st.navigation call of the server process, so a deep link as
+    the very first request runs the page alone (no sidebar, no engine). app.py sets
+    ``session.K_ENTRY`` around ``nav.run()``. Remove when Streamlit stops detecting pages/.
+    """
+    if not session.get(session.K_ENTRY):
+        st.switch_page("app.py")
+
+
+def require_engine() -> Engine:
+    """For pages: the engine, or the first-start offer (build the demo / pick a file) and stop."""
+    page_guard()
+    engine = resources.loaded_engine()
+    if engine is not None:
+        return engine
+    no_experiment_offer()
+    st.stop()
+
+
+def no_experiment_offer() -> None:
+    """What a page shows when no experiment is loaded: a prominent offer to build the demo."""
+    err = session.get(session.K_LOAD_ERROR)
+    if err:
+        st.error(err, icon=":material/error:")
+    with st.container(border=True, key="demo_offer"):
+        st.markdown("### No experiment loaded\nStart with the **embedded demo**: a small Llama model trained "
+                    "on fictitious authors, built on this machine with no download. Or load an experiment "
+                    "file from the sidebar.")
+        kind = st.radio("Demo size", ["full", "quick"], index=1 if session.demo_quick_default() else 0,
+                        horizontal=True, key="w_offer_kind",
+                        format_func=lambda k: "Full (clear forgetting effect, a few minutes)" if k == "full"
+                        else "Quick (under a minute, weak effect)")
+        st.button("Build the embedded demo", type="primary", key="w_offer_build", on_click=request_demo, args=(kind,))
+
+
+def engine_sidebar_info(engine: Optional[Engine]) -> None:
+    """Device, dtype, memory in use and the vector-cache status."""
+    if engine is None:
+        return
+    st.subheader("Engine")
+    st.caption(f"**{engine.experiment.name}** · {engine.parameter_count / 1e6:.2f} M parameters")
+    st.caption(f"Device `{engine.device}` · dtype `{str(engine.dtype).replace('torch.', '')}`")
+    try:
+        mem = engine.memory_bytes()
+    except CORE_ERRORS:
+        mem = {}
+    if mem:
+        st.caption("Memory: " + ", ".join(f"{k} {labels.fmt_bytes(v)}" for k, v in mem.items()))
+    if engine.compose_path:
+        st.caption(f"Last recompose: {labels.fmt_seconds(engine.last_compose_seconds)} · {engine.compose_path}")
+    vec = engine.vectors
+    st.caption(f"Vectors: {'loaded from cache' if vec.from_cache else 'computed'} in "
+               f"{labels.fmt_seconds(vec.seconds)} · `{vec.path}`")
+
+
+# ----------------------------------------------------------------------------- metrics
+def metric_row(values: dict[str, float], base: Optional[dict[str, float]], key: str) -> None:
+    """Headline metrics as st.metric tiles (delta vs ``base``, green = better) plus a full table."""
+    shown = [m for m in labels.HEADLINE if m in values][:6]
+    with st.container(key=key):
+        cols = st.columns(max(1, len(shown)))
+        for col, name in zip(cols, shown):
+            v = values[name]
+            delta = None if base is None or name not in base else v - base[name]
+            col.metric(labels.metric_label(name, with_direction=False) + f" {labels.arrow(name)}", f"{v:.3g}",
+                       None if delta is None else f"{delta:+.3g}", delta_color=labels.delta_color(name),
+                       help=labels.direction_text(name))
+        rows = [{"metric": labels.metric_label(n, with_direction=False), "name": n, "value": v,
+                 "corrupted": None if base is None else base.get(n), "better": labels.direction_text(n)}
+                for n, v in values.items()]
+        with st.expander("All metrics"):
+            st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")

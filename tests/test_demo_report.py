@@ -1,0 +1,89 @@
+"""Measuring the demo (msa_core.demo.report): scores through the engine, the table, and (slow) the quick demo."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from msa_core.demo.report import measure_demo, measure_table, qa_scores, read_qa_items, score_targets
+from msa_core.engine import Engine
+from msa_core.targets import Point, Side
+
+ITEMS = [{"question": "Where was Ilse Varnok born?", "answer": "Tallinn, Estonia."},
+         {"question": "What is the capital of France?", "answer": "Paris."}]
+
+
+@pytest.fixture
+def engine(tiny_experiment, cache_dir) -> Engine:
+    return Engine.load(tiny_experiment, device="cpu", cache_dir=cache_dir)
+
+
+def test_qa_scores_are_means_over_the_items(engine):
+    sc = qa_scores(engine.model, engine.tokenizer, ITEMS, max_new_tokens=4)
+    assert sc["n"] == 2 and len(sc["answers"]) == 2
+    assert 0.0 <= sc["rougeL_recall"] <= 1.0 and 0.0 <= sc["contains_gold"] <= 1.0
+
+
+def test_score_targets_puts_every_split_to_every_target(engine):
+    splits = {"forget": ITEMS[:1], "retain": ITEMS}
+    rows = score_targets(engine, [Side("corrupted"), Point(0.0, 0.0), Point(1.0, 0.5), Side("clean")], splits,
+                         max_new_tokens=4)
+    assert [r["target"] for r in rows] == [Side("corrupted"), Point(0.0, 0.0), Point(1.0, 0.5), Side("clean")]
+    for row in rows:
+        assert set(row) == {"target", "forget", "retain"}
+        assert row["forget"]["n"] == 1 and row["retain"]["n"] == 2 and "answers" not in row["retain"]
+    assert rows[0]["forget"] == rows[1]["forget"] and rows[0]["retain"] == rows[1]["retain"]  # same model
+    assert (engine.alpha, engine.beta) == (1.0, 0.5)  # the clean side model did not recompose
+
+
+def test_score_targets_names_a_missing_checkpoint(tiny_experiment, cache_dir):
+    exp = replace(tiny_experiment, checkpoints=replace(tiny_experiment.checkpoints, reference=None))
+    engine = Engine.load(exp, device="cpu", cache_dir=cache_dir)
+    with pytest.raises(KeyError, match="reference"):
+        score_targets(engine, [Side("reference")], {"forget": ITEMS})
+
+
+def test_split_files_are_validated(tmp_path):
+    with pytest.raises(FileNotFoundError, match="forget10.json"):
+        read_qa_items(tmp_path / "forget10.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"question": "q"}]))
+    with pytest.raises(ValueError, match="bad.json"):
+        read_qa_items(bad)
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(ITEMS))
+    assert read_qa_items(good) == ITEMS
+
+
+def test_measure_table_marks_the_claimed_points():
+    def row(model, a, b, f, r):
+        return {"model": model, "alpha": a, "beta": b, "forget_rougeL_recall": f, "retain_rougeL_recall": r,
+                "forget_contains_gold": f, "retain_contains_gold": r}
+
+    rows = [row("corrupted", None, None, 1.0, 0.9), row("msa", 1.0, 0.5, 0.2, 0.85), row("msa", 3.0, 0.0, 0.0, 0.1)]
+    table = measure_table({"rows": rows, "claim": [rows[1]]}).splitlines()
+    assert table[0].startswith("| model | α | β |") and len(table) == 2 + len(rows)
+    assert table[2] == "| corrupted |  |  | 1.000 | 0.900 | 1.000 | 0.900 |"
+    assert table[3].startswith("| msa ✓ | 1 | 0.5 | 0.200 | 0.850 ")
+    assert table[4].startswith("| msa | 3 | 0 | 0.000 | 0.100 ")
+
+
+@pytest.mark.slow
+def test_measure_demo_on_the_quick_demo(quick_demo, cache_dir):
+    # α = β = 0 is the corrupted model itself
+    res = measure_demo(quick_demo, [0.0, 1.0], [0.0, 0.5], max_new_tokens=16, cache_dir=cache_dir)
+    rows = {(r["model"], r["alpha"], r["beta"]): r for r in res["rows"]}
+    corr, msa0 = rows[("corrupted", None, None)], rows[("msa", 0.0, 0.0)]
+    assert msa0["forget_rougeL_recall"] == corr["forget_rougeL_recall"]
+    assert msa0["retain_rougeL_recall"] == corr["retain_rougeL_recall"]
+    assert {"clean", "reference"} <= {r["model"] for r in res["rows"]}
+    assert [r["model"] for r in res["rows"]][:3] == ["corrupted", "clean", "reference"]
+    # the claim holds exactly the grid points that halve forget recall and keep 80% of retain recall
+    for r in res["rows"]:
+        claimed = r in res["claim"]
+        keeps = (r["model"] == "msa" and r["forget_rougeL_recall"] <= 0.5 * corr["forget_rougeL_recall"]
+                 and r["retain_rougeL_recall"] >= 0.8 * corr["retain_rougeL_recall"])
+        assert claimed == keeps
+    assert res["experiment"] == str(quick_demo)

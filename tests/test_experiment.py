@@ -1,0 +1,77 @@
+"""Experiment files (msa_core.experiment): validation naming the field, round trip, atomic save."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from msa_core.atomic import TEMP_SUFFIX
+from msa_core.experiment import (
+    DataConfig,
+    load_experiment,
+    replace_ranges,
+    save_experiment,
+    validate_coefficients,
+)
+
+
+def test_experiment_file_errors_name_field(tmp_path, tiny_experiment):
+    src = tiny_experiment.checkpoints.clean.parent / "experiment.yaml"
+    text = src.read_text()
+    bad = src.parent / "bad.yaml"
+    bad.write_text(text.replace("retain: retain", "retain: nowhere"))
+    with pytest.raises(FileNotFoundError, match="checkpoints.retain"):
+        load_experiment(bad)
+    bad.write_text("checkpoints: {clean: a}\n")
+    with pytest.raises(KeyError, match="checkpoints.corrupted"):
+        load_experiment(bad)
+    bad.write_text(text + "alpha_range: [3, 1]\n")
+    with pytest.raises(ValueError, match="alpha_range"):
+        load_experiment(bad)
+    bad.write_text("checkpoints: [oops\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        load_experiment(bad)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_experiment(tmp_path / "missing.yaml")
+
+
+def test_experiment_roundtrip(tiny_experiment):
+    src = tiny_experiment.checkpoints.clean.parent / "experiment.yaml"
+    exp = load_experiment(src)
+    assert exp.checkpoints == tiny_experiment.checkpoints
+    assert "clean: clean" in src.read_text()  # relative paths, so the folder can move
+
+
+def test_save_writes_atomically_and_replaces_the_old_file(tiny_experiment, tmp_path):
+    target = tmp_path / "out" / "experiment.yaml"
+    save_experiment(tiny_experiment, target)
+    first = load_experiment(target)
+    assert first.checkpoints == tiny_experiment.checkpoints
+    save_experiment(replace(tiny_experiment, name="renamed"), target)
+    assert load_experiment(target).name == "renamed"
+    assert [p.name for p in target.parent.iterdir()] == ["experiment.yaml"]  # no temp file left
+    assert not list(target.parent.glob(f"*{TEMP_SUFFIX}"))
+
+
+def test_benchmarks_follow_the_data_folders(tiny_experiment, tmp_path):
+    assert tiny_experiment.benchmarks == ()
+    tofu, muse = tmp_path / "tofu", tmp_path / "muse"
+    assert replace(tiny_experiment, data=DataConfig(tofu=tofu)).benchmarks == ("tofu",)
+    assert replace(tiny_experiment, data=DataConfig(muse=muse)).benchmarks == ("muse",)
+    assert replace(tiny_experiment, data=DataConfig(tofu=tofu, muse=muse)).benchmarks == ("tofu", "muse")
+
+
+def test_coefficients_outside_the_range_are_named(tiny_experiment):
+    validate_coefficients(0.0, 5.0)
+    with pytest.raises(ValueError, match="alpha=6.0 is outside"):
+        tiny_experiment.validate_coefficients(6.0, 0.0)
+    with pytest.raises(ValueError, match="beta must be finite"):
+        validate_coefficients(1.0, float("nan"))
+    with pytest.raises(ValueError, match="alpha must be a number"):
+        validate_coefficients("x", 0.0)
+    wider = replace_ranges(tiny_experiment, alpha_range=(-1.0, 10.0))
+    wider.validate_coefficients(-1.0, 0.0)
+    assert wider.beta_range == tiny_experiment.beta_range
+    with pytest.raises(ValueError, match="alpha_range"):
+        replace_ranges(tiny_experiment, alpha_range=(2.0, 1.0))
