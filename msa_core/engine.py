@@ -16,10 +16,11 @@ server), so compose-then-use is one critical section: ``with engine.session(α, 
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,7 @@ from msa_core.checkpoints import (
 )
 from msa_core.experiment import Experiment
 from msa_core.progress import Progress, report, sub_progress
-from msa_core.recompose import RecomposePlan
+from msa_core.recompose import RecomposePlan, first_non_finite
 from msa_core.vectors import VectorSet, compute_vectors
 
 if TYPE_CHECKING:
@@ -47,6 +48,72 @@ log = logging.getLogger(__name__)
 
 SIDE_ROLES = ("clean", "reference", "forget", "retain")
 _LAYER_RE = re.compile(r"\.layers\.(\d+)\.")
+# Model dtypes the engine composes into (name or alias → dtype); anything else is refused up front.
+MODEL_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+}
+# How many parameter names an error about a module filter quotes as examples.
+_EXAMPLE_NAMES = 4
+
+
+def available_devices() -> list[str]:
+    """Devices this machine can run a model on, e.g. ['cpu'] or ['cpu', 'cuda', 'cuda:0', 'cuda:1']."""
+    out = ["cpu"]
+    if torch.cuda.is_available():
+        out += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        out.append("mps")
+    return out
+
+
+def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
+    """The torch device for a name ('cpu', 'cuda', 'cuda:1', …; None/''/'auto' = cuda when available).
+
+    Raises ValueError naming the device and listing :func:`available_devices` when the name is
+    unknown or the device does not exist on this machine (checked before anything is loaded).
+    """
+    if device is None or (isinstance(device, str) and device.strip().lower() in ("", "auto")):
+        return default_device()
+    text = str(device).strip()
+    available = available_devices()
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"unknown device {text!r}; available devices: {', '.join(available)}") from None
+    if dev.type == "cpu":
+        return torch.device("cpu")
+    name = dev.type if dev.index is None else f"{dev.type}:{dev.index}"
+    if name not in available:
+        raise ValueError(f"device {text!r} is not available on this machine; available devices: {', '.join(available)}")
+    return dev
+
+
+def resolve_model_dtype(dtype: Union[str, torch.dtype, None]) -> Optional[torch.dtype]:
+    """The model dtype for a name ('float32', 'bf16', …) or dtype; None for None/''/'auto' (the
+    checkpoint's own). Raises ValueError naming the dtype and the accepted names otherwise."""
+    if dtype is None or (isinstance(dtype, str) and dtype.strip().lower() in ("", "auto")):
+        return None
+    if isinstance(dtype, torch.dtype):
+        if dtype in MODEL_DTYPES.values():
+            return dtype
+    elif isinstance(dtype, str) and dtype.strip().lower() in MODEL_DTYPES:
+        return MODEL_DTYPES[dtype.strip().lower()]
+    raise ValueError(f"unknown model dtype {dtype!r}; expected one of float32, bfloat16, float16 (or auto)")
+
+
+def check_finite(named: Iterable[tuple[str, torch.Tensor]], what: str) -> None:
+    """Raise ValueError naming ``what`` (role and folder) and the first tensor holding NaN/Inf."""
+    names, tensors = [], []
+    for name, t in named:
+        if t.is_floating_point():
+            names.append(name)
+            tensors.append(t.detach())
+    bad = first_non_finite(tensors)
+    if bad is not None:
+        raise ValueError(f"{what}: tensor {names[bad]} has NaN/Inf values (as loaded in {tensors[bad].dtype})")
 
 
 @dataclass(frozen=True)
@@ -68,6 +135,15 @@ class ModuleFilter:
                 raise ValueError(f"module filter include={self.include!r} is not a valid regex ({exc})") from None
         if self.layers is not None and (len(self.layers) != 2 or self.layers[0] > self.layers[1]):
             raise ValueError(f"module filter layers={self.layers!r} must be (first, last) with first <= last")
+
+    def describe(self) -> str:
+        """The filter as the user gave it, e.g. "include='mlp', layers 0-7"."""
+        parts = []
+        if self.include is not None:
+            parts.append(f"include={self.include!r}")
+        if self.layers is not None:
+            parts.append(f"layers {self.layers[0]}-{self.layers[1]}")
+        return ", ".join(parts) or "no filter"
 
     def matches(self, name: str) -> bool:
         if self.include is not None and not re.search(self.include, name):
@@ -129,6 +205,8 @@ class Engine:
         self.device: torch.device = first.device
         self.dtype: torch.dtype = first.dtype
         self.parameter_count = sum(p.numel() for p in model.parameters())
+        # Once, at load: a NaN/Inf in θ_c would otherwise give empty answers at every point.
+        check_finite(model.named_parameters(), f"corrupted checkpoint {experiment.checkpoints.corrupted}")
         # the names of the parameters α/β apply to, parallel to the plan's tensors
         self.param_names, self.plan = self._build_plan(vectors, module_filter)
         self.alpha = 0.0  # the working model starts as θ_corrupted
@@ -161,6 +239,12 @@ class Engine:
                 pristine.append(p.data.detach().clone())
                 tau_f.append(tf.to(device=self.device, dtype=torch.float32))
                 tau_r.append(tr.to(device=self.device, dtype=torch.float32))
+        if module_filter is not None and not kept:
+            shown = ", ".join(list(names)[:_EXAMPLE_NAMES])
+            raise ValueError(
+                f"module filter ({module_filter.describe()}) matches none of the model's {len(names)} parameters "
+                f"(e.g. {shown}); α/β would change nothing"
+            )
         return kept, RecomposePlan(live, pristine, tau_f, tau_r)
 
     @classmethod
@@ -176,7 +260,8 @@ class Engine:
     ) -> Engine:
         """Check the checkpoints, load (or compute) the vectors, load the working model."""
         t0 = time.perf_counter()
-        dev = torch.device(device) if device is not None else default_device()
+        dev = resolve_device(device)  # before anything heavy: a bad --device/--dtype fails at once
+        dtype = resolve_model_dtype(dtype)
         report(progress, 0.0, "checking checkpoints")
         compat = check_compatible(experiment)
         vectors = compute_vectors(experiment, cache_dir, sub_progress(progress, 0.05, 0.8), check=False)
@@ -201,7 +286,9 @@ class Engine:
     def set_coefficients(self, alpha: float, beta: float) -> float:
         """Recompose the working model at (α, β); returns seconds spent (0.0 if unchanged).
 
-        Raises ValueError for non-finite or out-of-range coefficients.
+        Raises ValueError for non-finite or out-of-range coefficients, and when the composed
+        weights are not finite (e.g. a large weight times α overflows the dtype), naming the
+        first such tensor; the working model is then reset to θ_corrupted (0, 0).
         """
         self.experiment.validate_coefficients(alpha, beta)
         alpha, beta = float(alpha), float(beta)
@@ -209,9 +296,19 @@ class Engine:
             if alpha == self.alpha and beta == self.beta:
                 return 0.0
             t0 = time.perf_counter()
+            # NaN marks the weights as unknown while they are rewritten, so an error midway can
+            # never make a later call at the old point skip its compose.
+            self.alpha = self.beta = math.nan
             self.compose_path = self.plan.compose(alpha, beta)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
+            bad = self.plan.first_non_finite()  # the sum's .tolist() also waits for a GPU compose
+            if bad is not None:
+                self.plan.compose(0.0, 0.0)  # θ_c itself (a copy, finite: checked at load)
+                self.alpha, self.beta = 0.0, 0.0
+                raise ValueError(
+                    f"the composed weights at α={alpha:g}, β={beta:g} are not finite: tensor {self.param_names[bad]} "
+                    f"has NaN/Inf values (θ_c − α·τ_f + β·τ_r overflows {self.dtype}); the model was reset to "
+                    "θ_corrupted (α=0, β=0)"
+                )
             self.alpha, self.beta = alpha, beta
             self.last_compose_seconds = time.perf_counter() - t0
             return self.last_compose_seconds
@@ -237,9 +334,11 @@ class Engine:
             return None
         with self._side_lock:
             if role not in self._side:
-                self._side[role] = load_model(
+                model = load_model(
                     folder, device=self.device, dtype=self.dtype, trust_remote_code=self.experiment.trust_remote_code
                 )
+                check_finite(model.named_parameters(), f"{role} checkpoint {folder}")  # once, before it is kept
+                self._side[role] = model
             return self._side[role]
 
     def loaded_side_models(self) -> list[str]:

@@ -4,6 +4,9 @@ Prompts are left-padded so every row ends at the same position; answers are cut 
 EOS, special tokens are skipped and whitespace stripped. ``generate_answers`` wraps
 questions in the QA format of :mod:`msa_core.prompts`; ``generate_text`` takes raw
 prompts (MUSE continuations, few-shot prompts) and optional stop strings.
+
+Prompts longer than :data:`MAX_PROMPT_CHARS` are refused, never truncated: generation runs
+inside the engine's lock, so one huge prompt would hold every other session's move.
 """
 
 from __future__ import annotations
@@ -18,7 +21,19 @@ from msa_core.prompts import encode_prompt, qa_prompt
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+# The longest prompt (characters) generation accepts by default. The longest real prompts are
+# MUSE VerbMem continuations (~4.4k characters) and KnowMem few-shot prompts (~3k); a 100k-character
+# prompt held the shared engine for 45 s on the CPU. Callers with longer data pass max_prompt_chars.
+MAX_PROMPT_CHARS = 8000
 
+
+def check_prompt_lengths(prompts: Sequence[str], limit: Optional[int] = MAX_PROMPT_CHARS) -> None:
+    """Raise ValueError naming the first prompt (index) longer than ``limit`` characters (None: no limit)."""
+    if limit is None:
+        return
+    for i, p in enumerate(prompts):
+        if len(p) > limit:
+            raise ValueError(f"prompt {i} is {len(p)} characters long; the limit is {limit} (it is not truncated)")
 
 def _pad_left(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
@@ -56,8 +71,13 @@ def generate_text(
     seed: int = 0,
     batch_size: int = 16,
     stop: Optional[Sequence[str]] = None,
+    max_prompt_chars: Optional[int] = MAX_PROMPT_CHARS,
 ) -> list[str]:
-    """Continuations of raw prompts, one string per prompt (stripped, cut at ``stop``)."""
+    """Continuations of raw prompts, one string per prompt (stripped, cut at ``stop``).
+
+    Raises ValueError for a prompt longer than ``max_prompt_chars`` (None: no limit).
+    """
+    check_prompt_lengths(prompts, max_prompt_chars)
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if batch_size < 1:
@@ -103,8 +123,13 @@ def generate_answers(
     top_p: float = 1.0,
     seed: int = 0,
     batch_size: int = 16,
+    max_prompt_chars: Optional[int] = MAX_PROMPT_CHARS,
 ) -> list[str]:
-    """Answers to questions asked in the QA format (chat template or ``Question: …\\nAnswer:``)."""
+    """Answers to questions asked in the QA format (chat template or ``Question: …\\nAnswer:``).
+
+    Raises ValueError for a question longer than ``max_prompt_chars`` (None: no limit).
+    """
+    check_prompt_lengths(questions, max_prompt_chars)  # indexes the user's questions, not the wrapped prompts
     prompts = [qa_prompt(tokenizer, q) for q in questions]
     return generate_text(
         model,
@@ -116,4 +141,5 @@ def generate_answers(
         top_p=top_p,
         seed=seed,
         batch_size=batch_size,
+        max_prompt_chars=None,
     )

@@ -1,13 +1,16 @@
 """Where MSA Studio keeps its on-disk cache (vectors, demo, results database).
 
 ``MSA_CACHE_DIR`` overrides the location; otherwise it is the repository's ``cache/``
-folder (git-ignored except for its ``.gitkeep``).
+folder (git-ignored except for its ``.gitkeep``). :func:`output_collision` is the one rule
+for "this output path would write over an input".
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Optional
 
 
 def default_cache_dir() -> Path:
@@ -16,3 +19,28 @@ def default_cache_dir() -> Path:
     path = Path(env).expanduser() if env else Path(__file__).resolve().parents[1] / "cache"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def default_results_path() -> Path:
+    """Where the results store lives unless told otherwise: ``<cache>/results.sqlite``."""
+    return default_cache_dir() / "results.sqlite"
+
+
+def output_collision(out: Path, protected: Mapping[str, Optional[Path]]) -> Optional[str]:
+    """Why writing a folder at ``out`` would touch one of ``protected`` (what → path), or None.
+
+    Paths are compared after resolving symlinks: ``out`` may not be, contain, or lie inside
+    any of them.
+    """
+    target = Path(out).expanduser().resolve()
+    for what, path in protected.items():
+        if path is None:
+            continue
+        guarded = Path(path).expanduser().resolve()
+        if target == guarded:
+            return f"{target} is {what} ({guarded})"
+        if guarded.is_relative_to(target):
+            return f"{target} contains {what} ({guarded})"
+        if target.is_relative_to(guarded):
+            return f"{target} is inside {what} ({guarded})"
+    return None

@@ -5,25 +5,36 @@ to disk, so peak memory is a few tensors, not four models. Stored under
 ``<cache>/vectors/<fingerprint>/`` as ``forget.safetensors``, ``retain.safetensors`` and
 ``meta.json`` (inputs, fingerprints, per-tensor norms, file sizes and SHA-256), written
 in a temp folder and renamed into place. A cache folder whose files are missing,
-truncated, of the wrong size or hash, or whose tensors are not finite, is rebuilt.
+truncated, of the wrong size or hash, whose ``meta.json`` is not the expected object, or
+whose tensors are not finite, is rebuilt.
+
+Processes share the cache safely: readers hold a shared ``flock`` on
+``<cache>/vectors/<fingerprint>.lock`` while they check and load, and a rebuild holds it
+exclusively and checks again first, so of several processes finding the same damaged cache
+one rebuilds and the others load its result. Under that exclusive lock any temp folder of
+the fingerprint is a leftover of a killed build and is removed.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import math
 import os
 import re
+import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
-from msa_core.atomic import temp_dir_beside, write_json
+from msa_core.atomic import TEMP_SUFFIX, temp_dir_beside, temp_prefix, write_json
 from msa_core.checkpoints import TensorReader, check_compatible, checkpoint_fingerprint, read_tensor_index
 from msa_core.experiment import Experiment
 from msa_core.paths import default_cache_dir
@@ -88,13 +99,23 @@ def _build(exp: Experiment, target: Path, fingerprint: str, progress: Optional[P
             TensorReader(exp.checkpoints.retain) as retain,
         ):
             for i, (name, _shape) in enumerate(specs):
-                base = clean.get(name).to(torch.float32)
-                tf = forget.get(name).to(torch.float32) - base
-                tr = retain.get(name).to(torch.float32) - base
+                inputs = {"clean": clean.get(name), "forget": forget.get(name), "retain": retain.get(name)}
+                # Each input is checked on its own so the error names the checkpoint that holds
+                # the NaN/Inf (a NaN in θ_clean would otherwise show up in both differences).
+                for role, t in inputs.items():
+                    if not torch.isfinite(t).all():
+                        raise ValueError(
+                            f"{role} checkpoint {getattr(exp.checkpoints, role)}: tensor {name} has NaN/Inf values"
+                        )
+                base = inputs["clean"].to(torch.float32)
+                tf = inputs["forget"].to(torch.float32) - base
+                tr = inputs["retain"].to(torch.float32) - base
+                del inputs
                 for kind, t in (("forget", tf), ("retain", tr)):
                     if not torch.isfinite(t).all():
                         raise ValueError(
-                            f"{kind} vector tensor {name} has NaN/Inf values (check the {kind} checkpoint)"
+                            f"{kind} vector tensor {name} overflows float32 (θ_{kind} − θ_clean is not finite "
+                            "although both tensors are)"
                         )
                 writers["forget"].write(name, tf)
                 writers["retain"].write(name, tr)
@@ -128,6 +149,29 @@ def _build(exp: Experiment, target: Path, fingerprint: str, progress: Optional[P
             os.replace(tmp, target)
 
 
+def _meta_problem(meta: Any) -> Optional[str]:
+    """What is wrong with the structure of a parsed meta.json (None when it is well-formed)."""
+    if not isinstance(meta, dict):
+        return f"meta.json holds a {type(meta).__name__}, not an object"
+    if not isinstance(meta.get("num_tensors"), int):
+        return "meta.json field num_tensors is not an integer"
+    files = meta.get("files")
+    if not isinstance(files, dict):
+        return "meta.json field files is not an object"
+    for k in VECTOR_KINDS:
+        info = files.get(k)
+        if not isinstance(info, dict) or not isinstance(info.get("size"), int):
+            return f"meta.json field files.{k} lacks an integer size"
+        if not isinstance(info.get("sha256"), (str, type(None))):
+            return f"meta.json field files.{k}.sha256 is not a string"
+    norms = meta.get("norms", {})
+    if not isinstance(norms, dict) or not all(
+        isinstance(v, dict) and all(isinstance(x, (int, float)) for x in v.values()) for v in norms.values()
+    ):
+        return "meta.json field norms is not an object of per-tensor numbers"
+    return None
+
+
 def _validate_cache(target: Path, fingerprint: str) -> Optional[dict]:
     """The cache's meta if every file is present and intact, else None (with the reason logged)."""
     meta_path = target / "meta.json"
@@ -138,12 +182,16 @@ def _validate_cache(target: Path, fingerprint: str) -> Optional[dict]:
     except (json.JSONDecodeError, UnicodeDecodeError):
         log.warning("vector cache %s: meta.json is corrupt; rebuilding", target)
         return None
+    problem = _meta_problem(meta)
+    if problem is not None:
+        log.warning("vector cache %s: %s; rebuilding", target, problem)
+        return None
     if meta.get("fingerprint") != fingerprint or meta.get("version") != CACHE_VERSION:
         log.warning("vector cache %s: fingerprint/version mismatch; rebuilding", target)
         return None
     for k in VECTOR_KINDS:
         p = target / f"{k}.safetensors"
-        info = (meta.get("files") or {}).get(k) or {}
+        info = meta["files"][k]
         if not p.is_file() or p.stat().st_size != info.get("size"):
             log.warning("vector cache %s: %s is missing or truncated; rebuilding", target, p.name)
             return None
@@ -170,6 +218,44 @@ def _load(target: Path, meta: dict) -> tuple[dict[str, torch.Tensor], dict[str, 
     return out["forget"], out["retain"]
 
 
+@contextmanager
+def _cache_lock(target: Path, *, exclusive: bool) -> Iterator[None]:
+    """Hold ``<target>.lock`` (shared to read the cache, exclusive to rebuild it) across processes.
+
+    The lock file is tiny and never removed: removing it could let two processes lock two
+    different files of the same name.
+    """
+    with open(target.parent / f"{target.name}.lock", "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _load_cached(
+    target: Path, fingerprint: str
+) -> Optional[tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
+    """(meta, τ_f, τ_r) from an intact cache folder, None when it is missing or damaged."""
+    meta = _validate_cache(target, fingerprint)
+    if meta is None:
+        return None
+    try:
+        return (meta, *_load(target, meta))
+    except (ValueError, OSError) as exc:
+        log.warning("vector cache %s unusable (%s); rebuilding", target, exc)
+        return None
+
+
+def _remove_stale_temps(target: Path) -> None:
+    """Remove temp folders of ``target`` left by a killed build; call only under the exclusive lock
+    (then no live build of this fingerprint exists, so every such folder is a leftover)."""
+    for tmp in target.parent.glob(f"{temp_prefix(target)}*{TEMP_SUFFIX}"):
+        if tmp.is_dir():
+            log.info("removing %s, left by an interrupted vector build", tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def compute_vectors(
     exp: Experiment,
     cache_dir: Optional[Path] = None,
@@ -189,22 +275,24 @@ def compute_vectors(
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     target = root / "vectors" / fingerprint
     target.parent.mkdir(parents=True, exist_ok=True)
-    meta = _validate_cache(target, fingerprint)
-    from_cache = False
-    if meta is not None:
-        try:
-            forget, retain = _load(target, meta)
-            from_cache = True
-            log.info("vectors loaded from cache %s", target)
-            report(progress, 1.0, f"vectors loaded from cache {target}")
-        except ValueError as exc:
-            log.warning("vector cache %s unusable (%s); rebuilding", target, exc)
-            meta = None
-    if meta is None:
-        log.info("computing vectors into %s", target)
-        _build(exp, target, fingerprint, progress)
-        meta = json.loads((target / "meta.json").read_text())
-        forget, retain = _load(target, meta)
+    with _cache_lock(target, exclusive=False):
+        loaded = _load_cached(target, fingerprint)
+    from_cache = loaded is not None
+    if loaded is None:
+        with _cache_lock(target, exclusive=True):
+            # Another process may have rebuilt the cache while this one waited for the lock.
+            loaded = _load_cached(target, fingerprint)
+            from_cache = loaded is not None
+            if loaded is None:
+                _remove_stale_temps(target)
+                log.info("computing vectors into %s", target)
+                _build(exp, target, fingerprint, progress)
+                meta = json.loads((target / "meta.json").read_text())
+                loaded = (meta, *_load(target, meta))
+    meta, forget, retain = loaded
+    if from_cache:
+        log.info("vectors loaded from cache %s", target)
+        report(progress, 1.0, f"vectors loaded from cache {target}")
     return VectorSet(
         forget=forget,
         retain=retain,
