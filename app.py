@@ -36,7 +36,9 @@ exp_path = session.experiment_path()
 if exp_path:
     try:
         exp = resources.experiment(exp_path)
-    except widgets.CORE_ERRORS as exc:
+    # Any failure (see widgets.ensure_engine): an escaping one would keep the file chosen and
+    # fail again on every rerun; show_error logs it, the choice is cleared.
+    except Exception as exc:
         widgets.show_error("Could not read the experiment file", exc)
         widgets.choose_experiment(None)
     else:

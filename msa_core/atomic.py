@@ -208,7 +208,10 @@ def _folder_lock(folder: Path) -> Iterator[None]:
         return
     fd = os.open(folder, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:  # e.g. ENOLCK on some network file systems: go on unserialised
+            log.debug("cannot lock %s (%s); replacing without a lock", folder, exc)
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock

@@ -113,7 +113,8 @@ def check_finite(named: Iterable[tuple[str, torch.Tensor]], what: str) -> None:
             tensors.append(t.detach())
     bad = first_non_finite(tensors)
     if bad is not None:
-        raise ValueError(f"{what}: tensor {names[bad]} has NaN/Inf values (as loaded in {tensors[bad].dtype})")
+        loaded = str(tensors[bad].dtype).removeprefix("torch.")
+        raise ValueError(f"{what}: tensor {names[bad]} has NaN/Inf values (as loaded in {loaded})")
 
 
 @dataclass(frozen=True)
@@ -300,13 +301,18 @@ class Engine:
             # never make a later call at the old point skip its compose.
             self.alpha = self.beta = math.nan
             self.compose_path = self.plan.compose(alpha, beta)
-            bad = self.plan.first_non_finite()  # the sum's .tolist() also waits for a GPU compose
+            # (0, 0) is a copy of θ_c, checked at load; any other point costs one read of the
+            # weights (a sum per tensor or slice). The sum's sync also waits for a GPU compose.
+            bad = self.plan.first_non_finite() if (alpha, beta) != (0.0, 0.0) else None
+            if bad is None and self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
             if bad is not None:
+                dtype = str(self.dtype).removeprefix("torch.")
                 self.plan.compose(0.0, 0.0)  # θ_c itself (a copy, finite: checked at load)
                 self.alpha, self.beta = 0.0, 0.0
                 raise ValueError(
                     f"the composed weights at α={alpha:g}, β={beta:g} are not finite: tensor {self.param_names[bad]} "
-                    f"has NaN/Inf values (θ_c − α·τ_f + β·τ_r overflows {self.dtype}); the model was reset to "
+                    f"has NaN/Inf values (θ_c − α·τ_f + β·τ_r overflows {dtype}); the model was reset to "
                     "θ_corrupted (α=0, β=0)"
                 )
             self.alpha, self.beta = alpha, beta
@@ -340,6 +346,17 @@ class Engine:
                 check_finite(model.named_parameters(), f"{role} checkpoint {folder}")  # once, before it is kept
                 self._side[role] = model
             return self._side[role]
+
+    @property
+    def model_settings(self) -> dict[str, object]:
+        """What besides the checkpoints changes this engine's outputs, as JSON: the model dtype,
+        the device type ('cpu', 'cuda', …) and the module filter (None when α/β apply everywhere).
+        Part of the key of every stored result and of the app's memos."""
+        f = self.module_filter
+        filt = None
+        if f is not None and (f.include is not None or f.layers is not None):
+            filt = {"include": f.include, "layers": None if f.layers is None else list(f.layers)}
+        return {"dtype": str(self.dtype).replace("torch.", ""), "device": self.device.type, "module_filter": filt}
 
     def loaded_side_models(self) -> list[str]:
         """Roles whose side models are currently loaded."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
@@ -34,11 +35,25 @@ from typing import Any, Optional
 import yaml
 
 from msa_core.atomic import write_text
+from msa_core.untrusted import read_text
 
 CHECKPOINT_ROLES = ("clean", "corrupted", "forget", "retain")
 OPTIONAL_ROLES = ("reference",)
 DEFAULT_ALPHA_RANGE = (0.0, 5.0)
 DEFAULT_BETA_RANGE = (0.0, 5.0)
+# A split is a file or folder name inside the data folder (forget10, retain_perturbed, ...):
+# no path separators, so a name like ``../../x`` cannot read outside it.
+_SPLIT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
+
+
+def check_split_name(value: Any, where: str) -> str:
+    """``value`` if it is a plain split name (see ``_SPLIT_NAME``), else a ValueError naming ``where``."""
+    if not isinstance(value, str) or not _SPLIT_NAME.fullmatch(value) or ".." in value:
+        raise ValueError(
+            f"{where}: {value!r:.100} is not a split name (letters, digits, '_', '-' and '.'; "
+            "no path separators or '..', so it stays inside the data folder)"
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -181,9 +196,7 @@ def experiment_from_dict(
             data_kwargs[key] = p
     for key in ("forget_split", "retain_split", "holdout_split"):
         if key in data_raw and data_raw[key] is not None:
-            if not isinstance(data_raw[key], str) or not data_raw[key]:
-                raise ValueError(f"{where}: data.{key} must be a non-empty string")
-            data_kwargs[key] = data_raw[key]
+            data_kwargs[key] = check_split_name(data_raw[key], f"{where}: data.{key}")
 
     ref_eval = None
     if raw.get("reference_eval"):
@@ -215,7 +228,7 @@ def load_experiment(path: str | os.PathLike[str], *, check_paths: bool = True) -
     if not p.is_file():
         raise FileNotFoundError(f"experiment file {p} does not exist")
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(read_text(p))
     except yaml.YAMLError as exc:
         raise ValueError(f"{p}: not valid YAML: {exc}") from None
     return experiment_from_dict(raw, p.parent, source=p, check_paths=check_paths)

@@ -14,6 +14,11 @@ in the process's RSS until the map is closed, so streaming three checkpoints thr
 shows up as ~3 checkpoints of RSS even though only a few tensors are live. Positional reads
 leave nothing behind once a tensor is dropped (BENCHMARKS.md, figure 4). The format is
 simple enough (see above) that this needs no library support.
+
+Headers are untrusted input: :func:`read_header` checks them as strictly as the library
+does (structure and types, known dtypes, sizes equal to shape × dtype size, offsets sorted,
+contiguous, non-overlapping and ending exactly at the end of the file) before any tensor
+is allocated, and every refusal names the file and the tensor.
 """
 
 from __future__ import annotations

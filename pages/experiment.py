@@ -27,11 +27,15 @@ def _load_forms() -> None:
     with st.expander("Load an experiment file or checkpoint folders", expanded=engine is None):
         c1, c2 = st.columns(2)
         for col, label, options, key, helptext in (
-            (c1, "Device", ["auto", "cpu", "cuda"], session.K_DEVICE,
-             "auto = the GPU when there is one. Changing it loads a second engine."),
-            (c2, "Dtype", ["auto", "float32", "bfloat16", "float16"], session.K_DTYPE,
+            (c1, "Device", widgets.device_choices(), session.K_DEVICE,
+             "auto = the GPU when there is one. Only this machine's devices are listed. "
+             "Changing it loads a second engine."),
+            (c2, "Dtype", widgets.DTYPE_CHOICES, session.K_DTYPE,
              "auto = the checkpoint's dtype (bf16 on a GPU for fp32 checkpoints)."),
         ):
+            if session.get(key) not in options:  # e.g. a device this machine does not have
+                session.put(key, "auto")
+                session.pop(session.widget_key(key))
             wkey = session.widget_mirror(key)
             col.selectbox(label, options, key=wkey, help=helptext, on_change=session.copy_widget, args=(wkey, key))
         path = st.text_input("Experiment file (.yaml)", key="w_page_exp_path", placeholder="/path/to/experiment.yaml")

@@ -35,7 +35,11 @@ def _as_metrics(result: EvalResult) -> dict:
 
 
 last = session.get(session.K_LAST_METRICS)
-metrics = last if last and last.get("alpha") == alpha and last.get("beta") == beta else None
+# The session's last metrics only count when they are of this engine's models (another
+# dtype, device or module filter of the same experiment gives other numbers).
+same_models = bool(last) and (last.get("fingerprint"), (last.get("settings") or {}).get("model")) == (
+    engine.fingerprint, engine.model_settings)
+metrics = last if same_models and last.get("alpha") == alpha and last.get("beta") == beta else None
 if metrics is None and bench is not None:
     try:
         stored = resources.stored_evaluation(engine, here, tier="fast", benchmark=bench, subset=None)

@@ -51,7 +51,7 @@ def where(role: str) -> Target:
     return here if role == "unlearned" else Side(role)
 
 
-run_key = (engine.fingerprint, set_name, entity, alpha, beta, tuple(roles))
+run_key = (*resources.model_key(engine), set_name, entity, alpha, beta, tuple(roles))
 if st.button(f"Probe {entity}", type="primary", key="w_probe_run"):
     session.put(session.K_PROBE_RUN, run_key)
 if session.get(session.K_PROBE_RUN) != run_key:

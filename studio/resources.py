@@ -12,6 +12,7 @@ Trade-off page, the "Best" preset and the CLI all see one source of results.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
@@ -25,6 +26,7 @@ from msa_core.atomic import write_json
 from msa_core.eval import ReferenceCache, ResultStore, evaluate
 from msa_core.eval import probe as core_probe
 from msa_core.eval.questions import QAItem, QuestionSets, load_question_sets
+from msa_core.eval.run import lookup_settings
 from msa_core.experiment import Experiment, load_experiment
 from msa_core.paths import default_cache_dir
 from msa_core.progress import Progress
@@ -63,8 +65,6 @@ def _recent_path() -> Path:
 
 def recent_experiments() -> list[str]:
     """Recently used experiment files that still exist, newest first."""
-    import json
-
     try:
         raw = json.loads(_recent_path().read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -145,6 +145,13 @@ def get_engine(path: str, progress: Optional[Progress] = None) -> Engine:
 
 
 # ----------------------------------------------------------------------------- memos
+def model_key(engine: Engine) -> tuple[Hashable, ...]:
+    """What identifies the engine's models in every memo: the experiment fingerprint plus the
+    model settings (dtype, device type, module filter), so a bf16 or filtered engine of the
+    same experiment never sees another engine's answers."""
+    return (engine.fingerprint, json.dumps(engine.model_settings, sort_keys=True))
+
+
 class Memo:
     """A bounded, thread-safe LRU dict shared by every session of the process."""
 
@@ -201,7 +208,7 @@ def answers(
         timing[:] = [out.compose_seconds, out.generate_seconds]
         return out.texts
 
-    prefix = (engine.fingerprint, "raw" if raw else "qa", target, int(max_new_tokens))
+    prefix = (*model_key(engine), "raw" if raw else "qa", target, int(max_new_tokens))
     texts = memoized_per_item(memo("answers"), prefix, list(questions), compute)
     return core_probe.TimedAnswers(texts, timing[0], timing[1])
 
@@ -212,7 +219,7 @@ def gold_probabilities(engine: Engine, target: Target, questions: Sequence[str],
     def compute(pairs: list[tuple[str, str]]) -> list[float]:
         return core_probe.gold_probabilities(engine, target, [p[0] for p in pairs], [p[1] for p in pairs])
 
-    return memoized_per_item(memo("probs"), (engine.fingerprint, target), list(zip(questions, golds)), compute)
+    return memoized_per_item(memo("probs"), (*model_key(engine), target), list(zip(questions, golds)), compute)
 
 
 def truth_ratio_values(engine: Engine, target: Target, items: Sequence[QAItem]) -> list[float]:
@@ -221,7 +228,7 @@ def truth_ratio_values(engine: Engine, target: Target, items: Sequence[QAItem]) 
     def compute(batch: list[QAItem]) -> list[float]:
         return core_probe.truth_ratio_values(engine, target, batch)
 
-    return memoized_per_item(memo("truth_ratios"), (engine.fingerprint, target), list(items), compute)
+    return memoized_per_item(memo("truth_ratios"), (*model_key(engine), target), list(items), compute)
 
 
 # ----------------------------------------------------------------------------- data
@@ -272,21 +279,25 @@ def evaluation(
 def stored_evaluation(
     engine: Engine, at: Point, *, tier: str, benchmark: str, subset: Optional[int]
 ) -> Optional[EvalResult]:
-    """The newest stored result at ``at`` for this tier/benchmark/subset, else None (never computes)."""
-    return results_store().latest(engine.fingerprint, at.alpha, at.beta, tier=tier, benchmark=benchmark,
-                                  subset=subset)
+    """The newest stored result at ``at`` with this engine's settings (model dtype, device, module
+    filter, data) for this tier/benchmark/subset, else None (never computes)."""
+    settings = lookup_settings(engine, tier=tier, benchmark=benchmark, subset=subset)
+    return results_store().latest(engine.fingerprint, at.alpha, at.beta, tier=tier, lookup_key=settings.lookup_key)
 
 
 def results_grid(engine: Engine, tier: Optional[str] = None) -> pd.DataFrame:
-    """Every stored point of the engine's experiment plus the reference's rows (read fresh:
-    SQLite is cheap, so a sweep running elsewhere shows up on the next rerun)."""
-    return results_store().grid(engine.fingerprint, tier, side_models=("reference",))
+    """Every stored point of the engine's experiment and model settings (dtype, device, module
+    filter) plus the reference's rows (read fresh: SQLite is cheap, so a sweep running
+    elsewhere shows up on the next rerun)."""
+    return results_store().grid(engine.fingerprint, tier, side_models=("reference",),
+                                model_settings=engine.model_settings)
 
 
 def best_point(engine: Engine) -> Optional[Point]:
     """The store's recommended point inside the experiment's ranges (see
     :meth:`ResultStore.best_tradeoff`), or None when nothing suitable is stored."""
     exp = engine.experiment
-    row = results_store().best_tradeoff(engine.fingerprint, alpha_range=exp.alpha_range, beta_range=exp.beta_range)
+    row = results_store().best_tradeoff(engine.fingerprint, alpha_range=exp.alpha_range, beta_range=exp.beta_range,
+                                        model_settings=engine.model_settings)
     return None if row is None else Point(row["alpha"], row["beta"])
 

@@ -108,9 +108,14 @@ def load_options() -> tuple[str, str]:
     return str(st.session_state[K_DEVICE]), str(st.session_state[K_DTYPE])
 
 
+def widget_key(key: str) -> str:
+    """The widget key that mirrors the canonical value ``key`` (see :func:`widget_mirror`)."""
+    return "w_" + key
+
+
 def widget_mirror(key: str) -> str:
     """The key of a page widget mirroring the canonical value ``key`` (kept across pages)."""
-    wkey = "w_" + key
+    wkey = widget_key(key)
     if wkey not in st.session_state:
         st.session_state[wkey] = st.session_state[key]
     return wkey

@@ -38,7 +38,8 @@ def error_text(exc: BaseException) -> str:
 
 def show_error(title: str, exc: BaseException, where: Any = None) -> None:
     """A readable st.error naming the problem (the traceback only goes to the log)."""
-    log.warning("%s: %s: %s", title, type(exc).__name__, error_text(exc))
+    # an unexpected type is a bug somewhere: its traceback goes to the log (never to the page)
+    log.warning("%s: %s: %s", title, type(exc).__name__, error_text(exc), exc_info=not isinstance(exc, CORE_ERRORS))
     (where or st).error(f"**{title}.** {type(exc).__name__}: {error_text(exc)}", icon=":material/error:")
 
 
@@ -190,11 +191,17 @@ def ensure_engine() -> Optional[Engine]:
         bar = st.progress(0.0, text="reading checkpoints")
         try:
             engine = resources.get_engine(path, progress=bar_progress(bar))
-        except CORE_ERRORS as exc:
+        # Any failure, not only CORE_ERRORS: loading runs third-party code (transformers,
+        # tokenizers, torch) that can raise TypeError, AttributeError, ImportError, …; letting
+        # one escape would leave the experiment chosen and fail again on every rerun.
+        except Exception as exc:
             status.update(label="Loading failed", state="error")
             session.put(session.K_LOAD_ERROR,
                         f"Could not load experiment {path}: {type(exc).__name__}: {error_text(exc)}")
-            log.warning("loading %s failed: %s", path, error_text(exc))
+            if isinstance(exc, CORE_ERRORS):
+                log.warning("loading %s failed: %s", path, error_text(exc))
+            else:  # unexpected: the traceback goes to the log, never to the page
+                log.exception("loading %s failed unexpectedly", path)
             session.put(session.K_EXP, None)
         else:
             vec = engine.vectors
@@ -227,6 +234,16 @@ def require_engine() -> Engine:
         return engine
     no_experiment_offer()
     st.stop()
+
+
+def device_choices() -> list[str]:
+    """The Device select's options: 'auto' plus the devices this machine has (never one it lacks)."""
+    from msa_core.engine import available_devices
+
+    return ["auto"] + available_devices()
+
+
+DTYPE_CHOICES = ["auto", "float32", "bfloat16", "float16"]
 
 
 def no_experiment_offer() -> None:

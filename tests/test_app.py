@@ -302,8 +302,11 @@ def test_playground_custom_prompt_and_metrics_panel(tiny_yaml, app_env):
     from msa_core.eval import ResultStore
 
     store = ResultStore(app_env / "results.sqlite")
-    assert store.latest(last["fingerprint"], 0.0, 0.0, tier="fast", benchmark="tofu", subset=4) is not None
-    here = store.latest(last["fingerprint"], 1.0, 1.0, tier="fast", benchmark="tofu", subset=4)
+    from msa_core.eval.run import settings_lookup_key
+
+    want = settings_lookup_key(last["settings"])  # same model settings, data, subset and benchmark
+    assert store.latest(last["fingerprint"], 0.0, 0.0, tier="fast", lookup_key=want) is not None
+    here = store.latest(last["fingerprint"], 1.0, 1.0, tier="fast", lookup_key=want)
     assert here is not None and here.settings_key == last["settings"]["key"]
     # A fresh session reads them back from the store: the tiles show without computing.
     again = playground(load_experiment(new_app(), tiny_yaml))
@@ -388,6 +391,75 @@ def test_export_page_writes_a_model_and_refuses_to_overwrite(tiny_yaml, tmp_path
     at.button(key="w_export_metrics").click().run()
     no_exceptions(at)
     assert at.get("download_button")
+
+
+# ----------------------------------------------------------------------------- resilience (issue 16)
+def test_an_unexpected_load_error_shows_once_and_leaves_a_usable_app(app_env, tiny_yaml, tmp_path):
+    """Case 17: a TypeError from deep inside loading (not a core error type) is one readable error,
+    the experiment choice is cleared, and choosing another experiment then works."""
+    from msa_core.engine import Engine
+
+    make_checkpoints(tmp_path / "fresh", seed=11)  # not loaded by this process yet
+    fresh = tmp_path / "fresh" / "experiment.yaml"
+    at = new_app().run()
+    at.sidebar.radio(key="w_exp_source").set_value("Experiment file").run()
+    with pytest.MonkeyPatch.context() as mp:
+
+        def broken(*args, **kwargs):
+            raise TypeError("LlamaConfig.__init__() got an unexpected keyword argument 'rope_kind'")
+
+        mp.setattr(Engine, "load", classmethod(broken))
+        submit_experiment(at, fresh)  # asserts no exception escaped
+        errors = [e.value for e in at.error]
+        assert len(errors) == 1, errors
+        assert f"Could not load experiment {fresh}" in errors[0] and "TypeError" in errors[0]
+        assert "rope_kind" in errors[0]
+        assert at.session_state["msa_exp_path"] is None
+        assert at.title[0].value.endswith("Experiment") and at.button(key="w_offer_build")
+        at.run()  # no traceback loop: a rerun is quiet and still usable
+        no_exceptions(at)
+        assert at.session_state["msa_exp_path"] is None and len(at.error) == 1
+    assert not submit_experiment(at, tiny_yaml)  # another experiment now loads
+    assert not at.error and at.session_state["msa_exp_path"] == str(tiny_yaml.resolve())
+    assert {m.label for m in at.metric} >= {"Parameters", "Device", "Dtype"}
+
+
+def test_device_select_offers_only_this_machines_devices(tiny_yaml):
+    """Case 16 (app): the Device select lists 'auto' plus available_devices(); a device the
+    machine lacks (a stale session value) is reset to auto instead of crashing the page."""
+    from msa_core.engine import available_devices
+
+    at = load_experiment(new_app(), tiny_yaml)
+    select = at.selectbox(key="w_msa_device")
+    assert select.options == ["auto", *available_devices()]
+    assert at.selectbox(key="w_msa_dtype").options == ["auto", "float32", "bfloat16", "float16"]
+    at.session_state["msa_device"] = "cuda:99"
+    at.run()
+    no_exceptions(at)
+    assert at.session_state["msa_device"] == "auto" and at.selectbox(key="w_msa_device").value == "auto"
+
+
+def test_a_bad_device_or_dtype_is_one_clear_error(app_env, tmp_path):
+    """Case 16 (app): loading with a device this machine lacks, or an unknown dtype, shows one
+    error naming it (and the available devices); the app stays usable."""
+    from msa_core.engine import available_devices
+
+    make_checkpoints(tmp_path / "fresh", seed=12)
+    fresh = tmp_path / "fresh" / "experiment.yaml"
+    for key, value, expected in (("msa_device", "cuda:99", "device 'cuda:99' is not available on this machine"),
+                                 ("msa_dtype", "int8", "unknown model dtype 'int8'")):
+        at = new_app().run()
+        at.sidebar.radio(key="w_exp_source").set_value("Experiment file").run()
+        at.sidebar.text_input(key="w_exp_path_input").set_value(str(fresh)).run()
+        at.session_state[key] = value  # what no widget offers (e.g. a session from another machine)
+        at.sidebar.button(key="w_exp_load").click().run()
+        no_exceptions(at)
+        errors = [e.value for e in at.error]
+        assert len(errors) == 1 and expected in errors[0], errors
+        if key == "msa_device":
+            assert "available devices: " + ", ".join(available_devices()) in errors[0]
+        assert at.session_state["msa_exp_path"] is None and at.button(key="w_offer_build")
+        assert at.session_state[key] == "auto"  # the Experiment page put its select back on a valid choice
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from msa_core import finetune as ft
-from msa_core.atomic import TEMP_SUFFIX, temp_prefix
+from msa_core.atomic import ASIDE_TAG, OWNER_FILE, TEMP_SUFFIX, temp_prefix
 from msa_core.demo import build as demo
 from msa_core.demo import data as dd
 
@@ -56,21 +57,100 @@ def test_marker_and_refusal(tmp_path):
             (folder / "models" / role / name).write_text("{}")
     assert demo.is_built(folder, seed=1, quick=True)
     assert not demo.is_built(folder, seed=0, quick=True) and not demo.is_built(folder, seed=1, quick=False)
-    other = tmp_path / "mine"
-    other.mkdir()
-    (other / "notes.txt").write_text("precious")
-    with pytest.raises(ValueError, match="not a demo folder"):
-        demo.build_demo(other, quick=True)
-    assert (other / "notes.txt").read_text() == "precious"
-    prefix = temp_prefix(folder)
+    assert demo.is_demo_folder(folder)
+
+
+def _stub_build(root: Path, recipe, *, seed: int, quick: bool, progress) -> None:
+    """What a finished build leaves (files and, last, the marker), without the training."""
+    (root / "data" / "tofu").mkdir(parents=True)
+    (root / "experiment.yaml").write_text(f"name: stub-{seed}\n")
+    for role in demo.ROLES:
+        (root / "models" / role).mkdir(parents=True)
+        for name in ("config.json", "model.safetensors"):
+            (root / "models" / role / name).write_text("{}")
+    (root / demo.MARKER).write_text(json.dumps({**demo._marker_payload(seed, quick), "built_at": "now"}))
+
+
+def _user_folder(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    thesis = tmp_path / "thesis"
+    files = {"data/survey.csv": "id,answer\n1,yes\n", "models/notes.txt": "mine", "experiment.yaml": "name: mine\n"}
+    for rel, text in files.items():
+        (thesis / rel).parent.mkdir(parents=True, exist_ok=True)
+        (thesis / rel).write_text(text)
+    return thesis, files
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_folder_not_made_by_the_demo_is_never_replaced(tmp_path, monkeypatch, force):
+    monkeypatch.setattr(demo, "_build_into", _stub_build)
+    thesis, files = _user_folder(tmp_path)
+    with pytest.raises(ValueError, match=f"{thesis} exists and was not created by `msa demo` "
+                                         f"\\(no {demo.MARKER} marker of a finished build\\); "
+                                         "refusing to replace it, even with --force"):
+        demo.build_demo(thesis, quick=True, force=force)
+    assert {str(p.relative_to(thesis)): p.read_text() for p in thesis.rglob("*") if p.is_file()} == files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thesis"]  # no temp folder either
+
+
+def test_a_marked_demo_build_is_replaced_and_an_empty_folder_is_used(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo, "_build_into", _stub_build)
+    folder = tmp_path / "demo"
+    folder.mkdir()  # empty: nothing to lose
+    assert demo.build_demo(folder, quick=True, seed=1) == folder / "experiment.yaml"
+    assert demo.is_built(folder, seed=1, quick=True)
+    demo.build_demo(folder, quick=True, seed=2)  # another seed: the marked build is replaced
+    assert (folder / "experiment.yaml").read_text() == "name: stub-2\n"
+    demo.build_demo(folder, quick=True, seed=2, force=True)
+    assert demo.is_built(folder, seed=2, quick=True) and not (folder / OWNER_FILE).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]
+
+
+def test_a_folder_that_appears_during_the_build_is_not_replaced(tmp_path, monkeypatch):
+    thesis, files = _user_folder(tmp_path)
+    target = tmp_path / "late"
+
+    def build_then_user_writes(root: Path, *args, **kwargs) -> None:
+        _stub_build(root, *args, **kwargs)
+        thesis.rename(target)  # the user's folder lands at the path while the build runs
+
+    monkeypatch.setattr(demo, "_build_into", build_then_user_writes)
+    with pytest.raises(ValueError, match=f"{target} appeared during the build and was not created by `msa demo`"):
+        demo.build_demo(target, quick=True)
+    assert {str(p.relative_to(target)): p.read_text() for p in target.rglob("*") if p.is_file()} == files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["late"]
+
+
+def test_an_empty_out_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="the demo folder is empty"):
+        demo.build_demo("", quick=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stale_build_folders_of_dead_processes_are_removed(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo, "_build_into", _stub_build)
+    folder = tmp_path / "demo"
+    prefix, me = temp_prefix(folder), socket.gethostname()
     stale, alive, foreign = (tmp_path / f"{prefix}{tag}{TEMP_SUFFIX}" for tag in ("stale", "alive", "foreign"))
-    for tmp, owner in ((stale, "999999999"), (alive, str(os.getpid())), (foreign, None)):
+    for tmp, pid in ((stale, 999_999_999), (alive, os.getpid()), (foreign, None)):
         tmp.mkdir()
-        if owner is not None:
-            (tmp / demo.OWNER_FILE).write_text(owner)
-    demo._remove_stale_builds(folder)
+        if pid is not None:
+            (tmp / OWNER_FILE).write_text(json.dumps({"pid": pid, "start": None, "host": me}))
+    demo.build_demo(folder, quick=True)
     assert not stale.exists() and alive.exists()
     assert foreign.exists()  # a temp folder without an owner file is not a build's: left alone
+
+
+def test_a_build_killed_mid_replacement_is_restored_by_the_next_build(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(demo, "_build_into", _stub_build)
+    folder = tmp_path / "demo"
+    demo.build_demo(folder, quick=True, seed=1)
+    aside = tmp_path / f"{temp_prefix(folder)}{ASIDE_TAG}dead{TEMP_SUFFIX}"
+    os.replace(folder, aside)  # killed after moving the old build aside
+    with caplog.at_level("WARNING"):
+        demo.build_demo(folder, quick=True, seed=1)
+    assert "restored the previous copy from an interrupted replacement" in caplog.text
+    assert demo.is_built(folder, seed=1, quick=True) and not aside.exists()
 
 
 # ---------------------------------------------------------------- end to end (slow)
@@ -101,7 +181,7 @@ def test_quick_demo_end_to_end(quick_demo):
     report = json.loads((root / "demo_report.json").read_text())
     assert report["quick"] is True and report["seconds"]["total"] > 0
     assert not list(root.parent.glob(f"{temp_prefix(root)}*"))  # no temp build folder left behind
-    assert not (root / demo.OWNER_FILE).exists()
+    assert not (root / OWNER_FILE).exists()
     # the report measured through the engine shows the demo's point: the corrupted model knows
     # the forget set, the suggested point forgets most of it and keeps most of the retain set
     scores = report["scores"]

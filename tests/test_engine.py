@@ -211,3 +211,100 @@ def test_side_models_and_memory(tiny_experiment, cache_dir):
     mem = engine.memory_bytes()
     assert mem["vectors"] == 2 * mem["working_model"]  # fp32 model, fp32 vectors
     assert mem["side:reference"] == mem["working_model"]
+
+
+# ---------------------------------------------------------------- issue 16: finiteness, filters, devices
+
+
+def _poke(folder: Path, name: str, index: tuple[int, ...], value: float) -> None:
+    """Set one element of one tensor of a checkpoint folder's safetensors file, in place."""
+    from safetensors.torch import save_file
+
+    f = next(Path(folder).glob("*.safetensors"))
+    sd = load_file(str(f))
+    sd[name][index] = value
+    save_file(sd, str(f), metadata={"format": "pt"})
+
+
+UP = "model.layers.0.mlp.up_proj.weight"
+
+
+def test_nan_in_corrupted_checkpoint_is_named_at_load(tiny_experiment, cache_dir):
+    _poke(tiny_experiment.checkpoints.corrupted, UP, (0, 0), float("nan"))
+    folder = str(tiny_experiment.checkpoints.corrupted)
+    with pytest.raises(ValueError, match=rf"corrupted checkpoint {folder}: tensor {UP} has NaN/Inf values"):
+        Engine.load(tiny_experiment, cache_dir=cache_dir)
+
+
+def test_inf_in_a_side_model_is_named_and_the_model_not_kept(tiny_experiment, cache_dir):
+    _poke(tiny_experiment.checkpoints.reference, UP, (1, 2), float("inf"))
+    engine = Engine.load(tiny_experiment, cache_dir=cache_dir)
+    folder = str(tiny_experiment.checkpoints.reference)
+    with pytest.raises(ValueError, match=rf"reference checkpoint {folder}: tensor {UP} has NaN/Inf values"):
+        engine.side_model("reference")
+    assert engine.loaded_side_models() == []
+    assert engine.side_model("clean") is not None  # the engine stays usable
+
+
+def test_overflowing_composition_is_named_and_the_engine_recovers(tiny_experiment, cache_dir):
+    # θ_c = 3e38 (finite) and τ_f = −3e38 at one element: θ_c − α·τ_f overflows float32 for α ≥ ~0.14.
+    _poke(tiny_experiment.checkpoints.corrupted, UP, (0, 0), 3e38)
+    _poke(tiny_experiment.checkpoints.forget, UP, (0, 0), -3e38)
+    engine = Engine.load(tiny_experiment, cache_dir=cache_dir)
+    engine.set_coefficients(0.1, 0.5)
+    with pytest.raises(ValueError, match=rf"composed weights at α=5, β=0 are not finite: tensor {UP} has NaN/Inf "
+                                         r"values \(θ_c − α·τ_f \+ β·τ_r overflows float32\)"):
+        engine.set_coefficients(5.0, 0.0)
+    corrupted = _files(tiny_experiment.checkpoints.corrupted)
+    assert (engine.alpha, engine.beta) == (0.0, 0.0)  # reset to θ_c, which is what the model now holds
+    for name, t in engine.model.state_dict().items():
+        if name in corrupted:
+            assert torch.equal(t, corrupted[name]), name
+    with pytest.raises(ValueError, match="not finite"):  # the same point again is composed again, not skipped
+        engine.set_coefficients(5.0, 0.0)
+    assert engine.set_coefficients(0.1, 0.0) > 0  # another point works
+    ref = _reference(tiny_experiment, 0.1, 0.0)
+    got = engine.model.state_dict()[UP]
+    assert torch.isfinite(got).all() and (got.double() - ref[UP]).abs().max() <= 1e-6 * 3.3e38
+
+
+def test_module_filter_matching_nothing_is_refused(tiny_experiment, cache_dir):
+    with pytest.raises(ValueError, match=r"module filter \(include='attn_nope'\) matches none of the model's "
+                                         r"\d+ parameters \(e\.g\. model\.embed_tokens\.weight, "):
+        Engine.load(tiny_experiment, cache_dir=cache_dir, module_filter=ModuleFilter(include="attn_nope"))
+    with pytest.raises(ValueError, match=r"module filter \(layers 40-50\) matches none"):
+        Engine.load(tiny_experiment, cache_dir=cache_dir, module_filter=ModuleFilter(layers=(40, 50)))
+    with pytest.raises(ValueError, match=r"module filter \(include='mlp', layers 7-9\) matches none"):
+        Engine.load(tiny_experiment, cache_dir=cache_dir, module_filter=ModuleFilter(include="mlp", layers=(7, 9)))
+
+
+def test_devices_are_validated_up_front(tiny_experiment, cache_dir, monkeypatch):
+    from msa_core.engine import available_devices, resolve_device
+
+    assert available_devices()[0] == "cpu"
+    assert resolve_device("cpu") == torch.device("cpu") and resolve_device(" CPU ".lower()) == torch.device("cpu")
+    assert resolve_device(None).type in ("cpu", "cuda")
+    with pytest.raises(ValueError, match=r"unknown device 'foo'; available devices: cpu"):
+        resolve_device("foo")
+    with pytest.raises(ValueError, match=r"device 'cuda:99' is not available on this machine; available devices: cpu"):
+        resolve_device("cuda:99")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert available_devices() in (["cpu"], ["cpu", "mps"])
+    with pytest.raises(ValueError, match=r"device 'cuda' is not available on this machine; available devices: cpu"):
+        resolve_device("cuda")
+    with pytest.raises(ValueError, match="unknown device 'foo'"):
+        Engine.load(tiny_experiment, cache_dir=cache_dir, device="foo")
+    assert not (cache_dir / "vectors").exists()  # refused before any work
+
+
+def test_model_dtypes_are_validated_up_front(tiny_experiment, cache_dir):
+    from msa_core.engine import resolve_model_dtype
+
+    assert resolve_model_dtype("bf16") is torch.bfloat16 and resolve_model_dtype("float32") is torch.float32
+    assert resolve_model_dtype(None) is None and resolve_model_dtype("auto") is None
+    for bad in ("foo", "int8", torch.int8, "Tensor"):
+        with pytest.raises(ValueError, match=r"unknown model dtype .*; expected one of float32, bfloat16, float16"):
+            resolve_model_dtype(bad)
+    with pytest.raises(ValueError, match="unknown model dtype 'int8'"):
+        Engine.load(tiny_experiment, cache_dir=cache_dir, dtype="int8")
+    assert not (cache_dir / "vectors").exists()

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import pytest
 from eval_fixtures import tofu_rows, write_muse
 
 from msa_core.eval.data import (
+    data_signature,
+    find_split_file,
     load_muse,
     load_tofu_split,
     perturbed_split_name,
@@ -143,3 +147,49 @@ def test_muse_errors_name_file_row_field(tmp_path):
         load_muse(root)
     with pytest.raises(FileNotFoundError, match="none of knowmem"):
         load_muse(tmp_path)
+
+
+# ---------------------------------------------------------------- issue 16
+
+
+@pytest.mark.parametrize("split", ["../outside", "../../x", "/etc/passwd", "sub/forget10", ".."])
+def test_split_names_cannot_read_outside_the_data_folder(tmp_path, split):
+    data = tmp_path / "data"
+    data.mkdir()
+    _write(tmp_path / "outside.json", [{"question": "secret", "answer": "a"}])  # must not be read
+    with pytest.raises(ValueError, match=rf"TOFU split in {data}: .* is not a split name"):
+        load_tofu_split(data, split)
+    with pytest.raises(ValueError, match="is not a split name"):
+        find_split_file(data, split)
+
+
+def test_invalid_utf8_data_files_name_file_byte_and_offset(tmp_path):
+    (tmp_path / "holdout10.json").write_bytes(b'[{"question": "q\xff", "answer": "a"}]')
+    with pytest.raises(ValueError, match=r"holdout10.json: not valid UTF-8 \(byte 0xff at offset 16\)"):
+        load_tofu_split(tmp_path, "holdout10")
+    (tmp_path / "forget01.jsonl").write_bytes(b'{"question": "q", "answer": "a"}\n{"question": "\x80"}\n')
+    with pytest.raises(ValueError, match=r"forget01.jsonl: not valid UTF-8 \(byte 0x80 at offset 47\)"):
+        load_tofu_split(tmp_path, "forget01")
+    root = write_muse(tmp_path / "muse")
+    (root / "privleak" / "holdout.json").write_bytes(b'["ok", "\xc3\x28"]')
+    with pytest.raises(ValueError, match=r"privleak/holdout.json: not valid UTF-8 \(byte 0xc3 at offset 8\)"):
+        load_muse(root)
+
+
+def _rewrite_same_size_and_mtime(path, old: bytes, new: bytes) -> None:
+    st = path.stat()
+    data = path.read_bytes()
+    assert len(old) == len(new) and old in data
+    path.write_bytes(data.replace(old, new))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+
+
+def test_in_place_edit_keeping_size_and_mtime_is_seen_by_loader_and_signature(tmp_path):
+    path = _write(tmp_path / "holdout10.json", [{"question": "q", "answer": "aaa"}])
+    assert load_tofu_split(tmp_path, "holdout10").items[0].answer == "aaa"
+    before = data_signature(tmp_path)
+    time.sleep(0.05)  # the edit's ctime must fall in a later clock tick
+    _rewrite_same_size_and_mtime(path, b'"aaa"', b'"bbb"')
+    assert load_tofu_split(tmp_path, "holdout10").items[0].answer == "bbb"
+    assert data_signature(tmp_path) != before

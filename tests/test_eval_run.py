@@ -21,8 +21,10 @@ from eval_fixtures import (
 )
 from scipy import stats
 
+from msa_core.engine import Engine, ModuleFilter
 from msa_core.eval import evaluate, evaluate_model
-from msa_core.eval.run import ReferenceCache, eval_settings, reference_result, reference_stats
+from msa_core.eval.run import ReferenceCache, eval_settings, lookup_settings, reference_result, reference_stats
+from msa_core.eval.store import ResultStore
 from msa_core.prompts import encode_continuation, encode_qa
 
 
@@ -81,7 +83,8 @@ def test_tofu_fast_tier_matches_independent_computation(eval_setup):
         ra_tr.append(stats.gmean(pw) / pc)
     np.testing.assert_allclose(m["ra_prob"].per_item, norm, rtol=1e-4)
     assert m["ra_truth_ratio"].value == pytest.approx(np.mean(np.maximum(0, 1 - np.array(ra_tr))), rel=1e-4, abs=1e-6)
-    six = [m[k].value for k in ("retain_prob", "retain_truth_ratio", "ra_prob", "ra_truth_ratio", "wf_prob", "wf_truth_ratio")]
+    six = [m[k].value for k in ("retain_prob", "retain_truth_ratio", "ra_prob", "ra_truth_ratio", "wf_prob",
+                                "wf_truth_ratio")]
     assert m["model_utility_tf"].value == pytest.approx(stats.hmean(six) if min(six) > 0 else 0.0)
     assert "forget_quality" not in m and "model_utility" not in m and "forget_rouge" not in m  # no reference, fast tier
     assert res.settings["counts"] == {"forget": 6, "retain": 5, "ra": 4, "wf": 5}
@@ -91,7 +94,8 @@ def test_tofu_fast_tier_matches_independent_computation(eval_setup):
 def test_no_sequence_scored_twice(eval_setup):
     exp, tok, model = eval_setup
     rows_seen = []
-    h = model.register_forward_pre_hook(lambda mod, args, kw: rows_seen.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    h = model.register_forward_pre_hook(lambda mod, args, kw: rows_seen.append(kw["input_ids"].shape[0]),
+                                        with_kwargs=True)
     try:
         evaluate_model(model, tok, exp, tier="fast", benchmark="tofu", batch_size=7)
     finally:
@@ -100,7 +104,8 @@ def test_no_sequence_scored_twice(eval_setup):
     total = 0
     for name in ("forget10_perturbed", "retain_perturbed", "real_authors_perturbed", "world_facts_perturbed"):
         for r in json.loads((exp.data.tofu / f"{name}.json").read_text()):
-            answers = [r["answer"], *([r["paraphrased_answer"]] if "paraphrased_answer" in r else []), *r["perturbed_answer"]]
+            para = [r["paraphrased_answer"]] if "paraphrased_answer" in r else []
+            answers = [r["answer"], *para, *r["perturbed_answer"]]
             total += len(answers)
             unique.update((r["question"], a) for a in answers)
     assert sum(rows_seen) == len(unique) < total
@@ -219,7 +224,8 @@ def test_reference_from_open_unlearning_file(eval_setup, tmp_path):
 
     trs = [0.5, 1.0, 2.0, 0.7, 1.3, 0.9]
     f = tmp_path / "TOFU_EVAL.json"
-    f.write_text(json.dumps({"forget_truth_ratio": {"agg_value": 0.7, "value_by_index": {str(i): {"score": v} for i, v in enumerate(trs)}}}))
+    by_index = {str(i): {"score": v} for i, v in enumerate(trs)}
+    f.write_text(json.dumps({"forget_truth_ratio": {"agg_value": 0.7, "value_by_index": by_index}}))
     # no reference model: the file is enough for TOFU
     eng = make_engine(tmp_path, tofu=exp.data.tofu, reference_eval=f, with_reference=False)
     assert eng.side_model("reference") is None
@@ -263,3 +269,44 @@ def test_settings_dict_and_key_are_those_stored_before_the_dataclass(eval_setup)
         s.subset = 3  # frozen
     res = evaluate_model(make_model(len(tok), seed=1), tok, exp, benchmark="tofu", subset=2, settings=s)
     assert res.settings_key == s.key and {k: v for k, v in res.settings.items() if k not in ("counts", "missing")} == d
+
+
+def test_stored_results_are_keyed_by_module_filter_dtype_and_device(eval_setup, tmp_path):
+    """Issue 16 case 4: a filtered or bf16 result is never returned for a plain request (and back)."""
+    exp, _, _ = eval_setup
+    plain = make_engine(tmp_path, tofu=exp.data.tofu)
+    filtered = Engine.load(plain.experiment, device="cpu", cache_dir=tmp_path / "cache",
+                           module_filter=ModuleFilter(include=r"mlp", layers=(0, 0)))
+    bf16 = Engine.load(plain.experiment, device="cpu", cache_dir=tmp_path / "cache", dtype="bfloat16")
+    assert plain.fingerprint == filtered.fingerprint == bf16.fingerprint  # same checkpoints
+    assert plain.model_settings == {"dtype": "float32", "device": "cpu", "module_filter": None}
+    assert filtered.model_settings["module_filter"] == {"include": "mlp", "layers": [0, 0]}
+    assert bf16.model_settings["dtype"] == "bfloat16"
+    store = ResultStore(tmp_path / "results.sqlite")
+    cache = ReferenceCache()
+    got = {}
+    for name, eng in (("filtered", filtered), ("bf16", bf16), ("plain", plain)):
+        sessions = record_sessions(eng)
+        got[name] = evaluate(eng, 2.0, 1.0, benchmark="tofu", subset=3, store=store, reference_cache=cache)
+        assert sessions == [(2.0, 1.0)], f"{name} was answered from another engine's stored row"
+        assert got[name].settings["model"] == eng.model_settings
+    keys = {name: r.settings_key for name, r in got.items()}
+    assert len(set(keys.values())) == 3 and store.count(plain.fingerprint) == 3
+    tr = {name: r.metrics["forget_truth_ratio"].value for name, r in got.items()}
+    assert tr["filtered"] != pytest.approx(tr["plain"], abs=1e-6)  # the filter changes the model...
+    # ...and a plain request gets the plain row back (from the store: no new session), never the filtered one
+    sessions = record_sessions(plain)
+    again = evaluate(plain, 2.0, 1.0, benchmark="tofu", subset=3, store=store, reference_cache=cache)
+    assert sessions == [] and again.settings_key == keys["plain"]
+    assert again.metrics["forget_truth_ratio"].value == tr["plain"]
+    # The app's lookup (no evaluation) finds each engine's own row, the newest row being another engine's.
+    for name, eng in (("plain", plain), ("filtered", filtered), ("bf16", bf16)):
+        look = lookup_settings(eng, tier="fast", benchmark="tofu", subset=3)
+        row = store.latest(eng.fingerprint, 2.0, 1.0, tier="fast", lookup_key=look.lookup_key)
+        assert row is not None and row.settings_key == keys[name], name
+    other_subset = lookup_settings(plain, tier="fast", benchmark="tofu", subset=2)
+    assert store.latest(plain.fingerprint, 2.0, 1.0, tier="fast", lookup_key=other_subset.lookup_key) is None
+    # The reference model's rows are keyed by its own dtype too (the filter does not apply to it).
+    refs = store.results(f"{plain.fingerprint}#reference")
+    assert sorted(r.settings["model"]["dtype"] for r in refs) == ["bfloat16", "float32"]
+    assert all(r.settings["model"]["module_filter"] is None for r in refs)

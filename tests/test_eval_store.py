@@ -10,11 +10,13 @@ import sys
 import textwrap
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from msa_core.eval.results import EvalResult, MetricValue
+from msa_core.eval.run import settings_lookup_key
 from msa_core.eval.store import ResultStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,14 +81,96 @@ def test_grid_with_side_models_subset_and_the_newest_point(tmp_path):
     assert list(df["model"]) == ["composed", "composed", "reference"]
     assert df["subset"].isna().tolist() == [True, False, True]
     assert list(st.grid("fp")["model"]) == ["composed", "composed"]  # side models only when asked for
-    # latest(): one point of one tier/benchmark/subset, whatever its settings key.
-    assert st.latest("fp", 1.0, 0.0, tier="fast", benchmark="tofu", subset=4).flat()["forget_quality"] == 0.2
-    assert st.latest("fp", 1.0, 0.0, tier="fast", benchmark="tofu", subset=None) is None
-    assert st.latest("fp", 0.0, 0.0, tier="fast", benchmark="muse", subset=None) is None
+    # latest(): the newest row of one point whose settings match the caller's lookup key.
+    plain4 = {"benchmark": "tofu", "subset": 4, "model": {"dtype": "float32", "device": "cpu", "module_filter": None}}
+    want = settings_lookup_key(plain4)
+    assert st.latest("fp", 1.0, 0.0, tier="fast", lookup_key=want) is None  # "k2" has no model settings
     time.sleep(0.01)
-    st.put(EvalResult(1.0, 0.0, "fast", "tofu", "fp", {"key": "k3", "subset": 4}, 0.1,
-                      _result(1.0, 0.0, fq=0.3).metrics))
-    assert st.latest("fp", 1.0, 0.0, tier="fast", benchmark="tofu", subset=4).flat()["forget_quality"] == 0.3
+    st.put(EvalResult(1.0, 0.0, "fast", "tofu", "fp", {**plain4, "key": "k3"}, 0.1, _result(1.0, 0.0, fq=0.3).metrics))
+    assert st.latest("fp", 1.0, 0.0, tier="fast", lookup_key=want).flat()["forget_quality"] == 0.3
+    assert st.latest("fp", 1.0, 0.0, tier="full", lookup_key=want) is None
+    assert st.latest("fp", 0.0, 0.0, tier="fast", lookup_key=want) is None
+    time.sleep(0.01)
+    st.put(EvalResult(1.0, 0.0, "fast", "tofu", "fp", {**plain4, "key": "k4", "counts": {"forget": 4}}, 0.1,
+                      _result(1.0, 0.0, fq=0.4).metrics))
+    assert st.latest("fp", 1.0, 0.0, tier="fast", lookup_key=want).flat()["forget_quality"] == 0.4  # the newest
+
+
+def test_latest_never_returns_a_row_of_other_model_settings(tmp_path):
+    """A bf16, cuda or module-filtered row is another result: a plain float32 lookup never gets it."""
+    st = ResultStore(tmp_path / "r.sqlite")
+    plain = {"benchmark": "tofu", "subset": None, "model": {"dtype": "float32", "device": "cpu", "module_filter": None},
+             "reference": {"tr": "model:fp:aaaa", "auc": None}}
+    others = [
+        {**plain, "model": {"dtype": "bfloat16", "device": "cpu", "module_filter": None}},
+        {**plain, "model": {"dtype": "float32", "device": "cuda", "module_filter": None}},
+        {**plain, "model": {"dtype": "float32", "device": "cpu", "module_filter": {"include": "mlp", "layers": None}}},
+        {**plain, "model": {"dtype": "float32", "device": "cpu", "module_filter": {"include": None, "layers": [0, 0]}}},
+        {**plain, "subset": 8},
+        {**plain, "reference": {"tr": "file:/x/TOFU_EVAL.json:sig", "auc": None}},
+    ]
+    for i, settings in enumerate(others):
+        time.sleep(0.002)
+        st.put(EvalResult(1.0, 1.0, "fast", "tofu", "fp", {**settings, "key": f"other{i}"}, 0.1,
+                          _result(1.0, 1.0, fq=0.7175).metrics))
+    lookup = {**plain, "reference": {"tr": None, "auc": None}}  # the app cannot know the reference model's key
+    assert st.latest("fp", 1.0, 1.0, tier="fast", lookup_key=settings_lookup_key(lookup)) is None
+    st.put(EvalResult(1.0, 1.0, "fast", "tofu", "fp", {**plain, "key": "plain"}, 0.1,
+                      _result(1.0, 1.0, fq=0.3336).metrics))
+    time.sleep(0.002)
+    st.put(EvalResult(1.0, 1.0, "fast", "tofu", "fp", {**others[0], "key": "bf16-newer"}, 0.1,
+                      _result(1.0, 1.0, fq=0.7175).metrics))
+    got = st.latest("fp", 1.0, 1.0, tier="fast", lookup_key=settings_lookup_key(lookup))
+    assert got.settings_key == "plain" and got.flat()["forget_quality"] == 0.3336
+    assert st.count("fp") == len(others) + 2  # every setting is its own row
+
+
+def test_grid_and_best_tradeoff_keep_to_one_set_of_model_settings(tmp_path):
+    """The Trade-off charts and the "Best" preset of a float32 engine never use a filtered sweep."""
+    st = ResultStore(tmp_path / "r.sqlite")
+    plain = {"dtype": "float32", "device": "cpu", "module_filter": None}
+    mlp = {**plain, "module_filter": {"include": "mlp", "layers": None}}
+    for a, fq, model in ((0.0, 0.01, plain), (1.0, 0.2, plain), (0.0, 0.01, mlp), (2.0, 0.99, mlp)):
+        st.put(EvalResult(a, 0.0, "fast", "tofu", "fp", {"key": f"k-{bool(model['module_filter'])}", "model": model},
+                          0.1, _result(a, 0.0, fq=fq).metrics))
+    st.put(EvalResult(None, None, "fast", "tofu", "fp", {"key": "ref", "model": plain}, 0.1,
+                      _result(0.0, 0.0).metrics, model="reference"))
+    assert len(st.grid("fp")) == 4  # no filter: every row, with its settings key
+    df = st.grid("fp", side_models=("reference",), model_settings=plain)
+    assert list(zip(df["alpha"], df["model"])) == [(0.0, "composed"), (1.0, "composed"), (None, "reference")]
+    only_mlp = st.grid("fp", side_models=("reference",), model_settings=mlp)
+    assert list(only_mlp["alpha"]) == [0.0, 2.0]  # the reference row (plain side model) counts for the filter too
+    assert st.grid("fp", side_models=("reference",), model_settings=mlp)["model"].tolist()[-1] == "composed"
+    assert st.best_tradeoff("fp", keep_utility=0.0)["alpha"] == 2.0
+    assert st.best_tradeoff("fp", keep_utility=0.0, model_settings=plain)["alpha"] == 1.0
+
+
+class _FullStore(ResultStore):
+    """A store whose database cannot grow (SQLite's max_page_count), like a full disk."""
+
+    @contextmanager
+    def _connect(self):
+        with super()._connect() as con:
+            pages = con.execute("PRAGMA page_count").fetchone()[0]
+            con.execute(f"PRAGMA max_page_count = {max(int(pages), 1)}")
+            yield con
+
+
+def test_a_full_store_reports_the_real_cause_and_its_path(tmp_path):
+    path = tmp_path / "r.sqlite"
+    ResultStore(path).put(_result(0.0, 0.0))
+    full = _FullStore(path)
+    big = _result(1.0, 0.0)
+    big = EvalResult(1.0, 0.0, "fast", "tofu", "fp", {"key": "k1"}, 0.1, big.metrics,
+                     generations={"forget": ["x" * 2000] * 200})
+    with pytest.raises(OSError) as info:
+        full.put(big)
+    msg = str(info.value)
+    assert str(path) in msg and "full" in msg and "α=1.0, β=0.0" in msg
+    assert "no transaction is active" not in msg and "rollback" not in msg
+    # nothing half-written: the old row is intact and the failed one is absent
+    assert full.count("fp") == 1 and full.get("fp", 1.0, 0.0, "fast", "k1") is None
+    assert full.get("fp", 0.0, 0.0, "fast", "k1") is not None
 
 
 def test_best_tradeoff_keeps_most_of_the_corrupted_utility(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -75,3 +76,28 @@ def test_coefficients_outside_the_range_are_named(tiny_experiment):
     assert wider.beta_range == tiny_experiment.beta_range
     with pytest.raises(ValueError, match="alpha_range"):
         replace_ranges(tiny_experiment, alpha_range=(2.0, 1.0))
+
+
+@pytest.mark.parametrize("split", ["../../x", "../forget10", "/etc/passwd", "sub/forget10", "..", ".hidden", "a\\b", 7])
+def test_split_names_that_could_leave_the_data_folder_are_refused(tiny_experiment, split):
+    src = tiny_experiment.checkpoints.clean.parent / "experiment.yaml"
+    bad = src.parent / "bad.yaml"
+    bad.write_text(src.read_text() + f"data:\n  forget_split: {json.dumps(split)}\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: data.forget_split: .* is not a split name"):
+        load_experiment(bad)
+
+
+def test_plain_split_names_are_accepted(tiny_experiment):
+    src = tiny_experiment.checkpoints.clean.parent / "experiment.yaml"
+    ok = src.parent / "ok.yaml"
+    ok.write_text(src.read_text() + "data:\n  forget_split: forget05\n  retain_split: retain-v1.2_perturbed\n")
+    exp = load_experiment(ok)
+    assert (exp.data.forget_split, exp.data.retain_split) == ("forget05", "retain-v1.2_perturbed")
+
+
+def test_invalid_utf8_experiment_file_names_file_byte_and_offset(tiny_experiment):
+    src = tiny_experiment.checkpoints.clean.parent / "experiment.yaml"
+    bad = src.parent / "bad.yaml"
+    bad.write_bytes(b"name: \xe9t\xe9\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: not valid UTF-8 \(byte 0xe9 at offset 6\)"):
+        load_experiment(bad)

@@ -6,14 +6,20 @@ from __future__ import annotations
 
 import errno
 import json
+import os
+import shutil
+import socket
+import threading
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from msa_core.atomic import temp_prefix
+from msa_core.atomic import ASIDE_TAG, OWNER_FILE, TEMP_SUFFIX, temp_prefix
 from msa_core.engine import Engine, ModuleFilter
-from msa_core.export import export_model
+from msa_core.export import export_model, is_export
 
 
 def test_export_roundtrip_and_refuses_overwrite(tiny_experiment, cache_dir, tmp_path):
@@ -35,20 +41,72 @@ def test_export_roundtrip_and_refuses_overwrite(tiny_experiment, cache_dir, tmp_
     assert json.loads((out / "msa.json").read_text())["alpha"] == 2.0
 
 
-def test_full_disk_leaves_nothing_behind(tiny_experiment, cache_dir, tmp_path, monkeypatch):
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _nothing_left(parent: Path, out: Path) -> bool:
+    return [p.name for p in parent.iterdir() if p.name.startswith(temp_prefix(out))] == []
+
+
+@pytest.mark.parametrize(
+    "where, failure",
+    [
+        ("model", OSError(errno.ENOSPC, "No space left on device")),
+        ("model", SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+                                  'message: "No space left on device" })')),
+        ("tokenizer", Exception("No space left on device (os error 28)")),  # what the tokenizers library raises
+    ],
+    ids=["oserror", "safetensors", "tokenizers"],
+)
+def test_a_full_disk_mid_export_is_one_clear_error_and_leaves_nothing(
+    tiny_experiment, cache_dir, tmp_path, monkeypatch, where, failure
+):
     engine = Engine.load(tiny_experiment, cache_dir=cache_dir)
     out = export_model(engine, 1.0, 0.0, tmp_path / "model")
-    before = sorted(p.name for p in out.iterdir())
+    before = _files(out)
 
     def no_space(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
+        raise failure
 
-    monkeypatch.setattr(type(engine.model), "save_pretrained", no_space)
-    with pytest.raises(OSError, match=f"exporting to {out} failed: No space left"):
+    owner = type(engine.model) if where == "model" else type(engine.tokenizer)
+    monkeypatch.setattr(owner, "save_pretrained", no_space)
+    with pytest.raises(OSError, match=rf"exporting to {out} failed: not enough free space on {tmp_path} "
+                                      r"\([\d,.]+ MB free, the export needs about [\d,.]+ MB\); nothing was written"):
         export_model(engine, 3.0, 0.0, out, force=True)
-    assert sorted(p.name for p in out.iterdir()) == before
-    assert json.loads((out / "msa.json").read_text())["alpha"] == 1.0
+    assert _files(out) == before  # the previous export is untouched
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_any_other_write_failure_names_the_folder_and_leaves_nothing(tiny_experiment, cache_dir, tmp_path, monkeypatch):
+    engine = Engine.load(tiny_experiment, cache_dir=cache_dir)
+
+    def broken(*args, **kwargs):
+        raise Exception("Permission denied (os error 13)")  # tokenizers' untyped I/O error
+
+    monkeypatch.setattr(type(engine.tokenizer), "save_pretrained", broken)
+    out = tmp_path / "model"
+    message = rf"exporting to {out} failed: Permission denied \(os error 13\); nothing was written"
+    with pytest.raises(OSError, match=message):
+        export_model(engine, 1.0, 0.0, out)
+    assert not out.exists() and _nothing_left(tmp_path, out)
+
+
+def test_too_little_free_space_is_refused_before_writing(tiny_experiment, cache_dir, tmp_path, monkeypatch):
+    engine = Engine.load(tiny_experiment, cache_dir=cache_dir)
+    written: list[str] = []
+    monkeypatch.setattr(type(engine.model), "save_pretrained", lambda *a, **k: written.append("weights"))
+    real_usage = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real_usage(p)._replace(free=10 * 2**20 // 100))
+    out = tmp_path / "model"
+    weights = sum(p.numel() * p.element_size() for p in engine.model.parameters())
+    message = r"not enough free space .*\(0\.1 MB free, the export needs about [\d.]+ MB\)"
+    with pytest.raises(OSError, match=message) as info:
+        export_model(engine, 1.0, 0.0, out)
+    assert info.value.errno == errno.ENOSPC
+    needed = float(str(info.value).split("needs about ")[1].split(" MB")[0])
+    assert needed * 2**20 >= weights  # the estimate covers at least the weights
+    assert written == [] and not out.exists() and _nothing_left(tmp_path, out)
 
 
 def _leftovers(folder, target) -> list[str]:
@@ -99,3 +157,179 @@ def test_engine_without_tokenizer_exports_weights_only(tiny_experiment, cache_di
     engine = Engine(tiny_experiment, loaded.model, None, loaded.vectors)
     out = export_model(engine, 0.5, 0.5, tmp_path / "bare")
     assert any(out.glob("*.safetensors")) and not (out / "tokenizer.json").exists()
+
+
+# ---------------------------------------------------------------- never write over an input (case 2)
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_an_output_that_is_contains_or_is_inside_an_input_is_refused_before_writing(
+    tiny_experiment, cache_dir, tmp_path
+):
+    from msa_core.experiment import load_experiment
+
+    exp = load_experiment(tiny_experiment.checkpoints.clean.parent / "experiment.yaml")
+    engine = Engine.load(exp, cache_dir=cache_dir)
+    ckpt = tiny_experiment.checkpoints
+    before = _tree(tmp_path / "ckpt")
+    (tmp_path / "link").symlink_to(ckpt.corrupted)
+    cases = {
+        ckpt.corrupted: f"{ckpt.corrupted} is the corrupted checkpoint",
+        ckpt.forget / "sub": f"{ckpt.forget / 'sub'} is inside the forget checkpoint",
+        tmp_path / "ckpt": f"{tmp_path / 'ckpt'} contains the clean checkpoint",
+        tmp_path / "link": f"{ckpt.corrupted} is the corrupted checkpoint",  # symlinks are resolved
+        ckpt.reference: f"{ckpt.reference} is the reference checkpoint",
+        engine.vectors.path: f"{engine.vectors.path} is inside the vector cache",
+        cache_dir / "results.sqlite": f"{cache_dir / 'results.sqlite'} is the results store",
+        cache_dir: f"{cache_dir} contains the vector cache",
+    }
+    for out, why in cases.items():
+        with pytest.raises(ValueError, match=f"refusing to export to .*: {why} "):
+            export_model(engine, 1.0, 0.0, out, force=True)
+    assert _tree(tmp_path / "ckpt") == before  # every input byte-identical, experiment file included
+    with pytest.raises(ValueError, match="is the experiment file"):
+        export_model(engine, 1.0, 0.0, exp.source, force=True)
+    store = tmp_path / "elsewhere" / "results.sqlite"  # a store the caller names
+    with pytest.raises(ValueError, match=f"{store.parent} contains the app's results store"):
+        export_model(engine, 1.0, 0.0, store.parent, protected={"the app's results store": store})
+    ok = export_model(engine, 1.0, 0.0, cache_dir / "exports" / "m")  # the app's default export folder is fine
+    assert is_export(ok)
+
+
+def test_an_empty_output_path_is_refused_not_taken_as_the_current_folder(tiny_experiment, cache_dir, tmp_path,
+                                                                          monkeypatch):
+    engine = Engine.load(tiny_experiment, cache_dir=cache_dir)
+    monkeypatch.chdir(tmp_path)
+    for empty in ("", "  ", Path(""), "."):
+        with pytest.raises(ValueError, match="the output folder is empty or '.'"):
+            export_model(engine, 1.0, 0.0, empty, force=True)
+    assert not (tmp_path / "msa.json").exists()
+
+
+def test_force_replaces_only_a_previous_export_or_an_empty_folder(tiny_experiment, cache_dir, tmp_path):
+    engine = Engine.load(tiny_experiment, cache_dir=cache_dir)
+    thesis = tmp_path / "thesis"
+    (thesis / "data").mkdir(parents=True)
+    (thesis / "data" / "survey.csv").write_text("precious")
+    with pytest.raises(FileExistsError, match=f"{thesis} exists and is not an MSA export \\(no msa.json\\); "
+                                              "refusing to replace it, even with --force"):
+        export_model(engine, 1.0, 0.0, thesis, force=True)
+    assert (thesis / "data" / "survey.csv").read_text() == "precious" and _nothing_left(tmp_path, thesis)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert is_export(export_model(engine, 1.0, 0.0, empty, force=True))
+
+
+# ---------------------------------------------------------------- a kill mid-replacement (case 3)
+
+
+class _Killed(BaseException):
+    """A simulated kill -9: from the kill on, every file-system step raises without acting."""
+
+
+def test_a_kill_between_the_two_renames_is_repaired_by_the_next_export(
+    tiny_experiment, cache_dir, tmp_path, monkeypatch, caplog
+):
+    engine = Engine.load(tiny_experiment, cache_dir=cache_dir)
+    out = export_model(engine, 1.0, 0.0, tmp_path / "model")
+    old = _tree(out)
+    renames: list[tuple[str, str]] = []
+    dead = [False]
+    real_replace, real_rmtree, real_unlink = os.replace, shutil.rmtree, os.unlink
+
+    def replace(src, dst, **kwargs):
+        if dead[0]:
+            raise _Killed
+        renames.append((Path(src).name, Path(dst).name))
+        real_replace(src, dst, **kwargs)
+        if Path(dst).name.startswith(f".model.{ASIDE_TAG}"):  # the old copy just moved aside: die here
+            dead[0] = True
+            raise _Killed
+
+    def dead_or(real):
+        def step(*args, **kwargs):
+            if dead[0]:
+                raise _Killed
+            return real(*args, **kwargs)
+        return step
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", replace)
+        m.setattr(shutil, "rmtree", dead_or(real_rmtree))
+        m.setattr(os, "unlink", dead_or(real_unlink))
+        with pytest.raises(_Killed):
+            export_model(engine, 2.0, 0.0, out, force=True)
+    # the state the issue found: nothing at the path, the old and the new copies both hidden beside it
+    assert not out.exists()
+    hidden = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(temp_prefix(out)))
+    assert len(hidden) == 2 and any(h.startswith(f".model.{ASIDE_TAG}") for h in hidden)
+    for h in hidden:  # the killed process is gone
+        owner = tmp_path / h / OWNER_FILE
+        if owner.exists():
+            owner.write_text(json.dumps({"pid": 999_999_999, "start": None, "host": socket.gethostname()}))
+    # the next export to that path restores the old copy, says so, and removes the dead one's temp folder
+    with caplog.at_level("WARNING"), pytest.raises(FileExistsError, match="already exists"):
+        export_model(engine, 3.0, 0.0, out)
+    assert "restored the previous copy from an interrupted replacement" in caplog.text and str(out) in caplog.text
+    assert _tree(out) == old and _nothing_left(tmp_path, out)
+    export_model(engine, 3.0, 0.0, out, force=True)
+    assert json.loads((out / "msa.json").read_text())["alpha"] == 3.0 and _nothing_left(tmp_path, out)
+    assert not (out / OWNER_FILE).exists()
+
+
+def test_stale_temp_folders_of_dead_exports_are_removed_and_live_ones_kept(tiny_experiment, cache_dir, tmp_path):
+    engine = Engine.load(tiny_experiment, cache_dir=cache_dir)
+    out = tmp_path / "model"
+    me = socket.gethostname()
+    stale, live, foreign = (tmp_path / f"{temp_prefix(out)}{tag}{TEMP_SUFFIX}" for tag in ("dead0001", "live0001",
+                                                                                            "user0001"))
+    for folder, pid in ((stale, 999_999_999), (live, os.getpid()), (foreign, None)):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"half")
+        if pid is not None:
+            (folder / OWNER_FILE).write_text(json.dumps({"pid": pid, "start": None, "host": me}))
+    export_model(engine, 1.0, 0.0, out)
+    assert not stale.exists() and live.exists() and foreign.exists()
+
+
+# ---------------------------------------------------------------- the engine lock, tied weights
+
+
+def test_files_are_written_outside_the_engine_lock(tiny_experiment, cache_dir, tmp_path, monkeypatch):
+    engine = Engine.load(tiny_experiment, cache_dir=cache_dir)
+    real_save = type(engine.model).save_pretrained
+    free_while_writing: list[bool] = []
+
+    def probe() -> None:
+        free = engine.lock.acquire(blocking=False)
+        if free:
+            engine.lock.release()
+        free_while_writing.append(free)
+
+    def save(self, *args, **kwargs):
+        other = threading.Thread(target=probe)  # another session, trying to take the engine
+        other.start()
+        other.join()
+        return real_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(engine.model), "save_pretrained", save)
+    out = export_model(engine, 1.5, 0.5, tmp_path / "model")
+    assert free_while_writing == [True]  # another session could move α/β while the files were written
+    sd = load_file(str(next(out.glob("*.safetensors"))))
+    engine.set_coefficients(1.5, 0.5)
+    assert all(torch.equal(sd[k], v) for k, v in engine.model.state_dict().items() if k in sd)
+
+
+def test_tied_weights_export_once_and_reload(tiny_experiment_tied, cache_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    engine = Engine.load(tiny_experiment_tied, cache_dir=cache_dir)
+    out = export_model(engine, 1.0, 0.5, tmp_path / "tied")
+    sd = load_file(str(next(out.glob("*.safetensors"))))
+    assert "lm_head.weight" not in sd  # written once, as the model expects
+    model = AutoModelForCausalLM.from_pretrained(out)
+    engine.set_coefficients(1.0, 0.5)
+    assert torch.equal(model.lm_head.weight, engine.model.get_input_embeddings().weight)

@@ -47,3 +47,18 @@ def test_bad_arguments(model_tok):
     model, tok = model_tok
     with pytest.raises(ValueError, match="max_new_tokens"):
         generate_text(model, tok, ["x"], max_new_tokens=0)
+
+
+def test_overlong_prompts_are_refused_not_truncated(model_tok):
+    from msa_core.generation import MAX_PROMPT_CHARS
+
+    model, tok = model_tok
+    long = "x" * (MAX_PROMPT_CHARS + 1)
+    with pytest.raises(ValueError, match=rf"^prompt 1 is {MAX_PROMPT_CHARS + 1} characters long; the limit is "
+                                         rf"{MAX_PROMPT_CHARS} \(it is not truncated\)$"):
+        generate_text(model, tok, ["fine", long], max_new_tokens=1)
+    with pytest.raises(ValueError, match=r"^prompt 0 is 101 characters long; the limit is 100"):
+        generate_answers(model, tok, ["q" * 101], max_new_tokens=1, max_prompt_chars=100)
+    # exactly at the limit is accepted; callers with long data may lift the limit
+    assert len(generate_text(model, tok, ["y" * 100], max_new_tokens=1, max_prompt_chars=100)) == 1
+    assert len(generate_text(model, tok, ["z" * 300], max_new_tokens=1, max_prompt_chars=None)) == 1

@@ -132,3 +132,19 @@ def test_sliced_items_cover_every_element_once_within_the_item_size():
     assert len(strided) == 1 and strided[0].params[0] is ts[2]  # a strided tensor is its own item
     assert sum(it.elements for it in items) == sum(t.numel() for t in ts)
     assert all(s.numel() <= 8 for it in items for s in it.params if s.is_contiguous())
+
+
+def test_first_non_finite_names_the_first_bad_tensor_and_ignores_overflowing_sums():
+    from msa_core.recompose import first_non_finite
+
+    ts = [torch.zeros(3, 4), torch.ones(5), torch.ones(2, 2), torch.ones(3)]
+    assert first_non_finite(ts) is None and first_non_finite([]) is None
+    ts[2][1, 1] = float("nan")
+    ts[3][0] = float("-inf")
+    assert first_non_finite(ts) == 2
+    # finite values whose sum overflows float32 are not reported
+    assert first_non_finite([torch.full((4,), 3e38), torch.full((2,), 3e38, dtype=torch.bfloat16)]) is None
+    assert first_non_finite([torch.ones(2, dtype=torch.bfloat16), torch.tensor([1.0, float("inf")]).bfloat16()]) == 1
+    big = torch.ones(3, 40000)  # summed in slices on the CPU: the NaN sits in the last one
+    big[2, -1] = float("nan")
+    assert first_non_finite([torch.ones(70000), big, big]) == 1

@@ -82,7 +82,8 @@ def test_nan_in_vector_named(tiny_experiment, cache_dir):
     sd = load_file(str(f))
     sd["model.layers.0.self_attn.q_proj.weight"][0, 0] = float("nan")
     save_file(sd, str(f), metadata={"format": "pt"})
-    nan_in = r"forget vector tensor model\.layers\.0\.self_attn\.q_proj\.weight has NaN/Inf"
+    folder = str(tiny_experiment.checkpoints.forget)
+    nan_in = rf"forget checkpoint {folder}: tensor model\.layers\.0\.self_attn\.q_proj\.weight has NaN/Inf"
     with pytest.raises(ValueError, match=nan_in):
         compute_vectors(tiny_experiment, cache_dir)
     # nothing half-written is left that could be mistaken for a cache
@@ -129,5 +130,110 @@ def test_a_rebuild_leaves_no_temp_folder(tiny_experiment, cache_dir):
     (vs.path / "meta.json").write_text("{broken")
     again = compute_vectors(tiny_experiment, cache_dir)
     assert not again.from_cache and json.loads((again.path / "meta.json").read_text())["fingerprint"] == vs.fingerprint
-    assert sorted(p.name for p in vs.path.parent.iterdir()) == [vs.path.name]
+    assert sorted(p.name for p in vs.path.parent.iterdir()) == [vs.path.name, f"{vs.path.name}.lock"]
 
+
+
+# ---------------------------------------------------------------- issue 16
+
+
+def test_nan_in_clean_checkpoint_names_the_clean_checkpoint(tiny_experiment, cache_dir):
+    f = next(tiny_experiment.checkpoints.clean.glob("*.safetensors"))
+    sd = load_file(str(f))
+    sd["model.layers.1.mlp.down_proj.weight"][3, 1] = float("nan")
+    save_file(sd, str(f), metadata={"format": "pt"})
+    folder = str(tiny_experiment.checkpoints.clean)
+    name = r"model\.layers\.1\.mlp\.down_proj\.weight"
+    with pytest.raises(ValueError, match=rf"^clean checkpoint {folder}: tensor {name} has NaN/Inf values$"):
+        compute_vectors(tiny_experiment, cache_dir)
+
+
+def test_a_difference_that_overflows_is_named(tiny_experiment, cache_dir):
+    for role, value in (("clean", -3e38), ("retain", 3e38)):
+        f = next(getattr(tiny_experiment.checkpoints, role).glob("*.safetensors"))
+        sd = load_file(str(f))
+        sd["lm_head.weight"][0, 0] = value
+        save_file(sd, str(f), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"retain vector tensor lm_head\.weight overflows float32"):
+        compute_vectors(tiny_experiment, cache_dir)
+
+
+def _edit_meta(path: Path, how: str) -> None:
+    meta = json.loads((path / "meta.json").read_text())
+    if how == "list":
+        meta = [meta]
+    elif how == "number":
+        meta = 42
+    elif how == "string":
+        meta = "meta"
+    elif how == "files-list":
+        meta["files"] = [meta["files"]]
+    elif how == "size-string":
+        meta["files"]["retain"]["size"] = str(meta["files"]["retain"]["size"])
+    elif how == "sha-number":
+        meta["files"]["forget"]["sha256"] = 7
+    elif how == "norms-list":
+        meta["norms"] = []
+    elif how == "num-tensors-null":
+        meta["num_tensors"] = None
+    (path / "meta.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(
+    "how", ["list", "number", "string", "files-list", "size-string", "sha-number", "norms-list", "num-tensors-null"]
+)
+def test_meta_json_of_the_wrong_shape_is_rebuilt(tiny_experiment, cache_dir, how):
+    first = compute_vectors(tiny_experiment, cache_dir)
+    _edit_meta(first.path, how)
+    second = compute_vectors(tiny_experiment, cache_dir)
+    assert not second.from_cache
+    for n in first.forget:
+        assert torch.equal(first.forget[n], second.forget[n])
+    third = compute_vectors(tiny_experiment, cache_dir)
+    assert third.from_cache and third.norms == first.norms
+
+
+def test_leftover_temp_folders_of_a_killed_build_are_removed_by_the_next_build(tiny_experiment, cache_dir):
+    from msa_core.vectors import vectors_fingerprint
+
+    fp = vectors_fingerprint(tiny_experiment)
+    stale = cache_dir / "vectors" / f".{fp}.abc123.tmp"
+    (stale / "partial").mkdir(parents=True)
+    other = cache_dir / "vectors" / ".0123456789abcdef.xyz.tmp"  # another fingerprint's: not ours to judge
+    other.mkdir()
+    compute_vectors(tiny_experiment, cache_dir)
+    assert not stale.exists() and other.exists()
+
+
+def _load_in_process(exp_file: str, cache: str, barrier, queue) -> None:
+    from msa_core.experiment import load_experiment
+
+    barrier.wait()
+    try:
+        vs = compute_vectors(load_experiment(exp_file), Path(cache))
+        queue.put(("ok", vs.from_cache, sorted((n, float(t.double().sum())) for n, t in vs.forget.items())))
+    except Exception as exc:  # noqa: BLE001 - the test reports whatever a child raised
+        queue.put(("error", f"{type(exc).__name__}: {exc}", None))
+
+
+def test_processes_finding_the_same_corrupt_cache_all_succeed(tiny_experiment, cache_dir):
+    import multiprocessing as mp
+
+    first = compute_vectors(tiny_experiment, cache_dir)
+    want = sorted((n, float(t.double().sum())) for n, t in first.forget.items())
+    (first.path / "meta.json").write_text("[]")
+    (first.path / "retain.safetensors").write_bytes(b"junk")
+    ctx = mp.get_context("fork")
+    n = 6
+    barrier, queue = ctx.Barrier(n), ctx.Queue()
+    exp_file = str(tiny_experiment.checkpoints.clean.parent / "experiment.yaml")
+    procs = [ctx.Process(target=_load_in_process, args=(exp_file, str(cache_dir), barrier, queue)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=120) for _ in range(n)]
+    for p in procs:
+        p.join(timeout=60)
+    assert [r[0] for r in results] == ["ok"] * n, [r[1] for r in results if r[0] != "ok"]
+    assert all(r[2] == want for r in results)
+    assert sum(1 for r in results if not r[1]) == 1  # exactly one process rebuilt; the others loaded its cache
+    assert sorted(p.name for p in first.path.parent.iterdir()) == [first.path.name, f"{first.path.name}.lock"]

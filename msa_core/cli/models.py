@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from msa_core.cli.output import add_output_args, emit, progress_for
@@ -72,8 +71,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from msa_core.demo import build_demo
 
     t0 = time.perf_counter()
-    out = Path(args.out) if args.out else None
-    path = build_demo(out, quick=args.quick, seed=args.seed, progress=progress_for(args), force=args.force)
+    # --out '' is passed on (and refused), not taken as "the default folder"
+    path = build_demo(args.out, quick=args.quick, seed=args.seed, progress=progress_for(args), force=args.force)
     payload = {"experiment": str(path), "seconds": round(time.perf_counter() - t0, 2)}
     emit(args.json, payload, lambda: print(path))
     return 0
@@ -106,7 +105,7 @@ def cmd_compose(args: argparse.Namespace) -> int:
     from msa_core.export import export_model
 
     engine = load_engine(args, experiment_at_point(args))
-    out = export_model(engine, args.alpha, args.beta, Path(args.out), force=args.force)
+    out = export_model(engine, args.alpha, args.beta, args.out, force=args.force)
     emit(args.json, {"out": str(out), "alpha": args.alpha, "beta": args.beta}, lambda: print(out))
     return 0
 
@@ -147,7 +146,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--out", default=None, help="folder (default: cache/demo or cache/demo-quick)")
     p.add_argument("--quick", action="store_true", help="tiny variant for tests (< 1 min)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--force", action="store_true", help="rebuild even if a finished build exists")
+    p.add_argument("--force", action="store_true",
+                   help="rebuild even if a finished build exists (only a folder made by msa demo is replaced)")
     add_output_args(p)
     p.set_defaults(func=cmd_demo)
 
@@ -160,7 +160,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_engine_args(p)
     add_point_args(p)
     p.add_argument("--out", required=True)
-    p.add_argument("--force", action="store_true", help="overwrite an existing --out folder")
+    p.add_argument("--force", action="store_true", help="replace an existing --out folder made by msa compose")
     add_output_args(p)
     p.set_defaults(func=cmd_compose)
 

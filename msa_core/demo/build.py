@@ -27,15 +27,17 @@ each build writes its own numbers into ``demo_report.json``
 
 It writes the TOFU/MUSE data, ``experiment.yaml``, ``demo_report.json`` and, last, the
 marker ``build.json``. A build goes to a temporary folder beside the target
-(:func:`msa_core.atomic.temp_dir_beside`, with the building process's id inside so stale
-ones can be told from running ones) and is renamed into place when finished.
+(:func:`msa_core.atomic.temp_dir_beside`, whose owner file lets a later build remove the
+folders of dead builds, :func:`msa_core.atomic.clean_stale_temp`) and is put in place by
+:func:`msa_core.atomic.replace_dir`. An existing folder is replaced only when it holds the
+marker of a finished build (or is empty): ``--out`` pointing at any other folder is refused,
+``--force`` included, so the build never deletes what it did not make.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -45,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import torch
 
 from msa_core import finetune as ft
-from msa_core.atomic import TEMP_SUFFIX, temp_dir_beside, temp_prefix, write_text
+from msa_core.atomic import clean_stale_temp, recover_replacement, replace_dir, temp_dir_beside, write_text
 from msa_core.demo import data as dd
 from msa_core.demo.report import score_targets
 from msa_core.engine import Engine
@@ -59,9 +61,6 @@ if TYPE_CHECKING:
 BUILD_VERSION = "msa-demo-2"
 MARKER = "build.json"
 ROLES = ("clean", "corrupted", "forget", "retain", "reference")
-# Inside a temp build folder: the id of the process building there, so that a later build
-# removes the folders of dead builds and leaves those of running ones alone.
-OWNER_FILE = ".building-pid"
 
 
 @dataclass(frozen=True)
@@ -205,47 +204,22 @@ def is_built(out_dir: Path, *, seed: int, quick: bool) -> bool:
     return isinstance(found, dict) and all(found.get(k) == v for k, v in want.items())
 
 
-def _looks_like_demo(folder: Path) -> bool:
-    names = {p.name for p in folder.iterdir()}
-    return not names or bool(names & {MARKER, "experiment.yaml", "models", "data", "demo_report.json"})
+def is_demo_folder(folder: Path) -> bool:
+    """True when ``folder`` was made by a finished demo build (any seed or size): it holds
+    the :data:`MARKER` written last by the build, naming a demo build version."""
+    try:
+        found = json.loads((Path(folder) / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(found, dict) and str(found.get("version", "")).startswith("msa-demo")
 
 
-def _remove_stale_builds(out_dir: Path) -> None:
-    """Delete temporary build folders left by processes that no longer run.
-
-    Only folders holding an :data:`OWNER_FILE` are build folders; any other temp folder
-    beside ``out_dir`` is left alone (never delete what the build did not create).
-    """
-    for tmp in out_dir.parent.glob(f"{temp_prefix(out_dir)}*{TEMP_SUFFIX}"):
-        owner = tmp / OWNER_FILE
-        try:
-            pid = int(owner.read_text(encoding="utf-8").strip())
-            os.kill(pid, 0)
-        except (ValueError, ProcessLookupError):
-            shutil.rmtree(tmp, ignore_errors=True)
-        except OSError:  # no owner file (not a build folder, or one just starting), or not our process
-            continue
+def _may_replace(folder: Path) -> bool:
+    # Only a finished demo build, or an empty folder (nothing to lose), is ever replaced.
+    return folder.is_dir() and not folder.is_symlink() and (not any(folder.iterdir()) or is_demo_folder(folder))
 
 
-def _move_into_place(tmp: Path, out_dir: Path, *, seed: int, quick: bool) -> None:
-    """Rename the finished build ``tmp`` onto ``out_dir``; a previous build there is moved
-    aside first and deleted only once the new one is in place (restored if the rename fails)."""
-    with temp_dir_beside(out_dir) as aside:
-        previous = aside / "previous"
-        try:
-            os.replace(out_dir, previous)
-        except FileNotFoundError:
-            pass
-        try:
-            os.replace(tmp, out_dir)
-        except OSError:
-            if previous.exists() and not out_dir.exists():
-                os.replace(previous, out_dir)
-            if not is_built(out_dir, seed=seed, quick=quick):  # not a concurrent identical build
-                raise
-
-
-def build_demo(out_dir: Optional[Path] = None, *, quick: bool = False, seed: int = 0,
+def build_demo(out_dir: Optional[str | os.PathLike[str]] = None, *, quick: bool = False, seed: int = 0,
                progress: Optional[Progress] = None, force: bool = False, num_threads: int = 1) -> Path:
     """Build (or reuse) the demo experiment; returns the path of its ``experiment.yaml``.
 
@@ -257,22 +231,34 @@ def build_demo(out_dir: Optional[Path] = None, *, quick: bool = False, seed: int
         from msa_core.paths import default_cache_dir
 
         out_dir = default_cache_dir() / ("demo-quick" if quick else "demo")
-    out_dir = Path(out_dir).expanduser().resolve()
+    raw = os.fspath(out_dir)
+    if not raw.strip():
+        raise ValueError("the demo folder is empty (''); give a folder name, or none for the default")
+    out_dir = Path(raw).expanduser().resolve()
+    if out_dir.parent.is_dir():
+        recover_replacement(out_dir, is_demo_folder)  # a build killed mid-replacement: logged
     if not force and is_built(out_dir, seed=seed, quick=quick):
         report(progress, 1.0, f"demo already built in {out_dir}")
         return out_dir / "experiment.yaml"
-    if out_dir.exists() and (not out_dir.is_dir() or not _looks_like_demo(out_dir)):
-        raise ValueError(f"{out_dir} exists and is not a demo folder; refusing to overwrite it")
+    if (out_dir.exists() or out_dir.is_symlink()) and not _may_replace(out_dir):
+        raise ValueError(
+            f"{out_dir} exists and was not created by `msa demo` (no {MARKER} marker of a finished build); "
+            "refusing to replace it, even with --force: choose another --out folder"
+        )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_builds(out_dir)
+    clean_stale_temp(out_dir)
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(num_threads)))
     try:
         with temp_dir_beside(out_dir) as tmp:
-            write_text(tmp / OWNER_FILE, str(os.getpid()))
             _build_into(tmp, recipe_for(quick), seed=seed, quick=quick, progress=progress)
-            (tmp / OWNER_FILE).unlink()
-            _move_into_place(tmp, out_dir, seed=seed, quick=quick)
+            try:
+                replace_dir(tmp, out_dir, may_replace=_may_replace, is_complete=is_demo_folder)
+            except FileExistsError:
+                raise ValueError(
+                    f"{out_dir} appeared during the build and was not created by `msa demo`; "
+                    "refusing to replace it (the new build was discarded)"
+                ) from None
     finally:
         torch.set_num_threads(threads)
     report(progress, 1.0, f"demo built in {out_dir}")

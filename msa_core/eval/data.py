@@ -24,6 +24,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from msa_core.experiment import check_split_name
+from msa_core.untrusted import read_json, read_text
+
 PathLike = Union[str, os.PathLike]
 
 PERTURBED_FIELDS = ("question", "answer", "paraphrased_answer", "perturbed_answer")
@@ -76,7 +79,7 @@ class MuseData:
 
 
 def _read_json_rows(path: Path) -> list[Any]:
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
@@ -120,7 +123,12 @@ def _read_table(path: Path) -> list[Any]:
 
 
 def find_split_file(folder: Path, split: str) -> Path:
-    """The file (or saved-dataset folder) holding ``split`` in ``folder``."""
+    """The file (or saved-dataset folder) holding ``split`` in ``folder``.
+
+    ``split`` must be a plain name (checked again here, not only in the experiment file, so
+    no caller can make ``../../x`` read outside the data folder).
+    """
+    check_split_name(split, f"TOFU split in {folder}")
     for cand in (folder / f"{split}.json", folder / f"{split}.jsonl", folder / f"{split}.parquet", folder / split):
         if cand.is_file():
             return cand
@@ -210,7 +218,9 @@ def load_tofu_split(
     if src.is_dir():
         path = find_split_file(src, split)
         st = path.stat()
-        return _load_cached(str(path), st.st_mtime_ns, st.st_size, split, kind, n_perturbed)
+        # ctime and inode too: an in-place rewrite can keep size and mtime (os.utime), not ctime.
+        version = (st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_size)
+        return _load_cached(str(path), version, split, kind, n_perturbed)
     if src.is_file():
         raise ValueError(f"TOFU source {src} is a file; give the folder that holds {split}.json")
     raise FileNotFoundError(f"TOFU data folder {src} does not exist")
@@ -218,7 +228,7 @@ def load_tofu_split(
 
 @lru_cache(maxsize=32)
 def _load_cached(
-    path: str, mtime_ns: int, size: int, split: str, kind: Optional[str], n_perturbed: Optional[int]
+    path: str, version: tuple[int, ...], split: str, kind: Optional[str], n_perturbed: Optional[int]
 ) -> TofuSplit:
     rows = _read_table(Path(path))
     return TofuSplit(split, path, validate_tofu_rows(rows, path, split, kind=kind, n_perturbed=n_perturbed))
@@ -236,10 +246,7 @@ def read_json_file(path: Path, what: str) -> Any:
     """Parse a JSON file; a missing file or bad JSON raises an error naming ``what`` / the file."""
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    return read_json(path)
 
 
 def _load_json(path: Path) -> Any:
@@ -302,7 +309,11 @@ def load_muse(folder: PathLike) -> MuseData:
 
 
 def data_signature(path: Optional[PathLike]) -> Optional[str]:
-    """A cheap fingerprint of a data folder (file names, sizes, mtimes) for result keys."""
+    """A fingerprint of a data file or folder (file names and content) for result keys.
+
+    Content, not sizes and mtimes: a file edited in place keeping both must not reuse
+    stored results. Evaluation data is small (tens of MB), so hashing it is cheap.
+    """
     if path is None:
         return None
     root = Path(path)
@@ -310,9 +321,12 @@ def data_signature(path: Optional[PathLike]) -> Optional[str]:
         return None
     import hashlib
 
-    h = hashlib.sha256()
+    h = hashlib.sha256(b"msa-data-v2;")
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
     for p in files:
-        st = p.stat()
-        h.update(f"{p.relative_to(root) if p != root else p.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+        digest = hashlib.sha256()
+        with open(p, "rb") as fh:
+            while chunk := fh.read(8 << 20):
+                digest.update(chunk)
+        h.update(f"{p.relative_to(root) if p != root else p.name}:{digest.hexdigest()};".encode())
     return h.hexdigest()[:16]

@@ -11,9 +11,11 @@
   ``engine.session`` (one critical section), optionally through a :class:`ResultStore`.
 
 :func:`eval_settings` builds the :class:`EvalSettings` of a run: everything that changes
-the numbers (data, splits, subset, template, lengths, reference source). Its hash
-:attr:`EvalSettings.key` keys stored results; results carry ``settings.as_dict()`` plus
-the per-split ``counts`` and ``missing`` splits (which do not enter the key).
+the numbers (data, splits, subset, template, lengths, reference source, and the model's
+dtype, device type and module filter). Its hash :attr:`EvalSettings.key` keys stored
+results; results carry ``settings.as_dict()`` plus the per-split ``counts`` and ``missing``
+splits (which do not enter the key). :func:`lookup_settings` gives the settings a stored
+evaluation of an engine has, without evaluating anything (for :meth:`ResultStore.latest`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from msa_core.eval.data import data_signature, load_muse
@@ -62,9 +65,11 @@ class EvalSettings:
     """Everything that changes an evaluation's numbers; :attr:`key` is their 16-hex hash.
 
     ``tofu`` / ``muse`` describe the data of each benchmark evaluated (None when not
-    evaluated); ``reference`` names where the reference values come from.
-    :meth:`as_dict` is the JSON shape stored with every result (unchanged since results
-    were first stored, so old stores keep matching).
+    evaluated); ``reference`` names where the reference values come from; ``model`` is the
+    evaluated model's settings (:attr:`msa_core.engine.Engine.model_settings`: dtype, device
+    type, module filter). :meth:`as_dict` is the JSON shape stored with every result. Rows
+    stored before ``model`` was keyed stay readable; they just match no new key, because a
+    row without it cannot say which dtype, device or filter produced it.
     """
 
     benchmark: str
@@ -77,6 +82,7 @@ class EvalSettings:
     muse: Optional[dict[str, Any]] = None
     reference_tr: Optional[str] = None
     reference_auc: Optional[str] = None
+    model: Optional[dict[str, Any]] = None
     version: int = EVAL_VERSION
     key: str = field(init=False)
 
@@ -98,16 +104,46 @@ class EvalSettings:
         if self.muse is not None:
             out["muse"] = dict(self.muse)
         out["reference"] = {"tr": self.reference_tr, "auc": self.reference_auc}
+        if self.model is not None:
+            out["model"] = dict(self.model)
         return out
 
     def as_dict(self) -> dict[str, Any]:
         """The stored JSON form: the keyed fields plus ``key``."""
         return {**self._keyed(), "key": self.key}
 
+    @property
+    def lookup_key(self) -> str:
+        """:func:`settings_lookup_key` of these settings."""
+        return settings_lookup_key(self._keyed())
+
 
 def settings_key(keyed: dict[str, Any]) -> str:
     """A 16-hex hash of the settings that change results."""
     return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# Fields of a stored settings dict that describe the run but do not enter its key.
+_UNKEYED = ("key", "counts", "missing")
+
+
+def settings_lookup_key(settings: dict[str, Any]) -> str:
+    """The key of a stored settings dict with reference-model sources left out.
+
+    A reference *model's* source names its own settings key, which only evaluating (or
+    loading) the reference would tell; but it follows from what the lookup key does hold:
+    the reference checkpoint is in the experiment fingerprint, and its dtype, device, data
+    and subset are those of the composed run. Other sources (a reference file with its
+    content signature, a given number) are kept, so a different file never matches.
+    """
+    keyed = {k: v for k, v in settings.items() if k not in _UNKEYED}
+    ref = keyed.get("reference")
+    ref = ref if isinstance(ref, dict) else {}
+    keyed["reference"] = {
+        name: None if isinstance(ref.get(name), str) and str(ref.get(name)).startswith("model:") else ref.get(name)
+        for name in ("tr", "auc")
+    }
+    return settings_key(keyed)
 
 
 class ReferenceCache:
@@ -156,10 +192,13 @@ def eval_settings(
     subset: Optional[int] = None,
     max_length: Optional[int] = None,
     reference: Optional[ReferenceStats] = None,
+    model: Optional[dict[str, Any]] = None,
 ) -> EvalSettings:
     """The :class:`EvalSettings` of an evaluation (see the module docstring).
 
-    ``tier`` is validated here but is not part of the settings: stored results key it apart.
+    ``model``: the evaluated model's settings (:attr:`Engine.model_settings`, or
+    :func:`model_settings_of` for a bare model). ``tier`` is validated here but is not part
+    of the settings: stored results key it apart.
     """
     if tier not in TIERS:
         raise ValueError(f"tier must be one of {TIERS}, got {tier!r}")
@@ -189,7 +228,19 @@ def eval_settings(
         muse=muse,
         reference_tr=ref.tr_source,
         reference_auc=ref.auc_source,
+        model=None if model is None else dict(model),
     )
+
+
+def model_settings_of(model: Any) -> dict[str, Any]:
+    """:attr:`Engine.model_settings` for a bare model: its parameters' dtype and device type, no filter."""
+    first = next(model.parameters())
+    return {"dtype": str(first.dtype).replace("torch.", ""), "device": first.device.type, "module_filter": None}
+
+
+def side_model_settings(engine: Engine) -> dict[str, Any]:
+    """The settings of the engine's side models: its dtype and device; α/β (so the filter) do not apply."""
+    return {**engine.model_settings, "module_filter": None}
 
 
 def max_length_for(model: Any) -> int:
@@ -230,7 +281,7 @@ def evaluate_model(
         srcs = ReferenceStats(tr_source="given" if reference_tr is not None else None,
                               auc_source=None if reference_auc is None else f"given:{reference_auc:.6g}")
         settings = eval_settings(experiment, tokenizer, tier=tier, benchmark=benchmark, subset=subset,
-                                 max_length=max_length, reference=srcs)
+                                 max_length=max_length, reference=srcs, model=model_settings_of(model))
     benches = settings.benchmarks
     metrics: dict[str, MetricValue] = {}
     gens: dict[str, list[str]] = {}
@@ -284,7 +335,7 @@ def reference_result(
         return None
     exp = engine.experiment
     settings = eval_settings(exp, engine.tokenizer, tier="fast", benchmark=benchmark, subset=subset,
-                             max_length=max_length_for(model))
+                             max_length=max_length_for(model), model=side_model_settings(engine))
 
     def compute() -> EvalResult:
         stored = store.get(f"{engine.fingerprint}#reference", 0.0, 0.0, "fast", settings.key) if store else None
@@ -316,6 +367,11 @@ def reference_stats(reference: Union[EvalResult, ReferenceStats, None]) -> Optio
     )
 
 
+def _file_source(path: Path) -> str:
+    """The reference source of an open-unlearning file: its path and content signature."""
+    return f"file:{path}:{data_signature(path)}"
+
+
 def resolve_reference(
     engine: Engine,
     *,
@@ -342,8 +398,7 @@ def resolve_reference(
         )
     stats = model_stats or ReferenceStats()
     if file_tr is not None:
-        source = f"file:{exp.reference_eval}:{data_signature(exp.reference_eval)}"
-        stats = replace(stats, forget_tr=file_tr, tr_source=source)
+        stats = replace(stats, forget_tr=file_tr, tr_source=_file_source(exp.reference_eval))
     return stats
 
 
@@ -373,7 +428,7 @@ def evaluate(
                                 progress=sub_progress(progress, 0.0, 0.2), batch_size=batch_size,
                                 cache=reference_cache)
     settings = eval_settings(engine.experiment, engine.tokenizer, tier=tier, benchmark=benchmark, subset=subset,
-                             max_length=max_length_for(engine.model), reference=ref)
+                             max_length=max_length_for(engine.model), reference=ref, model=engine.model_settings)
     if store is not None:
         hit = store.get(engine.fingerprint, alpha, beta, tier, settings.key)
         if hit is not None:
@@ -388,3 +443,18 @@ def evaluate(
     if store is not None:
         store.put(result)
     return result
+
+
+def lookup_settings(engine: Engine, *, tier: str = "fast", benchmark: str = "all",
+                    subset: Optional[int] = None) -> EvalSettings:
+    """The settings a stored :func:`evaluate` of ``engine`` has, found without evaluating or
+    loading anything: compare their :attr:`~EvalSettings.lookup_key` with a stored row's
+    (:meth:`ResultStore.latest`). The reference file's source is exact; a reference model's
+    is left out of the lookup key (see :func:`settings_lookup_key`)."""
+    exp = engine.experiment
+    benches = _benchmarks(exp, benchmark)
+    ref = ReferenceStats()
+    if exp.reference_eval is not None and "tofu" in benches:
+        ref = ReferenceStats(tr_source=_file_source(exp.reference_eval))
+    return eval_settings(exp, engine.tokenizer, tier=tier, benchmark=benchmark, subset=subset,
+                         max_length=max_length_for(engine.model), reference=ref, model=engine.model_settings)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from msa_core.eval.results import METRIC_ORDER, EvalResult, metric_info
+from msa_core.eval.run import settings_lookup_key
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -91,14 +92,21 @@ class ResultStore:
             store_fingerprint(result), _coef(result.alpha), _coef(result.beta), result.tier, result.settings_key,
             result.benchmark, result.model, time.time(), float(result.seconds), payload,
         )
+        where = f"α={result.alpha}, β={result.beta}, tier {result.tier}"
         with self._connect() as con:
-            con.execute("BEGIN IMMEDIATE")
             try:
-                con.execute("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?)", row)
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
+                con.execute("BEGIN IMMEDIATE")
+                try:
+                    con.execute("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?)", row)
+                    con.execute("COMMIT")
+                except BaseException:
+                    # SQLite has already rolled back after some errors (a full disk): rolling back
+                    # again would raise "no transaction is active" and hide the real cause.
+                    if con.in_transaction:
+                        con.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise OSError(f"results store {self.path}: cannot store the result ({where}): {exc}") from None
 
     def get(self, fingerprint: str, alpha: float, beta: float, tier: str, settings_key: str) -> Optional[EvalResult]:
         """The stored result of one point, or None."""
@@ -150,16 +158,25 @@ class ResultStore:
         settings_key: Optional[str] = None,
         *,
         side_models: Sequence[str] = (),
+        model_settings: Optional[dict[str, Any]] = None,
     ) -> Any:
         """A pandas DataFrame, one row per stored point: alpha, beta, tier, benchmark, settings_key,
         seconds, subset, model ('composed', or a side model's role), then one column per metric
         (NaN where a point lacks it). ``side_models`` (e.g. ``("reference",)``) adds the rows
-        stored for those models after the composed ones."""
+        stored for those models after the composed ones. ``model_settings``
+        (:attr:`msa_core.engine.Engine.model_settings`) keeps only the rows of models with those
+        settings (side models: the same dtype and device; the module filter never applies to them),
+        so a bf16 or filtered sweep is never drawn as a float32 one."""
         import pandas as pd
 
         rows = []
         for fp, model in [(fingerprint, "composed")] + [(f"{fingerprint}#{role}", role) for role in side_models]:
+            want = None
+            if model_settings is not None:
+                want = dict(model_settings) if model == "composed" else {**model_settings, "module_filter": None}
             for r in self.results(fp, tier=tier, settings_key=settings_key):
+                if want is not None and r.settings.get("model") != want:
+                    continue
                 rows.append(
                     {"alpha": r.alpha, "beta": r.beta, "tier": r.tier, "benchmark": r.benchmark,
                      "settings_key": r.settings_key, "seconds": r.seconds, "subset": r.settings.get("subset"),
@@ -174,19 +191,23 @@ class ResultStore:
         return df[base + extra].reset_index(drop=True)
 
     def latest(
-        self, fingerprint: str, alpha: float, beta: float, *, tier: str, benchmark: str, subset: Optional[int]
+        self, fingerprint: str, alpha: float, beta: float, *, tier: str, lookup_key: str
     ) -> Optional[EvalResult]:
-        """The newest stored result of one point for this tier, benchmark and subset (any settings
-        key, as the grid shows them), or None."""
+        """The newest stored result of one point for this tier whose settings match ``lookup_key``
+        (:attr:`msa_core.eval.run.EvalSettings.lookup_key` of the caller's engine: same model
+        dtype, device, module filter, data, subset, benchmark, …), or None.
+
+        For callers that know their settings but not the reference model's key (the app, which
+        shows stored numbers without evaluating): a row of any other settings never matches."""
         with self._connect() as con:
             rows = con.execute(
-                "SELECT payload FROM results WHERE fingerprint=? AND alpha=? AND beta=? AND tier=? AND benchmark=?"
+                "SELECT payload FROM results WHERE fingerprint=? AND alpha=? AND beta=? AND tier=?"
                 " ORDER BY created DESC",
-                (fingerprint, _coef(alpha), _coef(beta), tier, benchmark),
+                (fingerprint, _coef(alpha), _coef(beta), tier),
             ).fetchall()
         for (payload,) in rows:
             result = EvalResult.from_json(json.loads(payload), where=f"{self.path} ({fingerprint}, {alpha}, {beta})")
-            if result.settings.get("subset") == subset:
+            if settings_lookup_key(result.settings) == lookup_key:
                 return result
         return None
 
@@ -214,11 +235,13 @@ class ResultStore:
         keep_utility: float = UTILITY_KEEP,
         alpha_range: Optional[tuple[float, float]] = None,
         beta_range: Optional[tuple[float, float]] = None,
+        model_settings: Optional[dict[str, Any]] = None,
     ) -> Optional[dict[str, Any]]:
         """The recommended point: highest forget quality among stored points (inside the given
-        ranges) keeping ≥ ``keep_utility`` × the corrupted model's utility; any utility when the
-        corrupted point's utility is not stored. As a dict of the grid row, or None."""
-        df = self.grid(fingerprint)
+        ranges, of models with ``model_settings`` when given, see :meth:`grid`) keeping
+        ≥ ``keep_utility`` × the corrupted model's utility; any utility when the corrupted
+        point's utility is not stored. As a dict of the grid row, or None."""
+        df = self.grid(fingerprint, model_settings=model_settings)
         for col, rng in (("alpha", alpha_range), ("beta", beta_range)):
             if rng is not None and not df.empty:
                 df = df[(df[col] >= rng[0]) & (df[col] <= rng[1])]

@@ -118,7 +118,7 @@ def run_sweep(
     ref = resolve_reference(engine, benchmark=benchmark, subset=subset, store=store,
                             progress=sub_progress(progress, 0.0, 0.05), batch_size=batch_size, cache=reference_cache)
     settings = eval_settings(engine.experiment, engine.tokenizer, tier=tier, benchmark=benchmark, subset=subset,
-                             max_length=max_length_for(engine.model), reference=ref)
+                             max_length=max_length_for(engine.model), reference=ref, model=engine.model_settings)
     key = settings.key
     results: list[EvalResult] = []
     for n, (a, b) in enumerate(points):
