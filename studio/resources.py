@@ -2,7 +2,8 @@
 
 Per server process (``st.cache_resource`` / ``st.cache_data``): the parsed experiment
 files, the :class:`~msa_core.engine.Engine` (model, tokenizer, τ_f, τ_r) of each experiment,
-the per-question memos of answers, p(gold) and truth ratios, the question sets, the
+the per-question memos of answers, p(gold) and truth ratios (keyed by :func:`model_key`:
+fingerprint, dtype, device and module filter), the question sets, the
 results store, the reference-model results and the demo-build lock. Heavy objects exist once; sessions share them.
 
 Evaluations go through the same SQLite results store as ``msa eval`` / ``msa sweep``

@@ -92,3 +92,23 @@ def test_sweep_resumes_after_interrupt_without_loss_or_duplicates(tmp_path):
     assert len(sessions) == 4 and [r.flat() for r in again] == [r.flat() for r in res]
     with pytest.raises(ValueError, match="alpha"):
         run_sweep(eng, st, [99.0], [0.0], benchmark="tofu")
+
+
+def test_a_sweep_of_a_bf16_or_filtered_engine_does_not_reuse_the_plain_sweep(tmp_path):
+    """Issue 16 case 4: the sweep's skip-if-stored check keys the model's dtype and module filter."""
+    from msa_core.engine import Engine, ModuleFilter
+
+    plain = make_engine(tmp_path, tofu=write_tofu(tmp_path / "tofu", n_forget=3, n_retain=2, n_util=2))
+    store, cache = ResultStore(tmp_path / "results.sqlite"), ReferenceCache()
+    run_sweep(plain, store, [0.5, 1.0], [0.0], benchmark="tofu", subset=2, reference_cache=cache)
+    for kwargs in ({"dtype": "bfloat16"}, {"module_filter": ModuleFilter(include="mlp")}):
+        other = Engine.load(plain.experiment, device="cpu", cache_dir=tmp_path / "cache", **kwargs)
+        calls = record_sessions(other)
+        seen: list[bool] = []
+        run_sweep(other, store, [0.5, 1.0], [0.0], benchmark="tofu", subset=2, reference_cache=cache,
+                  on_point=lambda _r, was_stored, seen=seen: seen.append(was_stored))
+        assert calls == [(0.5, 0.0), (1.0, 0.0)] and seen == [False, False], kwargs
+    assert store.count(plain.fingerprint) == 6
+    calls = record_sessions(plain)
+    run_sweep(plain, store, [0.5, 1.0], [0.0], benchmark="tofu", subset=2, reference_cache=cache)
+    assert calls == []  # its own points are still found

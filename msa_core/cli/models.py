@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
     """The experiment and how its engine is loaded (device, dtype, which parameters move)."""
     parser.add_argument("experiment", help="experiment YAML file")
-    parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda if available)")
+    parser.add_argument("--device", default=None,
+                        help="cpu / cuda / cuda:N, checked against this machine (default: cuda if available)")
     parser.add_argument("--dtype", default=None,
                         help="float32 / bfloat16 / float16 (default: checkpoint's; bf16 on GPU)")
     parser.add_argument("--only", default=None, help="apply α/β only to parameters matching this regex (e.g. mlp)")
