@@ -10,9 +10,10 @@ into a model, for the app's pages and the CLI alike.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Union
+from typing import TYPE_CHECKING, Union
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -60,7 +61,7 @@ class Side:
 Target = Union[Point, Side]
 
 
-def has_model(engine: "Engine", target: Target) -> bool:
+def has_model(engine: Engine, target: Target) -> bool:
     """Whether the experiment can answer for ``target`` (only optional checkpoints can be missing)."""
     if isinstance(target, Point) or target.role == "corrupted":
         return True
@@ -68,7 +69,7 @@ def has_model(engine: "Engine", target: Target) -> bool:
 
 
 @contextmanager
-def model_for(engine: "Engine", target: Target) -> Iterator["PreTrainedModel"]:
+def model_for(engine: Engine, target: Target) -> Iterator[PreTrainedModel]:
     """The model to use for ``target``; a Point (and 'corrupted') holds the engine's lock
     for the whole block, so no other caller can recompose the weights in the middle.
 

@@ -13,7 +13,9 @@ pytestmark = pytest.mark.slow
 
 
 def _msa(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "msa_core", *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "msa_core", *args], capture_output=True, text=True, timeout=300, cwd=cwd
+    )
 
 
 def test_cli_on_quick_demo(quick_demo, tmp_path, monkeypatch):
@@ -30,7 +32,9 @@ def test_cli_on_quick_demo(quick_demo, tmp_path, monkeypatch):
     r = _msa("vectors", exp, "--json", "-")
     assert json.loads(r.stdout)["from_cache"] is True and first["from_cache"] is False
 
-    r = _msa("generate", exp, "--alpha", "2", "--beta", "0.5", "--prompt", "Hello?", "--max-new-tokens", "8", "--json", "-")
+    r = _msa(
+        "generate", exp, "--alpha", "2", "--beta", "0.5", "--prompt", "Hello?", "--max-new-tokens", "8", "--json", "-"
+    )
     assert r.returncode == 0, r.stderr
     row = json.loads(r.stdout)["answers"][0]
     assert {"corrupted", "reference"} <= set(row)

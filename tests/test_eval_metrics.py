@@ -124,10 +124,27 @@ def test_muse_cut_rules_and_few_shot_prompt():
 
 def test_metric_info_covers_every_promised_key():
     promised = [
-        "forget_quality", "model_utility", "forget_truth_ratio", "forget_prob", "forget_rouge", "retain_prob",
-        "retain_rouge", "retain_truth_ratio", "ra_prob", "ra_rouge", "ra_truth_ratio", "wf_prob", "wf_rouge",
-        "wf_truth_ratio", "extraction_strength", "exact_memorization", "muse_verbmem_forget", "muse_knowmem_forget",
-        "muse_knowmem_retain", "muse_privleak", "muse_mink_auc",
+        "forget_quality",
+        "model_utility",
+        "forget_truth_ratio",
+        "forget_prob",
+        "forget_rouge",
+        "retain_prob",
+        "retain_rouge",
+        "retain_truth_ratio",
+        "ra_prob",
+        "ra_rouge",
+        "ra_truth_ratio",
+        "wf_prob",
+        "wf_rouge",
+        "wf_truth_ratio",
+        "extraction_strength",
+        "exact_memorization",
+        "muse_verbmem_forget",
+        "muse_knowmem_forget",
+        "muse_knowmem_retain",
+        "muse_privleak",
+        "muse_mink_auc",
     ]
     for name in promised:
         info = METRIC_INFO[name]
@@ -140,9 +157,20 @@ def test_metric_info_covers_every_promised_key():
 
 
 def test_eval_result_json_round_trip():
-    r = EvalResult(1.0, 0.5, "fast", "tofu", "fp", {"key": "k"}, 1.5,
-                   {"forget_prob": MetricValue("forget_prob", 0.25, [0.5, 0.0]), "forget_quality": MetricValue("forget_quality", float("nan"))},
-                   {"forget": ["a", "b"]})
+    r = EvalResult(
+        1.0,
+        0.5,
+        "fast",
+        "tofu",
+        "fp",
+        {"key": "k"},
+        1.5,
+        {
+            "forget_prob": MetricValue("forget_prob", 0.25, [0.5, 0.0]),
+            "forget_quality": MetricValue("forget_quality", float("nan")),
+        },
+        {"forget": ["a", "b"]},
+    )
     j = r.to_json()
     assert j["metrics"] == {"forget_prob": 0.25, "forget_quality": None}  # NaN → null
     assert j["per_item"] == {"forget_prob": [0.5, 0.0]}

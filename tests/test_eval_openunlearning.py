@@ -26,7 +26,9 @@ def _result() -> EvalResult:
         "muse_knowmem_forget": mv("muse_knowmem_forget", 0.5, [0.5]),
     }
     settings = {"key": "k", "counts": {"privleak_forget": 1, "privleak_holdout": 2}}
-    return EvalResult(1.0, 0.5, "full", "all", "fp", settings, 2.0, metrics, {"forget": ["gen a", "gen b"], "knowmem_forget": ["x"]})
+    return EvalResult(
+        1.0, 0.5, "full", "all", "fp", settings, 2.0, metrics, {"forget": ["gen a", "gen b"], "knowmem_forget": ["x"]}
+    )
 
 
 def test_shapes_and_names():
@@ -39,8 +41,13 @@ def test_shapes_and_names():
     assert ev["forget_Q_A_ROUGE"]["value_by_index"]["0"] == {"rougeL_recall": 1.0, "generation": "gen a"}
     assert ev["ra_Q_A_Prob_normalised"]["agg_value"] == 0.6
     assert files["TOFU_SUMMARY.json"] == {
-        "forget_quality": 0.42, "forget_Q_A_Prob": 0.375, "forget_Q_A_ROUGE": 0.5, "forget_truth_ratio": 0.75,
-        "ra_Q_A_Prob_normalised": 0.6, "model_utility": 0.3, "extraction_strength": 0.5,
+        "forget_quality": 0.42,
+        "forget_Q_A_Prob": 0.375,
+        "forget_Q_A_ROUGE": 0.5,
+        "forget_truth_ratio": 0.75,
+        "ra_Q_A_Prob_normalised": 0.6,
+        "model_utility": 0.3,
+        "extraction_strength": 0.5,
     }
     mu = files["MUSE_EVAL.json"]
     assert mu["mia_min_k"]["agg_value"] == 0.75  # open-unlearning orientation: 1 − MUSE's
@@ -53,7 +60,12 @@ def test_shapes_and_names():
 def test_export_refuses_non_empty_folder_and_round_trips(tmp_path):
     out = tmp_path / "ou"
     written = export_open_unlearning(_result(), out)
-    assert sorted(p.name for p in written) == ["MUSE_EVAL.json", "MUSE_SUMMARY.json", "TOFU_EVAL.json", "TOFU_SUMMARY.json"]
+    assert sorted(p.name for p in written) == [
+        "MUSE_EVAL.json",
+        "MUSE_SUMMARY.json",
+        "TOFU_EVAL.json",
+        "TOFU_SUMMARY.json",
+    ]
     with pytest.raises(FileExistsError, match="not empty"):
         export_open_unlearning(_result(), out)
     export_open_unlearning(_result(), out, overwrite=True)

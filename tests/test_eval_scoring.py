@@ -19,7 +19,10 @@ from msa_core.prompts import encode_qa
 QA = [
     ("Where was Ana Lenz born?", "Ana Lenz was born in Velmora."),
     ("Q?", "A"),
-    ("What genre does Bo Kress write, and for which publisher in which decade?", "Mystery novels, mostly for Ravel Press."),
+    (
+        "What genre does Bo Kress write, and for which publisher in which decade?",
+        "Mystery novels, mostly for Ravel Press.",
+    ),
     ("Who?", "Bo Kress writes mystery novels and the quick brown fox jumps over the lazy dog twice."),
 ]
 ALL = ("token_logprobs", "argmax", "vocab_stats")
@@ -66,7 +69,7 @@ def test_batched_equals_alone_mixed_lengths(eval_model, eval_tok, side):
 
 def test_matches_independent_computation_and_counts_eos(eval_model, eval_tok):
     pairs = [encode_qa(eval_tok, q, a) for q, a in QA]
-    for p, c in pairs:
+    for _prompt, c in pairs:
         assert c[-1] == eval_tok.eos_token_id  # EOS is an answer token
     sc = score_pairs(eval_model, eval_tok, pairs, batch_size=4, want=ALL)
     for i, (p, c) in enumerate(pairs):
@@ -116,8 +119,11 @@ def test_answer_probabilities_and_truth_ratios(eval_model, eval_tok):
     for (q, a), p in zip(QA[:2], probs):
         loss = _direct(eval_model, *encode_qa(eval_tok, q, a))[0]
         assert p == pytest.approx(math.exp(-loss), rel=1e-5)
-    item = {"question": QA[0][0], "paraphrased_answer": "Velmora is where Ana Lenz was born.",
-            "perturbed_answer": ["Paris is where Ana Lenz was born.", "Riga is where Ana Lenz was born."]}
+    item = {
+        "question": QA[0][0],
+        "paraphrased_answer": "Velmora is where Ana Lenz was born.",
+        "perturbed_answer": ["Paris is where Ana Lenz was born.", "Riga is where Ana Lenz was born."],
+    }
     tr = truth_ratios(eval_model, eval_tok, [item])[0]
     n_true = _direct(eval_model, *encode_qa(eval_tok, item["question"], item["paraphrased_answer"]))[0]
     n_w = [_direct(eval_model, *encode_qa(eval_tok, item["question"], w))[0] for w in item["perturbed_answer"]]

@@ -60,10 +60,14 @@ def test_every_tofu_split_parses_with_sources_counts():
 def test_every_muse_file_parses_with_sources_counts():
     rows = _source_rows(MUSE / "SOURCES.md")
     attr = {
-        "knowmem/forget_qa.json": "knowmem_forget", "knowmem/forget_qa_icl.json": "knowmem_forget_icl",
-        "knowmem/retain2_qa.json": "knowmem_retain", "knowmem/retain2_qa_icl.json": "knowmem_retain_icl",
-        "verbmem/forget.json": "verbmem_forget", "privleak/forget.json": "privleak_forget",
-        "privleak/retain2.json": "privleak_retain", "privleak/holdout.json": "privleak_holdout",
+        "knowmem/forget_qa.json": "knowmem_forget",
+        "knowmem/forget_qa_icl.json": "knowmem_forget_icl",
+        "knowmem/retain2_qa.json": "knowmem_retain",
+        "knowmem/retain2_qa_icl.json": "knowmem_retain_icl",
+        "verbmem/forget.json": "verbmem_forget",
+        "privleak/forget.json": "privleak_forget",
+        "privleak/retain2.json": "privleak_retain",
+        "privleak/holdout.json": "privleak_holdout",
     }
     checked = 0
     for corpus in ("news", "books"):
@@ -98,7 +102,9 @@ def test_tofu_eval_logs_are_reproduced_by_our_formulas():
             prompt, gen, gt = block["generated_text"][k]
             assert M.rouge_l_recall(gt, gen) == pytest.approx(block["rougeL_recall"][k], abs=1e-12), (split, k)
             if "normalized_gt_loss" in block:
-                p = M.normalized_prob(math.exp(-block["avg_gt_loss"][k]), [math.exp(-x) for x in block["average_perturb_loss"][k]])
+                p = M.normalized_prob(
+                    math.exp(-block["avg_gt_loss"][k]), [math.exp(-x) for x in block["average_perturb_loss"][k]]
+                )
                 assert -math.log(p) == pytest.approx(block["normalized_gt_loss"][k], rel=1e-6), (split, k)
             if split == "eval_log_forget.json":
                 assert gt == forget.items[int(k)].answer
@@ -115,9 +121,28 @@ def test_fast_tier_on_a_real_subset_with_a_tiny_model(tmp_path):
     eng = make_engine(tmp_path, tofu=TOFU, muse=MUSE / "news", reference_eval=_eval_logs() / "eval_log_forget.json")
     res = evaluate(eng, 1.0, 0.0, tier="fast", benchmark="all", subset=3)
     m = res.flat()
-    assert res.settings["counts"] == {"forget": 3, "retain": 3, "ra": 3, "wf": 3, "privleak_forget": 3, "privleak_holdout": 3}
-    for name in ("forget_prob", "forget_truth_ratio", "forget_quality", "retain_prob", "retain_truth_ratio", "ra_prob",
-                 "wf_prob", "extraction_strength", "exact_memorization", "model_utility_tf", "muse_mink_auc", "muse_privleak"):
+    assert res.settings["counts"] == {
+        "forget": 3,
+        "retain": 3,
+        "ra": 3,
+        "wf": 3,
+        "privleak_forget": 3,
+        "privleak_holdout": 3,
+    }
+    for name in (
+        "forget_prob",
+        "forget_truth_ratio",
+        "forget_quality",
+        "retain_prob",
+        "retain_truth_ratio",
+        "ra_prob",
+        "wf_prob",
+        "extraction_strength",
+        "exact_memorization",
+        "model_utility_tf",
+        "muse_mink_auc",
+        "muse_privleak",
+    ):
         assert np.isfinite(m[name]), name
     assert 0.0 <= m["forget_quality"] <= 1.0 and res.settings["reference"]["tr"].startswith("file:")
     assert len(res.metrics["forget_truth_ratio"].per_item) == 3

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from msa_core.experiment import Checkpoints, DataConfig, Experiment, save_experiment
@@ -59,7 +59,9 @@ def tiny_config(vocab_size: int, tie: bool = False, layers: int = 2, max_positio
     )
 
 
-def save_model(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, out: Path, dtype: Optional[torch.dtype] = None) -> Path:
+def save_model(
+    model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, out: Path, dtype: Optional[torch.dtype] = None
+) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     if dtype is not None:
         model = model.to(dtype)
@@ -81,7 +83,9 @@ def make_checkpoints(
     for i, role in enumerate(("clean", "corrupted", "forget", "retain", "reference")):
         m = LlamaForCausalLM(cfg)
         g = torch.Generator().manual_seed(seed * 100 + i)
-        sd = {k: (v + (0 if role == "clean" else scale) * torch.randn(v.shape, generator=g)) for k, v in base_sd.items()}
+        sd = {
+            k: (v + (0 if role == "clean" else scale) * torch.randn(v.shape, generator=g)) for k, v in base_sd.items()
+        }
         m.load_state_dict(sd)
         if tie:
             m.tie_weights()
