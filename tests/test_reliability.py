@@ -84,6 +84,6 @@ def test_checkpoint_code_is_never_imported_unless_the_experiment_allows_it(tiny_
 
 
 def test_the_table_holds_every_numbered_case_of_the_reliability_issue():
-    ids = {row["id"] for row in _rows()}
+    ids = {row["id"].rstrip("abcdefgh") for row in _rows()}  # 10a–10d are the parts of case 10
     missing = sorted({str(i) for i in range(1, 20)} - ids, key=int)
     assert not missing, f"cases {missing} are not in RELIABILITY.md"
