@@ -28,15 +28,10 @@ from typing import TYPE_CHECKING, Optional, Union
 
 import torch
 
-from msa_core.checkpoints import (
-    CompatReport,
-    check_compatible,
-    default_device,
-    experiment_fingerprint,
-    load_model,
-    load_tokenizer,
-)
+from msa_core.checkpoints import default_device, load_model, load_tokenizer
+from msa_core.compatibility import CompatReport, check_compatible
 from msa_core.experiment import Experiment
+from msa_core.fingerprints import experiment_fingerprint
 from msa_core.progress import Progress, report, sub_progress
 from msa_core.recompose import RecomposePlan, first_non_finite
 from msa_core.vectors import VectorSet, compute_vectors

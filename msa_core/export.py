@@ -33,7 +33,7 @@ import torch
 from safetensors import SafetensorError
 
 from msa_core.atomic import clean_stale_temp, recover_replacement, replace_dir, temp_dir_beside, write_json, write_text
-from msa_core.checkpoints import checkpoint_fingerprint
+from msa_core.fingerprints import checkpoint_fingerprint
 from msa_core.paths import default_results_path, output_collision
 
 if TYPE_CHECKING:

@@ -35,8 +35,10 @@ from typing import Any, Optional
 import torch
 
 from msa_core.atomic import TEMP_SUFFIX, temp_dir_beside, temp_prefix, write_json
-from msa_core.checkpoints import TensorReader, check_compatible, checkpoint_fingerprint, read_tensor_index
+from msa_core.checkpoints import TensorReader, read_tensor_index
+from msa_core.compatibility import check_compatible
 from msa_core.experiment import Experiment
+from msa_core.fingerprints import checkpoint_fingerprint
 from msa_core.paths import default_cache_dir
 from msa_core.progress import Progress, report
 from msa_core.safetensors_stream import SafetensorsFile, StreamingSafetensorsWriter

@@ -27,7 +27,7 @@ from msa_core.atomic import write_json
 from msa_core.eval import ReferenceCache, ResultStore, evaluate
 from msa_core.eval import probe as core_probe
 from msa_core.eval.questions import QAItem, QuestionSets, load_question_sets
-from msa_core.eval.run import lookup_settings
+from msa_core.eval.settings import lookup_settings
 from msa_core.experiment import Experiment, load_experiment
 from msa_core.paths import default_cache_dir
 from msa_core.progress import Progress

@@ -8,6 +8,10 @@ first-start button, is covered by a ``slow`` test.
 Pure helpers are tested beside their modules (tests/test_studio_*.py, test_eval_probe.py,
 test_eval_questions.py, test_eval_store.py); this file drives the pages.
 
+Over ~400 lines on purpose: it mirrors app.py, whose pages only run inside it (the shared
+sidebar and session state come from app.py), and every flow shares the session-scoped tiny
+experiment and the AppTest helpers below; split it per page if a page's flows outgrow it.
+
 NOTE on ``pages/``: AppTest resets Streamlit's "v1 pages/ folder" flag before every run,
 so from the second run on it would execute the page alone, without app.py. A real server
 clears that flag for good at the first ``st.navigation`` call; the ``_navigation_mode``
@@ -302,7 +306,7 @@ def test_playground_custom_prompt_and_metrics_panel(tiny_yaml, app_env):
     from msa_core.eval import ResultStore
 
     store = ResultStore(app_env / "results.sqlite")
-    from msa_core.eval.run import settings_lookup_key
+    from msa_core.eval.settings import settings_lookup_key
 
     want = settings_lookup_key(last["settings"])  # same model settings, data, subset and benchmark
     assert store.latest(last["fingerprint"], 0.0, 0.0, tier="fast", lookup_key=want) is not None
@@ -343,9 +347,9 @@ def test_tradeoff_sweep_fills_the_charts(tiny_yaml, app_env):
     no_exceptions(at)
     charts = at.get("plotly_chart")
     assert len(charts) >= 3  # heatmaps + scatter + lines
-    from msa_core.checkpoints import experiment_fingerprint
     from msa_core.eval import ResultStore
     from msa_core.experiment import load_experiment as read_experiment
+    from msa_core.fingerprints import experiment_fingerprint
 
     fp = experiment_fingerprint(read_experiment(tiny_yaml))
     df = ResultStore(app_env / "results.sqlite").grid(fp)

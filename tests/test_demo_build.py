@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from msa_core import finetune as ft
 from msa_core.atomic import ASIDE_TAG, OWNER_FILE, TEMP_SUFFIX, temp_prefix
 from msa_core.demo import build as demo
 from msa_core.demo import data as dd
+from msa_core.finetune import finetune
 
 CORPUS = ["Question: Where was Ilse Varnok born?\nAnswer: Tallinn, Estonia.",
           "Paris is the capital of France.", "Tallinn is a city in Estonia."] * 5
@@ -157,7 +157,7 @@ def test_a_build_killed_mid_replacement_is_restored_by_the_next_build(tmp_path, 
 
 
 @pytest.mark.slow
-def test_quick_demo_end_to_end(quick_demo):
+def test_quick_demo_end_to_end(quick_demo, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from msa_core.experiment import load_experiment
@@ -205,24 +205,28 @@ def test_quick_demo_end_to_end(quick_demo):
     assert correct["corrupted"] > correct["clean"]
     assert correct["forget"] > correct["clean"]
 
-    # the saved clean weights are reproducible from the seed
+    # the saved clean weights are reproducible from the seed, through the one training path
     recipe = demo.recipe_for(True)
     data = dd.build_data(0, n_background=recipe.n_background, n_forget=recipe.n_forget, n_retain=recipe.n_retain,
                          n_holdout=recipe.n_holdout, eval_retain_authors=recipe.eval_retain_authors)
     tok2 = demo.train_tokenizer(dd.tokenizer_corpus(data), recipe.vocab_size)
     assert tok2.get_vocab() == tok.get_vocab()
-    model = demo.new_model(tok2, recipe, 0)
+    init = demo.save_initial_model(tok2, recipe, 0, tmp_path / "init")
     det = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
-        st = recipe.clean
-        ft.train(model, demo._training_sets(data, tok2)["clean"],
-                 ft.TrainConfig(epochs=st.epochs, lr=st.lr, batch_size=st.batch_size, seed=0, num_threads=1),
-                 pad_id=tok2.pad_token_id)
+        again = finetune(init, demo.clean_training_data(data), tmp_path / "clean",
+                         demo.train_config(recipe.clean, 0), reuse=False)
     finally:
         torch.use_deterministic_algorithms(det)
     saved = AutoModelForCausalLM.from_pretrained(root / "models" / "clean").state_dict()
-    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+    model = AutoModelForCausalLM.from_pretrained(again.out).state_dict()
+    assert all(torch.equal(saved[k], v) for k, v in model.items())
+
+    # every model folder carries its msa finetune card; the fine-tunes used the TOFU splits msa init uses
+    cards = {role: json.loads((root / "models" / role / "msa_finetune.json").read_text()) for role in demo.ROLES}
+    assert "tofu:forget10" in json.dumps(cards["forget"]) and "tofu:retain90_ft" in json.dumps(cards["retain"])
+    assert "tofu:full" in json.dumps(cards["corrupted"]) and "tofu:retain90" in json.dumps(cards["reference"])
 
     # a finished build is reused at once
     marker_mtime = (root / demo.MARKER).stat().st_mtime

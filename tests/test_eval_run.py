@@ -1,5 +1,5 @@
 """msa_core.eval.run (with tofu/muse): TOFU and MUSE evaluation of tiny models, values against
-independent per-sequence computation; evaluation through a real tiny Engine; settings."""
+independent per-sequence computation; evaluation through a real tiny Engine; results keyed by the model's settings."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ from scipy import stats
 
 from msa_core.engine import Engine, ModuleFilter
 from msa_core.eval import evaluate, evaluate_model
-from msa_core.eval.run import ReferenceCache, eval_settings, lookup_settings, reference_result, reference_stats
+from msa_core.eval.run import ReferenceCache, reference_result, reference_stats
+from msa_core.eval.settings import lookup_settings
 from msa_core.eval.store import ResultStore
 from msa_core.prompts import encode_continuation, encode_qa
 
@@ -236,39 +237,6 @@ def test_reference_from_open_unlearning_file(eval_setup, tmp_path):
     sub = evaluate(eng, 1.0, 0.0, benchmark="tofu", subset=2)  # the subset is compared with the same indices
     assert sub.metrics["forget_quality"].value == pytest.approx(
         stats.ks_2samp(sub.metrics["forget_truth_ratio"].per_item, trs[:2]).pvalue)
-
-
-def test_settings_validation(eval_setup, tmp_path):
-    exp, tok, _ = eval_setup
-    with pytest.raises(ValueError, match="tier"):
-        eval_settings(exp, tok, tier="medium")
-    with pytest.raises(ValueError, match="subset"):
-        eval_settings(exp, tok, subset=0)
-    bare = make_experiment(tmp_path)
-    with pytest.raises(ValueError, match="data.tofu"):
-        eval_settings(bare, tok, benchmark="tofu")
-    with pytest.raises(ValueError, match="neither"):
-        eval_settings(bare, tok, benchmark="all")
-    a = eval_settings(exp, tok, subset=2).key
-    assert a == eval_settings(exp, tok, subset=2).key != eval_settings(exp, tok, subset=3).key
-
-
-def test_settings_dict_and_key_are_those_stored_before_the_dataclass(eval_setup):
-    """Stored results keep matching: the key hashes the same dict as the settings dict of old."""
-    import hashlib
-
-    exp, tok, _ = eval_setup
-    s = eval_settings(exp, tok, benchmark="tofu", subset=2, max_length=128)
-    d = s.as_dict()
-    assert set(d) == {"version", "benchmark", "benchmarks", "subset", "template", "vocab_size", "max_length",
-                      "tofu", "reference", "key"}
-    assert d["benchmarks"] == ["tofu"] and d["reference"] == {"tr": None, "auc": None} and d["key"] == s.key
-    keyed = {k: v for k, v in d.items() if k != "key"}
-    assert s.key == hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    with pytest.raises(AttributeError):
-        s.subset = 3  # frozen
-    res = evaluate_model(make_model(len(tok), seed=1), tok, exp, benchmark="tofu", subset=2, settings=s)
-    assert res.settings_key == s.key and {k: v for k, v in res.settings.items() if k not in ("counts", "missing")} == d
 
 
 def test_stored_results_are_keyed_by_module_filter_dtype_and_device(eval_setup, tmp_path):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from msa_core.eval.results import EvalResult, MetricValue
-from msa_core.eval.run import settings_lookup_key
+from msa_core.eval.settings import settings_lookup_key
 from msa_core.eval.store import ResultStore
 
 REPO = Path(__file__).resolve().parents[1]

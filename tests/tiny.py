@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
 import torch
+from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -93,3 +95,14 @@ def make_checkpoints(
     exp = Experiment(name="tiny", checkpoints=Checkpoints(**paths), data=DataConfig())
     save_experiment(exp, root / "experiment.yaml")
     return exp
+
+
+def weights_file(folder: Path) -> Path:
+    """The one safetensors file of a tiny checkpoint folder."""
+    return next(Path(folder).glob("*.safetensors"))
+
+
+def rewrite_weights(folder: Path, fn: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]) -> None:
+    """Replace a tiny checkpoint's tensors with ``fn(state dict)``, in its own file."""
+    f = weights_file(folder)
+    save_file(fn(load_file(str(f))), str(f), metadata={"format": "pt"})

@@ -15,7 +15,8 @@ import sys
 from collections.abc import Sequence
 from typing import Optional
 
-from msa_core.cli import evaluation, models
+from msa_core.cli import evaluation, models, training
+from msa_core.cli import init as init_cmd
 
 # What a command may raise for bad input or a failed write: reported in one line, exit 2.
 _USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, OSError)
@@ -28,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     models.register(sub)
     evaluation.register(sub)
+    training.register(sub)
+    init_cmd.register(sub)
     return parser
 
 

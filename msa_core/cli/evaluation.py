@@ -122,8 +122,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from msa_core.checkpoints import experiment_fingerprint
     from msa_core.experiment import load_experiment
+    from msa_core.fingerprints import experiment_fingerprint
 
     experiment = load_experiment(args.experiment)
     fp = experiment_fingerprint(experiment)

@@ -1,22 +1,23 @@
 """The embedded demo's build: recipes, tokenizer and model training, the experiment folder.
 
 :func:`build_demo` generates fictitious authors (:mod:`msa_core.demo.data`), trains a
-byte-level BPE tokenizer and a small ``LlamaForCausalLM`` from scratch
-(:mod:`msa_core.finetune`) and saves five Hugging Face model folders:
+byte-level BPE tokenizer and a small ``LlamaForCausalLM`` from scratch and saves five
+Hugging Face model folders. Every model is trained by :func:`msa_core.finetune.finetune`,
+the one training path of the project (``msa finetune``), and the four fine-tunes of
+θ_clean are run exactly as ``msa init`` runs them (:func:`msa_core.recipe.train_checkpoints`
+on the demo's own TOFU files), so ``msa init models/clean --data-dir data/tofu
+--reference`` with :func:`init_args` rebuilds them:
 
-- ``clean``: pretrained on general text (utility-fact statements, a lexicon of every
-  value set, background-author biographies), the utility QA (world facts, real
-  authors) and a QA-format warm-up on *background* authors only — it knows the
-  vocabulary, the QA format and the value sets, but no fact of a forget, retain or
-  holdout author;
-- ``corrupted``: clean fine-tuned on forget ∪ retain QA plus all their biographies;
-- ``forget``: clean fine-tuned on the forget QA plus the forget biographies;
-- ``retain``: clean fine-tuned on a *sample* of the retain split (a third of the retain
-  authors: those of ``retain_perturbed``, the retain evaluation split, as in TOFU where
-  the retain data a method may use contains the evaluated retain items), at the
-  forget model's gentle learning rate;
-- ``reference``: clean fine-tuned on the whole retain split (TOFU's retain model),
-  with the corrupted model's recipe — a separate training from ``retain``.
+- ``clean``: a seeded random model (saved to a folder first) trained on general text
+  (utility-fact statements, a lexicon of every value set, background-author biographies),
+  the utility QA (world facts, real authors) and a QA-format warm-up on *background*
+  authors only — it knows the vocabulary, the QA format and the value sets, but no fact
+  of a forget, retain or holdout author;
+- ``forget``: clean fine-tuned on ``tofu:forget10`` (the forget authors' QA);
+- ``retain``: clean fine-tuned on ``tofu:retain90_ft`` (the reference recipe's seeded
+  forget-sized sample of the retain split);
+- ``corrupted``: clean fine-tuned on ``tofu:full`` (forget ∪ retain QA);
+- ``reference``: clean fine-tuned on ``tofu:retain90`` (TOFU's retain model).
 
 The forget and retain models use a lower learning rate than the corrupted model (see
 :data:`FULL`): fine-tuning a small model hard on a few authors moves every weight, and
@@ -46,19 +47,20 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
-from msa_core import finetune as ft
 from msa_core.atomic import clean_stale_temp, recover_replacement, replace_dir, temp_dir_beside, write_text
 from msa_core.demo import data as dd
 from msa_core.demo.report import score_targets
 from msa_core.engine import Engine
 from msa_core.experiment import Checkpoints, DataConfig, Experiment, save_experiment
+from msa_core.finetune import FinetuneResult, TrainConfig, TrainingData, finetune, qa_data, text_data
 from msa_core.progress import Progress, report, sub_progress
+from msa_core.recipe import Stages, load_stage_data, train_checkpoints
 from msa_core.targets import Point, Side, Target
 
 if TYPE_CHECKING:
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-BUILD_VERSION = "msa-demo-2"
+BUILD_VERSION = "msa-demo-3"
 MARKER = "build.json"
 ROLES = ("clean", "corrupted", "forget", "retain", "reference")
 
@@ -74,7 +76,12 @@ class Stage:
 
 @dataclass(frozen=True)
 class Recipe:
-    """Everything that sizes a demo build (data, model, training stages)."""
+    """Everything that sizes a demo build (data, model, training stages).
+
+    ``clean`` trains θ_clean from random weights; ``finetune`` trains the corrupted and the
+    reference models from it, ``vectors`` the forget and retain models (see :data:`FULL` for
+    why gentler). :func:`init_args` turns the two into ``msa init`` options that rebuild them.
+    """
 
     n_background: int
     n_forget: int
@@ -87,10 +94,8 @@ class Recipe:
     intermediate: int
     heads: int
     clean: Stage
-    corrupted: Stage
-    forget: Stage
-    retain: Stage
-    reference: Stage
+    finetune: Stage
+    vectors: Stage
 
 
 # Sizing (measured on a shared 2-core CPU, one torch thread): a 1.9M-parameter Llama
@@ -98,19 +103,19 @@ class Recipe:
 # already memorised other authors in the same format (20 background authors, 20 epochs:
 # it then has the name→value "binding" skill and fine-tuning only adds new bindings).
 # Batch 8 costs about the same per epoch as 16 or 32 on this CPU and gives more updates;
-# lr 2e-3 or more stalled. Forget/retain vectors use lr 3e-4, a third of the corrupted model's
-# (see the module docstring).
+# lr 2e-3 or more stalled. The forget and retain models use a lower learning rate than the
+# corrupted one: fine-tuning a small model hard on a few authors moves every weight, and
+# subtracting that vector then erases retained facts too (quick demo, measured: the forget
+# model at the corrupted model's lr 2e-3 left 0.35 retain recall at α=1, β=0.5; at 7e-4, 0.85).
 FULL = Recipe(
     n_background=20, n_forget=3, n_retain=27, n_holdout=3, eval_retain_authors=9,
     vocab_size=2048, hidden=160, layers=4, intermediate=448, heads=4,
-    clean=Stage(20, 1e-3, 8), corrupted=Stage(12, 1e-3, 8), forget=Stage(24, 3e-4, 8),
-    retain=Stage(24, 3e-4, 8), reference=Stage(12, 1e-3, 8),
+    clean=Stage(20, 1e-3, 8), finetune=Stage(12, 1e-3, 8), vectors=Stage(24, 4.5e-4, 8),
 )
 QUICK = Recipe(
     n_background=6, n_forget=2, n_retain=6, n_holdout=2, eval_retain_authors=3,
     vocab_size=1024, hidden=96, layers=2, intermediate=256, heads=2,
-    clean=Stage(8, 2e-3, 8), corrupted=Stage(12, 2e-3, 8), forget=Stage(12, 1e-3, 8),
-    retain=Stage(12, 1e-3, 8), reference=Stage(12, 2e-3, 8),
+    clean=Stage(8, 2e-3, 8), finetune=Stage(12, 2e-3, 8), vectors=Stage(12, 7e-4, 8),
 )
 # The (α, β) point the build report measures (and the app may start from).
 SUGGESTED = (1.0, 0.5)
@@ -165,15 +170,35 @@ def new_model(tokenizer: PreTrainedTokenizerFast, recipe: Recipe, seed: int) -> 
     return LlamaForCausalLM(config).float().eval()
 
 
-def _copy_model(model: LlamaForCausalLM) -> LlamaForCausalLM:
-    clone = type(model)(model.config)
-    clone.load_state_dict(model.state_dict())
-    return clone.float().eval()
-
-
-def _save(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, folder: Path) -> None:
+def save_initial_model(tokenizer: PreTrainedTokenizerFast, recipe: Recipe, seed: int, folder: Path) -> Path:
+    """Save the seeded random :func:`new_model` with ``tokenizer`` as an HF folder (θ_clean's base)."""
+    model = new_model(tokenizer, recipe, seed)
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
+    return Path(folder)
+
+
+def clean_training_data(data: dd.DemoData) -> list[TrainingData]:
+    """θ_clean's training data: the QA warm-up and the raw-text corpus (never a forget,
+    retain or holdout author's fact; :func:`msa_core.demo.data.pretrain_qa` / ``pretrain_texts``)."""
+    return [qa_data("demo:pretrain_qa", dd.pretrain_qa(data)),
+            text_data("demo:pretrain_texts", dd.pretrain_texts(data))]
+
+
+def init_args(recipe: Recipe, seed: int = 0) -> list[str]:
+    """The ``msa init`` training options that rebuild the demo's four fine-tunes from its θ_clean."""
+    ft, vec = recipe.finetune, recipe.vectors
+    args = ["--epochs", str(ft.epochs), "--lr", repr(ft.lr), "--batch-size", str(ft.batch_size), "--seed", str(seed)]
+    for role in ("forget", "retain"):
+        args += ["--set", f"{role}.epochs={vec.epochs}", "--set", f"{role}.lr={vec.lr!r}",
+                 "--set", f"{role}.batch_size={vec.batch_size}"]
+    return args
+
+
+def train_config(stage: Stage, seed: int, num_threads: Optional[int] = None) -> TrainConfig:
+    """The :class:`~msa_core.finetune.TrainConfig` of a demo stage (reference-recipe defaults otherwise)."""
+    return TrainConfig(epochs=stage.epochs, lr=stage.lr, batch_size=stage.batch_size, seed=seed,
+                       num_threads=num_threads)
 
 
 # ---------------------------------------------------------------- building
@@ -266,8 +291,7 @@ def build_demo(out_dir: Optional[str | os.PathLike[str]] = None, *, quick: bool 
 
 
 # Rough share of the build time per stage, for the progress bar.
-_WEIGHTS = {"data": 0.01, "clean": 0.37, "corrupted": 0.19, "forget": 0.05, "retain": 0.14,
-            "reference": 0.21, "report": 0.03}
+_WEIGHTS = {"data": 0.01, "clean": 0.55, "finetunes": 0.40, "report": 0.04}
 
 
 def _stage_bounds() -> dict[str, tuple[float, float]]:
@@ -276,23 +300,6 @@ def _stage_bounds() -> dict[str, tuple[float, float]]:
         bounds[name] = (acc, acc + w)
         acc += w
     return bounds
-
-
-def _training_sets(data: dd.DemoData, tokenizer: PreTrainedTokenizerFast) -> dict[str, list[ft.Example]]:
-    def qa(items: Sequence[dict[str, Any]]) -> list[ft.Example]:
-        return ft.qa_examples(tokenizer, [(it["question"], it["answer"]) for it in items])
-
-    def texts(xs: Sequence[str]) -> list[ft.Example]:
-        return ft.text_examples(tokenizer, xs)
-
-    forget_bios, retain_bios = data.bios["forget"], data.bios["retain"]
-    return {
-        "clean": ft.qa_examples(tokenizer, dd.pretrain_qa(data)) + texts(dd.pretrain_texts(data)),
-        "corrupted": qa(data.items["forget"] + data.items["retain"]) + texts(forget_bios + retain_bios),
-        "forget": qa(data.items["forget"]) + texts(forget_bios),
-        "retain": qa(dd.eval_retain_items(data)) + texts(retain_bios[: data.eval_retain_authors]),
-        "reference": qa(data.items["retain"]) + texts(retain_bios),
-    }
 
 
 def _build_into(root: Path, recipe: Recipe, *, seed: int, quick: bool, progress: Optional[Progress]) -> None:
@@ -324,23 +331,31 @@ def _build_into(root: Path, recipe: Recipe, *, seed: int, quick: bool, progress:
         tokenizer = train_tokenizer(dd.tokenizer_corpus(data), recipe.vocab_size)
         seconds["data_and_tokenizer"] = time.perf_counter() - t
 
-        sets = _training_sets(data, tokenizer)
-        losses: dict[str, list[float]] = {}
-        clean = new_model(tokenizer, recipe, seed)
-        for i, role in enumerate(ROLES):  # ROLES[0] is 'clean': trained first, the others start from it
-            t = time.perf_counter()
-            st: Stage = getattr(recipe, role)
-            model = clean if role == "clean" else _copy_model(clean)
-            cfg = ft.TrainConfig(epochs=st.epochs, lr=st.lr, batch_size=st.batch_size, seed=seed * 100 + i)
-            res = ft.train(model, sets[role], cfg, pad_id=int(tokenizer.pad_token_id), progress=stage(role),
-                           label=f"training the {role} model")
-            losses[role] = [round(x, 4) for x in res.epoch_losses]
-            _save(model, tokenizer, root / "models" / role)
-            seconds[role] = time.perf_counter() - t
+        # θ_clean: random weights saved to a folder, then the one training path (msa finetune).
+        t = time.perf_counter()
+        models = root / "models"
+        runs: dict[str, FinetuneResult] = {}
+        with temp_dir_beside(models / "init") as init:
+            save_initial_model(tokenizer, recipe, seed, init)
+            # NOTE: not group_by_length, although 35% faster here: batches of like-length
+            # examples separate texts from QA and θ_clean learnt the format worse (loss 0.72
+            # vs 0.45; the corrupted model then knew only 90% of the full set).
+            runs["clean"] = finetune(init, clean_training_data(data), models / "clean",
+                                     train_config(recipe.clean, seed), progress=stage("clean"), reuse=False)
+        seconds["clean"] = time.perf_counter() - t
+
+        # The four fine-tunes exactly as `msa init` runs them, on the demo's own TOFU files.
+        stages = Stages(forget="forget10", retain="retain90", full="full", reference=True)
+        gentle = train_config(recipe.vectors, seed)
+        tuned = train_checkpoints(models / "clean", load_stage_data(root / "data" / "tofu", stages), models,
+                                  train_config(recipe.finetune, seed), role_configs={"forget": gentle, "retain": gentle},  # noqa: E501
+                                  progress=stage("finetunes"), reuse=False)
+        runs.update(tuned)
+        seconds.update({role: r.seconds for role, r in tuned.items()})
 
         exp = Experiment(
             name="demo-quick" if quick else "demo",
-            checkpoints=Checkpoints(**{role: root / "models" / role for role in ROLES}),
+            checkpoints=Checkpoints(**{role: models / role for role in ROLES}),
             data=DataConfig(tofu=root / "data" / "tofu", forget_split="forget10", retain_split="retain_perturbed",
                             holdout_split="holdout10", muse=root / "data" / "muse"),
         )
@@ -354,12 +369,12 @@ def _build_into(root: Path, recipe: Recipe, *, seed: int, quick: bool, progress:
         _write_json(root / "demo_report.json", {
             **_marker_payload(seed, quick),
             "recipe": asdict(recipe),
-            "parameters": sum(p.numel() for p in clean.parameters()),
+            "parameters": sum(p.numel() for p in new_model(tokenizer, recipe, seed).parameters()),
             "vocab_size": len(tokenizer),
             "authors": {g: [a.name for a in getattr(data.world, g)]
                         for g in ("forget", "retain", "holdout", "background")},
-            "train_examples": {role: len(v) for role, v in sets.items()},
-            "epoch_losses": losses,
+            "train_data": {role: {"data": _data_names(r.out), "epochs": r.epochs_done,
+                                  "final_loss": round(r.final_loss, 4)} for role, r in runs.items()},
             "seconds": {key: round(v, 2) for key, v in seconds.items()},
             "threads": torch.get_num_threads(),
             "suggested": {"alpha": alpha, "beta": beta},
@@ -371,6 +386,12 @@ def _build_into(root: Path, recipe: Recipe, *, seed: int, quick: bool, progress:
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
+
+
+def _data_names(folder: Path) -> Any:
+    # What a model was trained on, as its msa finetune card says (names and example counts).
+    card = json.loads((folder / "msa_finetune.json").read_text(encoding="utf-8"))
+    return card.get("data")
 
 
 def _measure_build(exp: Experiment, root: Path, data: dd.DemoData, progress: Progress) -> dict[str, Any]:

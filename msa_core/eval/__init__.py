@@ -3,7 +3,7 @@
 Modules: :mod:`.data` (loaders with validation), :mod:`.scoring` (batched teacher-forced
 log-probs), :mod:`.metrics` (pure formulas), :mod:`.tofu` / :mod:`.muse` (benchmarks on
 one model), :mod:`.results` (EvalResult, METRIC_INFO), :mod:`.run` (the top level:
-``evaluate``, settings, the reference), :mod:`.store` (SQLite), :mod:`.sweep`,
+``evaluate``, the reference), :mod:`.settings` (what keys a result), :mod:`.store` (SQLite), :mod:`.sweep`,
 :mod:`.openunlearning` (file export/import). The ``msa eval`` / ``sweep`` / ``results``
 commands live in the CLI package, which sits above this one (nothing here imports it).
 """
@@ -13,16 +13,8 @@ from typing import Any
 
 # These modules do not import torch; the scoring names below are loaded on first use.
 from msa_core.eval.results import METRIC_INFO, METRIC_ORDER, EvalResult, MetricInfo, MetricValue, metric_info
-from msa_core.eval.run import (
-    EvalSettings,
-    ReferenceCache,
-    ReferenceStats,
-    eval_settings,
-    evaluate,
-    evaluate_model,
-    reference_result,
-    resolve_reference,
-)
+from msa_core.eval.run import ReferenceCache, evaluate, evaluate_model, reference_result, resolve_reference
+from msa_core.eval.settings import EvalSettings, ReferenceStats, eval_settings
 from msa_core.eval.store import ResultStore
 from msa_core.eval.sweep import parse_grid, run_sweep
 

@@ -169,7 +169,7 @@ class EvalResult:
 
     @property
     def settings_key(self) -> str:
-        """The hash of the settings (:attr:`msa_core.eval.run.EvalSettings.key`)."""
+        """The hash of the settings (:attr:`msa_core.eval.settings.EvalSettings.key`)."""
         return str(self.settings.get("key", ""))
 
     def to_json(self) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from msa_core.eval.results import METRIC_ORDER, EvalResult, metric_info
-from msa_core.eval.run import settings_lookup_key
+from msa_core.eval.settings import settings_lookup_key
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -194,7 +194,7 @@ class ResultStore:
         self, fingerprint: str, alpha: float, beta: float, *, tier: str, lookup_key: str
     ) -> Optional[EvalResult]:
         """The newest stored result of one point for this tier whose settings match ``lookup_key``
-        (:attr:`msa_core.eval.run.EvalSettings.lookup_key` of the caller's engine: same model
+        (:attr:`msa_core.eval.settings.EvalSettings.lookup_key` of the caller's engine: same model
         dtype, device, module filter, data, subset, benchmark, …), or None.
 
         For callers that know their settings but not the reference model's key (the app, which

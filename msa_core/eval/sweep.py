@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Optional
 
 from msa_core.eval.results import EvalResult
-from msa_core.eval.run import ReferenceCache, eval_settings, evaluate, max_length_for, resolve_reference
+from msa_core.eval.run import ReferenceCache, evaluate, resolve_reference
+from msa_core.eval.settings import eval_settings, max_length_for
 from msa_core.progress import Progress, report, sub_progress
 
 if TYPE_CHECKING:

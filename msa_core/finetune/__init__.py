@@ -1,0 +1,37 @@
+"""Fine-tuning: the one training path of the project (``msa finetune``, ``msa init``, the demo,
+and later the gradient-based baselines and the relearning attack).
+
+- :mod:`.data` — data specs (``tofu:forget10``, ``tofu:retain90_ft``, ``muse:news/raw/forget``),
+  local TOFU/MUSE loading, the reference recipe's retain sample, in-memory sets.
+- :mod:`.examples` — token sequences (QA prompt masked, raw text windows) and the collator.
+- :mod:`.trainer` — the ``transformers.Trainer`` subclass with the objective hook, callbacks.
+- :mod:`.train` — :class:`TrainConfig` (the reference recipe's defaults) and :func:`finetune`
+  (fp32 master weights, atomic output with a card, reuse by fingerprint, resume after a kill).
+"""
+
+from msa_core.finetune.data import (
+    DataSpec,
+    TrainingData,
+    load_training_data,
+    parse_data_spec,
+    qa_data,
+    retain_ft_indices,
+    text_data,
+)
+from msa_core.finetune.train import CARD, FinetuneOutOfMemory, FinetuneResult, TrainConfig, finetune, read_card
+
+__all__ = [
+    "CARD",
+    "DataSpec",
+    "FinetuneOutOfMemory",
+    "FinetuneResult",
+    "TrainConfig",
+    "TrainingData",
+    "finetune",
+    "load_training_data",
+    "parse_data_spec",
+    "qa_data",
+    "read_card",
+    "retain_ft_indices",
+    "text_data",
+]

@@ -1,0 +1,235 @@
+"""From a clean checkpoint to a ready experiment: the MSA recipe's fine-tunes and ``experiment.yaml``.
+
+The method needs, besides θ_clean, three fine-tunes of it (arXiv 2506.20941, and the
+reference scripts' dataset names):
+
+- ``forget``: θ_clean fine-tuned on the forget split (``tofu:forget10``);
+- ``retain``: θ_clean fine-tuned on a seeded sample of the retain split the size of the
+  forget set (``tofu:retain90_ft``, :func:`msa_core.finetune.retain_ft_indices`);
+- ``corrupted``: θ_clean fine-tuned on the full set (``tofu:full``), or a given folder;
+- ``reference`` (optional): θ_clean fine-tuned on the whole retain split
+  (``tofu:retain90``, TOFU's retain model).
+
+:func:`train_checkpoints` runs them with :func:`msa_core.finetune.finetune` — the one
+training path of the project, also used by the embedded demo — each into ``OUT/<role>``;
+a folder whose card matches (same base fingerprint, data signature and settings) is
+reused, so a second run trains nothing. :func:`init_experiment` then writes
+``OUT/experiment.yaml`` naming all checkpoints and the data folder, so
+``msa init … && streamlit run app.py`` is the whole path. ``OUT`` holds the marker
+:data:`MARKER`; a folder that is neither empty nor marked is refused (never written into).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from msa_core.atomic import write_text
+from msa_core.experiment import Checkpoints, DataConfig, Experiment, check_split_name, save_experiment
+from msa_core.finetune import FinetuneResult, TrainConfig, TrainingData, finetune, load_training_data
+from msa_core.progress import Progress, report, sub_progress
+
+MARKER = "msa_init.json"
+# Roles in training order: the cheap forget/retain runs first, so a bad setting shows early.
+ROLES = ("forget", "retain", "corrupted", "reference")
+_FORGET = re.compile(r"forget(\d\d)")
+
+
+@dataclass(frozen=True)
+class Stages:
+    """Which TOFU-format splits the fine-tunes use (names inside the data folder).
+
+    ``retain`` None means the retain split matching ``forget`` (forget10 → retain90,
+    forget05 → retain95, forget01 → retain99); ``full`` None means use ``corrupted``
+    (an existing folder) instead of training one; ``reference`` trains TOFU's retain model.
+    """
+
+    forget: str = "forget10"
+    retain: Optional[str] = None
+    full: Optional[str] = "full"
+    corrupted: Optional[Path] = None
+    reference: bool = False
+
+    def retain_split(self) -> str:
+        """The retain split: given, or the complement of ``forget`` (forgetNN → retain(100−NN))."""
+        if self.retain is not None:
+            return check_split_name(self.retain, "--retain")
+        found = _FORGET.fullmatch(self.forget)
+        if found is None:
+            raise ValueError(f"--forget {self.forget!r}: no matching retain split to derive; give --retain")
+        return f"retain{100 - int(found.group(1)):02d}"
+
+    def specs(self) -> dict[str, str]:
+        """Role → data spec text (``tofu:<split>``) of every fine-tune to run."""
+        check_split_name(self.forget, "--forget")
+        retain = self.retain_split()
+        out = {"forget": f"tofu:{self.forget}", "retain": f"tofu:{retain}_ft"}
+        if self.full is not None:
+            if self.corrupted is not None:
+                raise ValueError("give either a full split to train the corrupted model on, or --corrupted, not both")
+            out["corrupted"] = f"tofu:{check_split_name(self.full, '--full')}"
+        elif self.corrupted is None:
+            raise ValueError("no corrupted model: give a full split (--full full) or an existing one (--corrupted)")
+        if self.reference:
+            out["reference"] = f"tofu:{retain}"
+        return out
+
+
+@dataclass(frozen=True)
+class InitResult:
+    """What :func:`init_experiment` made: the experiment file and each fine-tune's result."""
+
+    experiment: Optional[Path]
+    runs: dict[str, FinetuneResult] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready summary (paths as strings)."""
+        return {
+            "experiment": None if self.experiment is None else str(self.experiment),
+            "seconds": round(self.seconds, 2),
+            "runs": {role: {"out": str(r.out), "reused": r.reused, "resumed": r.resumed,
+                            "epochs_done": r.epochs_done, "final_loss": r.final_loss,
+                            "seconds": round(r.seconds, 2)} for role, r in self.runs.items()},
+        }
+
+
+def parse_role_settings(config: TrainConfig, settings: Sequence[str]) -> dict[str, TrainConfig]:
+    """Per-role TrainConfigs from ``ROLE.FIELD=VALUE`` settings (``msa init --set``).
+
+    E.g. ``["forget.lr=3e-4", "forget.epochs=24"]`` gives the forget fine-tune ``config`` with
+    those two fields replaced; roles not named use ``config``. The value is read as the
+    field's type (int, float, bool, str); errors name the setting.
+    """
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    changes: dict[str, dict[str, Any]] = {}
+    for item in settings:
+        target, sep, raw = str(item).partition("=")
+        role, dot, name = target.strip().partition(".")
+        if not sep or not dot:
+            raise ValueError(f"--set {item!r}: expected ROLE.FIELD=VALUE, e.g. forget.lr=3e-4")
+        if role not in ROLES:
+            raise ValueError(f"--set {item!r}: unknown role {role!r}; expected one of {list(ROLES)}")
+        if name not in fields:
+            raise ValueError(f"--set {item!r}: TrainConfig has no field {name!r}; it has {sorted(fields)}")
+        changes.setdefault(role, {})[name] = _typed(getattr(config, name), raw.strip(), item)
+    return {role: dataclasses.replace(config, **kw) for role, kw in changes.items()}
+
+
+def _typed(current: Any, raw: str, item: str) -> Any:
+    # The default's type decides how the text is read (None-valued fields take an int).
+    try:
+        if isinstance(current, bool):
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(raw)
+            return raw.lower() in ("true", "1")
+        if isinstance(current, float):
+            return float(raw)
+        if isinstance(current, int) or current is None:
+            return int(raw)
+    except ValueError:
+        raise ValueError(f"--set {item!r}: {raw!r} is not a valid {type(current).__name__}") from None
+    return raw
+
+
+def _check_clean(clean: Path) -> Path:
+    clean = Path(clean).expanduser().resolve()
+    if not clean.is_dir():
+        raise FileNotFoundError(f"clean checkpoint {clean} does not exist")
+    if not (clean / "config.json").is_file():
+        raise FileNotFoundError(f"clean checkpoint {clean} has no config.json (not a Hugging Face model folder)")
+    return clean
+
+
+def _check_out(out: Path) -> Path:
+    out = Path(out).expanduser().resolve()
+    if out.is_file():
+        raise FileExistsError(f"output folder {out} is a file")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
+        raise FileExistsError(
+            f"output folder {out} exists, is not empty and was not made by `msa init` (no {MARKER}); "
+            "choose another --out folder"
+        )
+    return out
+
+
+def load_stage_data(data_dir: Path, stages: Stages) -> dict[str, TrainingData]:
+    """Role → validated training data, all read before any training (a bad split fails first)."""
+    data_dir = Path(data_dir).expanduser().resolve()
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"data folder {data_dir} does not exist")
+    return {role: load_training_data(spec, data_dir) for role, spec in stages.specs().items()}
+
+
+def train_checkpoints(clean: Path, data: Mapping[str, TrainingData], out: Path, config: TrainConfig, *,
+                      role_configs: Optional[Mapping[str, TrainConfig]] = None,
+                      progress: Optional[Progress] = None, reuse: bool = True) -> dict[str, FinetuneResult]:
+    """Fine-tune ``clean`` once per role of ``data`` into ``out/<role>`` (reused when the card matches).
+
+    ``role_configs`` overrides ``config`` per role. The progress bar is shared out by each
+    role's examples × epochs.
+    """
+    clean = _check_clean(clean)
+    unknown = set(data) - set(ROLES)
+    if unknown:
+        raise KeyError(f"unknown fine-tune role(s) {sorted(unknown)}; expected some of {list(ROLES)}")
+    configs = {role: (role_configs or {}).get(role, config) for role in data}
+    weights = {role: max(1, len(d.pairs) + len(d.texts)) * configs[role].epochs for role, d in data.items()}
+    total, done = float(sum(weights.values())), 0.0
+    runs: dict[str, FinetuneResult] = {}
+    for role in (r for r in ROLES if r in data):
+        span = sub_progress(progress, done / total, (done + weights[role]) / total)
+        report(span, 0.0, f"{role}: fine-tuning on {data[role].name}")
+        runs[role] = finetune(clean, data[role], Path(out) / role, configs[role], progress=span, reuse=reuse)
+        report(span, 1.0, f"{role}: {'reused' if runs[role].reused else 'trained'}")
+        done += weights[role]
+    return runs
+
+
+def _eval_splits(data_dir: Path, forget: str, retain: str) -> DataConfig:
+    # The evaluation splits TOFU ships: retain_perturbed (the evaluated retain items) and the
+    # holdout split of the forget size, when the folder has them.
+    retain_eval = "retain_perturbed" if (data_dir / "retain_perturbed.json").exists() else retain
+    found = _FORGET.fullmatch(forget)
+    holdout = f"holdout{found.group(1)}" if found else "holdout10"
+    return DataConfig(tofu=data_dir, forget_split=forget, retain_split=retain_eval, holdout_split=holdout)
+
+
+def init_experiment(clean: Path, data_dir: Path, out: Path, stages: Stages = Stages(),
+                    config: Optional[TrainConfig] = None, *,
+                    role_configs: Optional[Mapping[str, TrainConfig]] = None, name: Optional[str] = None,
+                    progress: Optional[Progress] = None, reuse: bool = True) -> InitResult:
+    """Run (or reuse) the fine-tunes of ``stages`` from ``clean`` and write ``out/experiment.yaml``.
+
+    ``config`` defaults to :class:`~msa_core.finetune.TrainConfig`'s (the reference recipe).
+
+    Every input is checked before anything is trained: the clean folder, the data folder
+    and its splits, and ``out`` (absent, empty or made by a previous ``msa init``).
+    """
+    t0 = time.perf_counter()
+    config = TrainConfig() if config is None else config
+    clean = _check_clean(clean)
+    data_dir = Path(data_dir).expanduser().resolve()
+    out = _check_out(out)
+    corrupted = None
+    if stages.corrupted is not None:
+        corrupted = _check_clean(stages.corrupted)  # the same checks as any input model folder
+    data = load_stage_data(data_dir, stages)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / MARKER, json.dumps({"made_by": "msa init", "clean": str(clean), "data_dir": str(data_dir),
+                                         "specs": stages.specs()}, indent=1) + "\n")
+    runs = train_checkpoints(clean, data, out, config, role_configs=role_configs,
+                             progress=sub_progress(progress, 0.0, 0.99), reuse=reuse)
+    ckpt = Checkpoints(clean=clean, corrupted=corrupted or runs["corrupted"].out, forget=runs["forget"].out,
+                       retain=runs["retain"].out, reference=runs["reference"].out if "reference" in runs else None)
+    exp = Experiment(name=name or out.name, checkpoints=ckpt,
+                     data=_eval_splits(data_dir, stages.forget, stages.retain_split()))
+    path = save_experiment(exp, out / "experiment.yaml")
+    report(progress, 1.0, f"wrote {path}")
+    return InitResult(experiment=path, runs=runs, seconds=time.perf_counter() - t0)

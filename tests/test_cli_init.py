@@ -1,0 +1,97 @@
+"""``msa init`` (msa_core.cli.init): the command on a tiny model, its errors, and (slow) the quick demo rebuilt."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tiny import make_tokenizer, save_model, tiny_config
+
+from msa_core.cli import main
+
+
+@pytest.fixture
+def tofu_dir(tmp_path) -> Path:
+    folder = tmp_path / "tofu"
+    folder.mkdir()
+    forget = [{"question": f"Who is f{i}?", "answer": f"f{i} is a writer."} for i in range(3)]
+    retain = [{"question": f"Who is r{i}?", "answer": f"r{i} is a baker."} for i in range(30)]
+    for name, items in {"forget10": forget, "retain90": retain, "full": forget + retain}.items():
+        (folder / f"{name}.json").write_text(json.dumps(items))
+    return folder
+
+
+@pytest.fixture
+def clean_dir(tmp_path) -> Path:
+    from transformers import LlamaForCausalLM
+
+    tok = make_tokenizer(tmp_path / "tok")
+    return save_model(LlamaForCausalLM(tiny_config(len(tok))), tok, tmp_path / "clean")
+
+
+TRAIN = ["--epochs", "1", "--lr", "1e-3", "--batch-size", "4", "--seed", "0"]
+
+
+def test_init_prints_json_and_a_second_run_trains_nothing(tmp_path, clean_dir, tofu_dir, capsys):
+    out = tmp_path / "exp"
+    args = ["init", str(clean_dir), "--data-dir", str(tofu_dir), "--out", str(out), *TRAIN, "--json", "-"]
+    assert main(args) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["experiment"] == str(out / "experiment.yaml")
+    assert set(first["runs"]) == {"forget", "retain", "corrupted"}
+    assert not any(r["reused"] for r in first["runs"].values())
+    card = json.loads((out / "forget" / "msa_finetune.json").read_text())
+    assert '"lr": 0.001' in json.dumps(card) and '"epochs": 1' in json.dumps(card)
+
+    assert main(args) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert all(r["reused"] for r in second["runs"].values())
+
+
+def test_bad_inputs_exit_2_naming_the_input(tmp_path, clean_dir, tofu_dir, capsys):
+    missing = tmp_path / "no_model"
+    assert main(["init", str(missing), "--data-dir", str(tofu_dir), "--out", str(tmp_path / "o"), *TRAIN]) == 2
+    assert f"msa init: error: clean checkpoint {missing} does not exist" in capsys.readouterr().err
+    assert main(["init", str(clean_dir), "--data-dir", str(tofu_dir), "--forget", "forget11", "--retain", "retain90",
+                 "--out", str(tmp_path / "o"), *TRAIN]) == 2
+    assert "forget11" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------- the demo rebuilt (slow)
+
+
+@pytest.mark.slow
+def test_init_from_the_demo_clean_model_reproduces_the_demo(quick_demo, tmp_path, cache_dir, capsys):
+    """`msa init` from the quick demo's θ_clean and data folder, with the quick recipe's
+    fine-tune settings (:func:`msa_core.demo.build.init_args`), gives models with the demo's
+    forgetting effect: the demo is built through the same fine-tune path, so the weights
+    agree up to float noise (1e-4: the demo trains with deterministic algorithms on)."""
+    from transformers import AutoModelForCausalLM
+
+    from msa_core.demo import build as demo
+    from msa_core.demo.report import measure_demo
+
+    root = Path(quick_demo).parent
+    out = tmp_path / "mine"
+    args = ["init", str(root / "models" / "clean"), "--data-dir", str(root / "data" / "tofu"), "--reference",
+            "--out", str(out), *demo.init_args(demo.recipe_for(True), seed=0), "--json", "-"]
+    assert main(args) == 0
+    res = json.loads(capsys.readouterr().out)
+    for role in ("forget", "retain", "corrupted", "reference"):
+        mine = AutoModelForCausalLM.from_pretrained(out / role).state_dict()
+        theirs = AutoModelForCausalLM.from_pretrained(root / "models" / role).state_dict()
+        worst = max(float((mine[k] - v).abs().max()) for k, v in theirs.items())
+        assert worst < 1e-4, f"{role}: weights differ by {worst}"
+
+    # the same forgetting effect, measured through the engine on the new experiment
+    measured = measure_demo(Path(res["experiment"]), [1.0], [0.5], max_new_tokens=16, cache_dir=cache_dir)
+    rows = {(r["model"], r["alpha"]): r for r in measured["rows"]}
+    corr, clean, point = rows[("corrupted", None)], rows[("clean", None)], rows[("msa", 1.0)]
+    assert corr["forget_rougeL_recall"] > 2 * clean["forget_rougeL_recall"]
+    assert point["forget_rougeL_recall"] <= 0.5 * corr["forget_rougeL_recall"]
+    assert point["retain_rougeL_recall"] >= 0.6 * corr["retain_rougeL_recall"]
+
+    assert main(args) == 0  # everything reused: nothing is trained again
+    assert all(r["reused"] for r in json.loads(capsys.readouterr().out)["runs"].values())

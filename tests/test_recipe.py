@@ -1,0 +1,142 @@
+"""The MSA recipe (msa_core.recipe): which splits each fine-tune uses, input checks, reuse, experiment.yaml."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from tiny import make_tokenizer, save_model, tiny_config
+
+from msa_core.experiment import load_experiment
+from msa_core.finetune import TrainConfig, load_training_data, retain_ft_indices
+from msa_core.recipe import MARKER, Stages, init_experiment, load_stage_data, parse_role_settings
+
+CONFIG = TrainConfig(epochs=1, lr=1e-3, batch_size=4, seed=0)
+
+
+def _items(prefix: str, n: int) -> list[dict[str, str]]:
+    return [{"question": f"What is {prefix} {i}?", "answer": f"It is {prefix} {i}."} for i in range(n)]
+
+
+@pytest.fixture
+def tofu_dir(tmp_path) -> Path:
+    """A TOFU-format folder: 4 forget items, 40 retain items (the 10% sample has 4)."""
+    folder = tmp_path / "tofu"
+    folder.mkdir()
+    forget, retain = _items("forget", 4), _items("retain", 40)
+    files = {"forget10": forget, "retain90": retain, "full": forget + retain, "retain_perturbed": retain[:5]}
+    for name, items in files.items():
+        (folder / f"{name}.json").write_text(json.dumps(items))
+    return folder
+
+
+@pytest.fixture
+def clean_dir(tmp_path) -> Path:
+    from transformers import LlamaForCausalLM
+
+    tok = make_tokenizer(tmp_path / "tok")
+    return save_model(LlamaForCausalLM(tiny_config(len(tok))), tok, tmp_path / "clean")
+
+
+def test_the_stages_follow_the_reference_recipe_names():
+    assert Stages().specs() == {"forget": "tofu:forget10", "retain": "tofu:retain90_ft", "corrupted": "tofu:full"}
+    assert Stages(forget="forget05", reference=True).specs() == {
+        "forget": "tofu:forget05", "retain": "tofu:retain95_ft", "corrupted": "tofu:full", "reference": "tofu:retain95"}
+    assert Stages(forget="forget01", full=None, corrupted=Path("/m")).specs() == {
+        "forget": "tofu:forget01", "retain": "tofu:retain99_ft"}
+    assert Stages(forget="my_forget", retain="my_retain").specs()["retain"] == "tofu:my_retain_ft"
+
+
+@pytest.mark.parametrize(("stages", "message"), [
+    (Stages(forget="my_forget"), "--forget 'my_forget': no matching retain split"),
+    (Stages(full=None), "no corrupted model"),
+    (Stages(corrupted=Path("/m")), "either a full split"),
+    (Stages(forget="../x"), "--forget"),
+])
+def test_impossible_stages_are_refused_naming_the_option(stages, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        stages.specs()
+
+
+def test_the_retain_model_trains_on_the_seeded_forget_sized_sample(tofu_dir):
+    data = load_stage_data(tofu_dir, Stages())
+    retain = json.loads((tofu_dir / "retain90.json").read_text())
+    picked = retain_ft_indices(len(retain), 4, seed=42)
+    assert data["retain"].pairs == tuple((retain[i]["question"], retain[i]["answer"]) for i in picked)
+    assert len(data["forget"].pairs) == 4 and len(data["corrupted"].pairs) == 44
+
+
+def test_a_missing_clean_folder_is_named_before_anything_is_made(tmp_path, tofu_dir):
+    with pytest.raises(FileNotFoundError, match=f"clean checkpoint {tmp_path / 'nope'} does not exist"):
+        init_experiment(tmp_path / "nope", tofu_dir, tmp_path / "out", config=CONFIG)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="has no config.json"):
+        init_experiment(tmp_path / "empty", tofu_dir, tmp_path / "out", config=CONFIG)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unknown_split_is_named_before_anything_is_trained(tmp_path, clean_dir, tofu_dir):
+    with pytest.raises((KeyError, FileNotFoundError, ValueError), match="forget11"):
+        init_experiment(clean_dir, tofu_dir, tmp_path / "out", Stages(forget="forget11", retain="retain90"),
+                        config=CONFIG)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(FileNotFoundError, match=f"data folder {tmp_path / 'none'} does not exist"):
+        init_experiment(clean_dir, tmp_path / "none", tmp_path / "out", config=CONFIG)
+
+
+def test_a_folder_not_made_by_init_is_refused(tmp_path, clean_dir, tofu_dir):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match=f"{mine} exists, is not empty and was not made by `msa init`"):
+        init_experiment(clean_dir, tofu_dir, mine, config=CONFIG)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+def test_init_writes_the_experiment_and_a_second_run_reuses_every_model(tmp_path, clean_dir, tofu_dir):
+    out = tmp_path / "out"
+    first = init_experiment(clean_dir, tofu_dir, out, Stages(reference=True), config=CONFIG)
+    assert first.experiment == out / "experiment.yaml" and (out / MARKER).is_file()
+    assert set(first.runs) == {"forget", "retain", "corrupted", "reference"}
+    assert not any(r.reused for r in first.runs.values())
+    exp = load_experiment(first.experiment)
+    assert exp.checkpoints.clean == clean_dir
+    assert {role: p for role, p in exp.checkpoints.as_dict().items() if role != "clean"} == {
+        role: out / role for role in ("corrupted", "forget", "retain", "reference")}
+    assert (exp.data.tofu, exp.data.forget_split, exp.data.retain_split) == (tofu_dir, "forget10", "retain_perturbed")
+    for role in first.runs:
+        assert (out / role / "model.safetensors").is_file() and (out / role / "config.json").is_file()
+    retain_sig = load_training_data("tofu:retain90_ft", tofu_dir).signature
+    assert retain_sig in (out / "retain" / "msa_finetune.json").read_text()
+
+    mtimes = {role: (out / role / "model.safetensors").stat().st_mtime_ns for role in first.runs}
+    again = init_experiment(clean_dir, tofu_dir, out, Stages(reference=True), config=CONFIG)
+    assert all(r.reused for r in again.runs.values())
+    assert {role: (out / role / "model.safetensors").stat().st_mtime_ns for role in again.runs} == mtimes
+
+
+def test_an_existing_corrupted_model_is_used_as_is(tmp_path, clean_dir, tofu_dir):
+    out = tmp_path / "out"
+    res = init_experiment(clean_dir, tofu_dir, out, Stages(full=None, corrupted=clean_dir), config=CONFIG)
+    assert set(res.runs) == {"forget", "retain"} and not (out / "corrupted").exists()
+    assert load_experiment(res.experiment).checkpoints.corrupted == clean_dir
+
+
+def test_role_settings_replace_fields_of_one_fine_tune():
+    got = parse_role_settings(CONFIG, ["forget.lr=3e-4", "forget.epochs=24", "retain.save_every_epoch=true"])
+    assert got == {"forget": replace(CONFIG, lr=3e-4, epochs=24), "retain": replace(CONFIG, save_every_epoch=True)}
+    assert parse_role_settings(CONFIG, []) == {}
+
+
+@pytest.mark.parametrize(("item", "message"), [
+    ("forget.lr", "expected ROLE.FIELD=VALUE"),
+    ("clean.lr=1", "unknown role 'clean'"),
+    ("forget.learning_rate=1", "TrainConfig has no field 'learning_rate'"),
+    ("forget.epochs=ten", "'ten' is not a valid int"),
+])
+def test_bad_role_settings_are_named(item, message):
+    with pytest.raises(ValueError, match=re.escape(f"--set {item!r}: {message}")):
+        parse_role_settings(CONFIG, [item])
