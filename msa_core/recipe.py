@@ -32,7 +32,9 @@ from typing import Any, Optional
 
 from msa_core.atomic import write_text
 from msa_core.experiment import Checkpoints, DataConfig, Experiment, check_split_name, save_experiment
-from msa_core.finetune import FinetuneResult, TrainConfig, TrainingData, finetune, load_training_data
+from msa_core.finetune import FinetuneResult, TrainConfig, TrainingData, finetune, load_training_data, read_card
+from msa_core.finetune.data import available_tofu_splits
+from msa_core.finetune.train import check_causal_lm
 from msa_core.progress import Progress, report, sub_progress
 
 MARKER = "msa_init.json"
@@ -85,14 +87,14 @@ class Stages:
 class InitResult:
     """What :func:`init_experiment` made: the experiment file and each fine-tune's result."""
 
-    experiment: Optional[Path]
+    experiment: Path
     runs: dict[str, FinetuneResult] = field(default_factory=dict)
     seconds: float = 0.0
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready summary (paths as strings)."""
         return {
-            "experiment": None if self.experiment is None else str(self.experiment),
+            "experiment": str(self.experiment),
             "seconds": round(self.seconds, 2),
             "runs": {role: {"out": str(r.out), "reused": r.reused, "resumed": r.resumed,
                             "epochs_done": r.epochs_done, "final_loss": r.final_loss,
@@ -138,12 +140,13 @@ def _typed(current: Any, raw: str, item: str) -> Any:
     return raw
 
 
-def _check_clean(clean: Path) -> Path:
+def _check_clean(clean: Path, what: str = "clean checkpoint") -> Path:
     clean = Path(clean).expanduser().resolve()
     if not clean.is_dir():
-        raise FileNotFoundError(f"clean checkpoint {clean} does not exist")
+        raise FileNotFoundError(f"{what} {clean} does not exist")
     if not (clean / "config.json").is_file():
-        raise FileNotFoundError(f"clean checkpoint {clean} has no config.json (not a Hugging Face model folder)")
+        raise FileNotFoundError(f"{what} {clean} has no config.json (not a Hugging Face model folder)")
+    check_causal_lm(clean)  # e.g. an encoder-only model: named before anything is trained
     return clean
 
 
@@ -151,12 +154,20 @@ def _check_out(out: Path) -> Path:
     out = Path(out).expanduser().resolve()
     if out.is_file():
         raise FileExistsError(f"output folder {out} is a file")
-    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
+    if out.is_dir() and not (out / MARKER).is_file() and not all(_made_by_finetune(p) for p in out.iterdir()):
         raise FileExistsError(
             f"output folder {out} exists, is not empty and was not made by `msa init` (no {MARKER}); "
             "choose another --out folder"
         )
     return out
+
+
+def _made_by_finetune(entry: Path) -> bool:
+    # A folder of stages run beforehand with `msa finetune --out OUT/<role>` (e.g. each under
+    # `accelerate launch` on several GPUs) is taken as is: init then reuses those fine-tunes.
+    if entry.name in ROLES:
+        return entry.is_dir() and read_card(entry) is not None
+    return entry.name in {f".{role}.train" for role in ROLES}
 
 
 def load_stage_data(data_dir: Path, stages: Stages) -> dict[str, TrainingData]:
@@ -195,9 +206,10 @@ def train_checkpoints(clean: Path, data: Mapping[str, TrainingData], out: Path, 
 def _eval_splits(data_dir: Path, forget: str, retain: str) -> DataConfig:
     # The evaluation splits TOFU ships: retain_perturbed (the evaluated retain items) and the
     # holdout split of the forget size, when the folder has them.
-    retain_eval = "retain_perturbed" if (data_dir / "retain_perturbed.json").exists() else retain
+    present = set(available_tofu_splits(data_dir))
+    retain_eval = "retain_perturbed" if "retain_perturbed" in present else retain
     found = _FORGET.fullmatch(forget)
-    holdout = f"holdout{found.group(1)}" if found else "holdout10"
+    holdout = f"holdout{found.group(1)}" if found else DataConfig().holdout_split
     return DataConfig(tofu=data_dir, forget_split=forget, retain_split=retain_eval, holdout_split=holdout)
 
 
@@ -219,7 +231,7 @@ def init_experiment(clean: Path, data_dir: Path, out: Path, stages: Stages = Sta
     out = _check_out(out)
     corrupted = None
     if stages.corrupted is not None:
-        corrupted = _check_clean(stages.corrupted)  # the same checks as any input model folder
+        corrupted = _check_clean(stages.corrupted, "corrupted checkpoint")
     data = load_stage_data(data_dir, stages)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / MARKER, json.dumps({"made_by": "msa init", "clean": str(clean), "data_dir": str(data_dir),

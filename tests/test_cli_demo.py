@@ -47,4 +47,4 @@ def test_cli_on_quick_demo(quick_demo, tmp_path, monkeypatch):
     assert r.returncode == 2 and "already exists" in r.stderr
 
     r = _msa("--help")
-    assert r.returncode == 0 and all(c in r.stdout for c in ("demo", "vectors", "compose", "generate"))
+    assert r.returncode == 0 and all(c in r.stdout for c in ("demo", "vectors", "compose", "generate", "init"))

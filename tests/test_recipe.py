@@ -75,6 +75,11 @@ def test_a_missing_clean_folder_is_named_before_anything_is_made(tmp_path, tofu_
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="has no config.json"):
         init_experiment(tmp_path / "empty", tofu_dir, tmp_path / "out", config=CONFIG)
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
+    with pytest.raises(ValueError, match=f"{bert} is not a causal language model"):
+        init_experiment(bert, tofu_dir, tmp_path / "out", config=CONFIG)
     assert not (tmp_path / "out").exists()
 
 
@@ -140,3 +145,19 @@ def test_role_settings_replace_fields_of_one_fine_tune():
 def test_bad_role_settings_are_named(item, message):
     with pytest.raises(ValueError, match=re.escape(f"--set {item!r}: {message}")):
         parse_role_settings(CONFIG, [item])
+
+
+def test_stages_fine_tuned_beforehand_with_msa_finetune_are_reused(tmp_path, clean_dir, tofu_dir):
+    from msa_core.finetune import finetune
+
+    out = tmp_path / "out"
+    before = finetune(clean_dir, load_training_data("tofu:forget10", tofu_dir), out / "forget", CONFIG)
+    res = init_experiment(clean_dir, tofu_dir, out, config=CONFIG)
+    assert res.runs["forget"].reused and not res.runs["retain"].reused
+    assert res.runs["forget"].out == before.out
+
+
+def test_on_real_tofu_the_stages_have_the_reference_sizes(shared_data):
+    data = load_stage_data(shared_data / "tofu", Stages(reference=True))
+    assert {role: len(d.pairs) for role, d in data.items()} == {
+        "forget": 400, "retain": 360, "corrupted": 4000, "reference": 3600}

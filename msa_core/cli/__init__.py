@@ -2,7 +2,8 @@
 
 The CLI sits above the library: its modules import msa_core, and nothing in msa_core
 imports them. Commands: ``demo``, ``vectors``, ``compose``, ``generate``
-(:mod:`.models`) and ``eval``, ``sweep``, ``results`` (:mod:`.evaluation`). Every
+(:mod:`.models`), ``eval``, ``sweep``, ``results`` (:mod:`.evaluation`), ``finetune``
+(:mod:`.training`) and ``init`` (:mod:`.init`). Every
 command takes ``--json FILE`` (``-`` = stdout) and ``--quiet``, with one meaning
 everywhere (:mod:`.output`). This package is the only part of msa_core that prints.
 """

@@ -58,7 +58,8 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     def human() -> None:
         for role, run in payload["runs"].items():
-            what = "reused" if run["reused"] else f"trained in {run['seconds']:.1f}s (loss {run['final_loss']:.4f})"
+            loss = "" if run["final_loss"] is None else f" (loss {run['final_loss']:.4f})"
+            what = "reused" if run["reused"] else f"trained in {run['seconds']:.1f}s{loss}"
             print(f"{role:<10} {what}: {run['out']}")
         print(payload["experiment"])
 
