@@ -34,6 +34,7 @@ from msa_core.experiment import Experiment
 from msa_core.fingerprints import experiment_fingerprint
 from msa_core.progress import Progress, report, sub_progress
 from msa_core.recompose import RecomposePlan, first_non_finite
+from msa_core.turns import TurnLock
 from msa_core.vectors import VectorSet, compute_vectors
 
 if TYPE_CHECKING:
@@ -192,7 +193,7 @@ class Engine:
         self.fingerprint = fingerprint
         self.load_seconds = load_seconds
         self.module_filter = module_filter
-        self.lock = threading.RLock()
+        self.lock = TurnLock()  # FIFO and re-entrant: long jobs can yield_turn() to waiting sessions
         self.last_compose_seconds = 0.0
         self.compose_path = ""  # how the last recompose ran (benchmarks and the app's status)
         self._side: dict[str, PreTrainedModel] = {}
@@ -320,6 +321,16 @@ class Engine:
         with self.lock:
             self.set_coefficients(alpha, beta)
             yield self.model
+
+    def yield_turn(self, alpha: float, beta: float) -> bool:
+        """Between two batches of a long job inside ``session(alpha, beta)``: let the sessions
+        already waiting for the engine run first (in arrival order), then recompose at
+        (α, β) if they moved it. Returns True when others ran. The job must not keep
+        tensors computed from the weights across this call (each batch reads them anew)."""
+        if not self.lock.yield_turn():
+            return False
+        self.set_coefficients(alpha, beta)
+        return True
 
     def side_model(self, role: str) -> Optional[PreTrainedModel]:
         """A separate read-only model for 'clean' | 'reference' | 'forget' | 'retain' (lazy, cached).

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
+from msa_core.progress import Progress, report
 from msa_core.prompts import encode_prompt, qa_prompt
 
 if TYPE_CHECKING:
@@ -72,6 +73,7 @@ def generate_text(
     batch_size: int = 16,
     stop: Optional[Sequence[str]] = None,
     max_prompt_chars: Optional[int] = MAX_PROMPT_CHARS,
+    progress: Optional[Progress] = None,
 ) -> list[str]:
     """Continuations of raw prompts, one string per prompt (stripped, cut at ``stop``).
 
@@ -109,6 +111,8 @@ def generate_text(
                     row = row[: row.index(tokenizer.eos_token_id)]
                 text = tokenizer.decode(row, skip_special_tokens=True)
                 out.append(cut_at_stops(text, stop).strip())
+            # After each batch: a caller inside engine.session may yield the engine here.
+            report(progress, len(out) / len(encoded), f"generated {len(out)}/{len(encoded)}")
     return out
 
 
@@ -124,6 +128,7 @@ def generate_answers(
     seed: int = 0,
     batch_size: int = 16,
     max_prompt_chars: Optional[int] = MAX_PROMPT_CHARS,
+    progress: Optional[Progress] = None,
 ) -> list[str]:
     """Answers to questions asked in the QA format (chat template or ``Question: …\\nAnswer:``).
 
@@ -142,4 +147,5 @@ def generate_answers(
         seed=seed,
         batch_size=batch_size,
         max_prompt_chars=None,
+        progress=progress,
     )

@@ -278,3 +278,38 @@ def test_stored_results_are_keyed_by_module_filter_dtype_and_device(eval_setup, 
     refs = store.results(f"{plain.fingerprint}#reference")
     assert sorted(r.settings["model"]["dtype"] for r in refs) == ["bfloat16", "float32"]
     assert all(r.settings["model"]["module_filter"] is None for r in refs)
+
+
+def test_a_long_evaluation_lets_a_waiting_session_in_between_batches_and_keeps_its_numbers(tmp_path):
+    import threading
+
+    engine = make_engine(tmp_path, tofu=write_tofu(tmp_path / "tofu"))
+    cache = ReferenceCache()
+    alone = evaluate(engine, 1.0, 0.5, tier="fast", benchmark="tofu", batch_size=1, reference_cache=cache)
+
+    other_done = threading.Event()
+    other_saw: list[float] = []
+
+    def other_session() -> None:  # another browser session moving its slider to (2, 0)
+        with engine.session(2.0, 0.0):
+            other_saw.append(engine.alpha)
+        other_done.set()
+
+    started: list[threading.Thread] = []
+
+    def progress(fraction: float, message: str) -> None:
+        if fraction > 0.3 and not started:  # inside the session, between two scoring batches
+            t = threading.Thread(target=other_session)
+            t.start()
+            started.append(t)
+            while engine.lock.waiting() == 0:
+                threading.Event().wait(0.001)
+
+    shared = evaluate(engine, 1.0, 0.5, tier="fast", benchmark="tofu", batch_size=1, reference_cache=cache,
+                      progress=progress)
+    finished_inside = other_done.is_set()  # read before anything else can run
+    started[0].join(5)
+    assert finished_inside, "the waiting session had to wait for the whole evaluation"
+    assert other_saw == [2.0]
+    assert shared.flat() == alone.flat()  # recomposed at (1, 0.5) before the next batch
+    assert (engine.alpha, engine.beta) == (1.0, 0.5)

@@ -114,7 +114,8 @@ def evaluate_muse(
         # leave room for the continuation inside the model's positions (half of them at least for the prompt)
         budget = None if max_length is None else max(max_length - VERBMEM_MAX_NEW_TOKENS, max_length // 2)
         prompts = [_fit_prompt(tokenizer, p, budget) for p, _ in verb]
-        conts = generate_text(model, tokenizer, prompts, max_new_tokens=VERBMEM_MAX_NEW_TOKENS, batch_size=batch_size)
+        conts = generate_text(model, tokenizer, prompts, max_new_tokens=VERBMEM_MAX_NEW_TOKENS, batch_size=batch_size,
+                              progress=sub_progress(progress, 0.3, 0.6))
         scores = [M.rouge_l_f1(gt, c) for (_, gt), c in zip(verb, conts)]
         out["muse_verbmem_forget"] = MetricValue("muse_verbmem_forget", M.mean(scores), scores)
         gens["verbmem_forget"] = conts
@@ -130,7 +131,7 @@ def evaluate_muse(
         prompts = [M.few_shot_prompt(icl or (), q) for q, _ in qa]
         answers = generate_text(
             model, tokenizer, prompts, max_new_tokens=KNOWMEM_MAX_NEW_TOKENS, batch_size=batch_size,
-            stop=list(M.MUSE_STOPS),
+            stop=list(M.MUSE_STOPS), progress=sub_progress(progress, 0.6 + 0.2 * n, 0.8 + 0.2 * n),
         )
         answers = [M.muse_cut(a) for a in answers]
         scores = [M.rouge_l_f1(a, g) for (_, a), g in zip(qa, answers)]

@@ -215,6 +215,19 @@ def resolve_reference(
     return stats
 
 
+def _yielding(engine: Engine, alpha: float, beta: float, progress: Optional[Progress]) -> Progress:
+    """The evaluation's progress callback, which the scorer and the generator call after every
+    batch, also hands the engine to sessions waiting for it (a slider move in another browser
+    session) and recomposes at (α, β) before the next batch: a long evaluation no longer holds
+    every other session for its whole length."""
+
+    def update(fraction: float, message: str) -> None:
+        engine.yield_turn(alpha, beta)
+        report(progress, fraction, message)
+
+    return update
+
+
 def evaluate(
     engine: Engine,
     alpha: float,
@@ -248,8 +261,9 @@ def evaluate(
             report(progress, 1.0, "loaded from the results store")
             return hit
     with engine.session(alpha, beta) as model:
+        turns = _yielding(engine, alpha, beta, sub_progress(progress, 0.2, 1.0))
         result = evaluate_model(model, engine.tokenizer, engine.experiment, tier=tier, benchmark=benchmark,
-                                subset=subset, progress=sub_progress(progress, 0.2, 1.0), reference_tr=ref.forget_tr,
+                                subset=subset, progress=turns, reference_tr=ref.forget_tr,
                                 reference_auc=ref.muse_auc, batch_size=batch_size, settings=settings,
                                 fingerprint=engine.fingerprint)
     result = replace(result, alpha=float(alpha), beta=float(beta))

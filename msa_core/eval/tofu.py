@@ -184,13 +184,15 @@ def evaluate_tofu(
 
         splits = sets.named()
         for n, (key, split) in enumerate(splits.items()):
-            report(progress, 1.0 - gen_share + gen_share * n / len(splits), f"generating TOFU {key} answers")
+            lo = 1.0 - gen_share + gen_share * n / len(splits)
+            report(progress, lo, f"generating TOFU {key} answers")
             answers = generate_answers(
                 model,
                 tokenizer,
                 [it.question for it in split.items],
                 max_new_tokens=ROUGE_MAX_NEW_TOKENS,
                 batch_size=batch_size,
+                progress=sub_progress(progress, lo, lo + gen_share / len(splits)),
             )
             generations[key] = answers
             rouge = [M.rouge_l_recall(it.answer, g) for it, g in zip(split.items, answers)]
