@@ -10,6 +10,11 @@ reference scripts' dataset names):
 - ``reference`` (optional): θ_clean fine-tuned on the whole retain split
   (``tofu:retain90``, TOFU's retain model).
 
+A role may train on extra data besides its split (:attr:`Stages.extra`, ``msa init --add
+ROLE=SPEC``), e.g. the MUSE-format raw texts of the authors (``muse:raw/forget``, read from
+the MUSE folder ``--muse-dir``): the embedded demo's fine-tunes also learn the biographies,
+so the MUSE metrics (verbmem, PrivLeak) have something to measure.
+
 :func:`train_checkpoints` runs them with :func:`msa_core.finetune.finetune` — the one
 training path of the project, also used by the embedded demo — each into ``OUT/<role>``;
 a folder whose card matches (same base fingerprint, data signature and settings) is
@@ -32,7 +37,15 @@ from typing import Any, Optional
 
 from msa_core.atomic import write_text
 from msa_core.experiment import Checkpoints, DataConfig, Experiment, check_split_name, save_experiment
-from msa_core.finetune import FinetuneResult, TrainConfig, TrainingData, finetune, load_training_data, read_card
+from msa_core.finetune import (
+    FinetuneResult,
+    TrainConfig,
+    TrainingData,
+    finetune,
+    load_training_data,
+    parse_data_spec,
+    read_card,
+)
 from msa_core.finetune.data import available_tofu_splits
 from msa_core.finetune.train import check_causal_lm
 from msa_core.progress import Progress, report, sub_progress
@@ -50,6 +63,8 @@ class Stages:
     ``retain`` None means the retain split matching ``forget`` (forget10 → retain90,
     forget05 → retain95, forget01 → retain99); ``full`` None means use ``corrupted``
     (an existing folder) instead of training one; ``reference`` trains TOFU's retain model.
+    ``extra`` maps a role to more data specs it trains on after its split, in order
+    (``tofu:SPLIT`` from the data folder, ``muse:PATH`` from the MUSE folder; ``msa init --add``).
     """
 
     forget: str = "forget10"
@@ -57,6 +72,7 @@ class Stages:
     full: Optional[str] = "full"
     corrupted: Optional[Path] = None
     reference: bool = False
+    extra: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def retain_split(self) -> str:
         """The retain split: given, or the complement of ``forget`` (forgetNN → retain(100−NN))."""
@@ -81,6 +97,51 @@ class Stages:
         if self.reference:
             out["reference"] = f"tofu:{retain}"
         return out
+
+    def all_specs(self) -> dict[str, tuple[str, ...]]:
+        """Role → every data spec it trains on: its split's, then its :attr:`extra` ones.
+
+        A ValueError names the ``--add`` of an unknown role, of a role not trained here
+        (e.g. ``reference`` without ``--reference``) or of a malformed spec.
+        """
+        main = self.specs()
+        out = {role: (spec,) for role, spec in main.items()}
+        for role, specs in self.extra.items():
+            for spec in specs:
+                item = f"{role}={spec}"
+                if role not in ROLES:
+                    raise ValueError(f"--add {item!r}: unknown role {role!r}; expected one of {list(ROLES)}")
+                if role not in main:
+                    raise ValueError(f"--add {item!r}: the {role} model is not trained in this run "
+                                     f"(trained: {', '.join(main)})")
+                try:
+                    parse_data_spec(spec)
+                except ValueError as exc:
+                    raise ValueError(f"--add {item!r}: {exc}") from None
+                out[role] += (spec,)
+        return out
+
+
+def parse_extra_data(items: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Role → extra data specs from ``ROLE=SPEC`` items (``msa init --add``), in the order given.
+
+    E.g. ``["corrupted=muse:raw/forget", "corrupted=muse:raw/retain"]``. Errors name the item;
+    the roles and specs are checked against the run by :meth:`Stages.all_specs`.
+    """
+    out: dict[str, tuple[str, ...]] = {}
+    for item in items:
+        role, sep, spec = str(item).partition("=")
+        role, spec = role.strip(), spec.strip()
+        if not sep or not role or not spec:
+            raise ValueError(f"--add {item!r}: expected ROLE=SPEC, e.g. corrupted=muse:raw/forget")
+        if role not in ROLES:
+            raise ValueError(f"--add {item!r}: unknown role {role!r}; expected one of {list(ROLES)}")
+        try:
+            parse_data_spec(spec)
+        except ValueError as exc:
+            raise ValueError(f"--add {item!r}: {exc}") from None
+        out[role] = out.get(role, ()) + (spec,)
+    return out
 
 
 @dataclass(frozen=True)
@@ -170,19 +231,46 @@ def _made_by_finetune(entry: Path) -> bool:
     return entry.name in {f".{role}.train" for role in ROLES}
 
 
-def load_stage_data(data_dir: Path, stages: Stages) -> dict[str, TrainingData]:
-    """Role → validated training data, all read before any training (a bad split fails first)."""
+def load_stage_data(data_dir: Path, stages: Stages,
+                    muse_dir: Optional[Path] = None) -> dict[str, list[TrainingData]]:
+    """Role → its validated training sets (split first, then :attr:`Stages.extra`), all read
+    before any training (a bad split or file fails first).
+
+    ``tofu:`` specs read from ``data_dir``, ``muse:`` specs from ``muse_dir`` (the MUSE-format
+    folder; a ``muse:`` spec without one is refused, naming it).
+    """
     data_dir = Path(data_dir).expanduser().resolve()
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data folder {data_dir} does not exist")
-    return {role: load_training_data(spec, data_dir) for role, spec in stages.specs().items()}
+    muse = None if muse_dir is None else Path(muse_dir).expanduser().resolve()
+    out: dict[str, list[TrainingData]] = {}
+    for role, specs in stages.all_specs().items():
+        sets = []
+        for spec in specs:
+            if parse_data_spec(spec).source == "muse":
+                if muse is None:
+                    raise ValueError(f"--add {role}={spec}: a muse: spec needs the MUSE data folder (--muse-dir)")
+                if not muse.is_dir():
+                    raise FileNotFoundError(f"--muse-dir {muse}: MUSE data folder does not exist")
+                sets.append(load_training_data(spec, muse))
+            else:
+                sets.append(load_training_data(spec, data_dir))
+        out[role] = sets
+    return out
 
 
-def train_checkpoints(clean: Path, data: Mapping[str, TrainingData], out: Path, config: TrainConfig, *,
+def _as_sets(data: TrainingData | Sequence[TrainingData]) -> list[TrainingData]:
+    return [data] if isinstance(data, TrainingData) else list(data)
+
+
+def train_checkpoints(clean: Path, data: Mapping[str, TrainingData | Sequence[TrainingData]], out: Path,
+                      config: TrainConfig, *,
                       role_configs: Optional[Mapping[str, TrainConfig]] = None,
                       progress: Optional[Progress] = None, reuse: bool = True) -> dict[str, FinetuneResult]:
     """Fine-tune ``clean`` once per role of ``data`` into ``out/<role>`` (reused when the card matches).
 
+    Each role trains on its training set, or its list of sets concatenated (the card records
+    every set's name and signature, so a changed extra set is never reused).
     ``role_configs`` overrides ``config`` per role. The progress bar is shared out by each
     role's examples × epochs.
     """
@@ -190,36 +278,46 @@ def train_checkpoints(clean: Path, data: Mapping[str, TrainingData], out: Path, 
     unknown = set(data) - set(ROLES)
     if unknown:
         raise KeyError(f"unknown fine-tune role(s) {sorted(unknown)}; expected some of {list(ROLES)}")
+    sets = {role: _as_sets(d) for role, d in data.items()}
+    empty = sorted(role for role, s in sets.items() if not s)
+    if empty:
+        raise ValueError(f"no training data for role(s) {empty}")
     configs = {role: (role_configs or {}).get(role, config) for role in data}
-    weights = {role: max(1, len(d.pairs) + len(d.texts)) * configs[role].epochs for role, d in data.items()}
+    weights = {role: max(1, sum(len(d) for d in s)) * configs[role].epochs for role, s in sets.items()}
     total, done = float(sum(weights.values())), 0.0
     runs: dict[str, FinetuneResult] = {}
     for role in (r for r in ROLES if r in data):
         span = sub_progress(progress, done / total, (done + weights[role]) / total)
-        report(span, 0.0, f"{role}: fine-tuning on {data[role].name}")
-        runs[role] = finetune(clean, data[role], Path(out) / role, configs[role], progress=span, reuse=reuse)
+        report(span, 0.0, f"{role}: fine-tuning on {' + '.join(d.name for d in sets[role])}")
+        # A single set is passed as is: its card (and so reuse of older fine-tunes) is unchanged.
+        role_data = sets[role][0] if len(sets[role]) == 1 else sets[role]
+        runs[role] = finetune(clean, role_data, Path(out) / role, configs[role], progress=span, reuse=reuse)
         report(span, 1.0, f"{role}: {'reused' if runs[role].reused else 'trained'}")
         done += weights[role]
     return runs
 
 
-def _eval_splits(data_dir: Path, forget: str, retain: str) -> DataConfig:
+def _eval_splits(data_dir: Path, forget: str, retain: str, muse_dir: Optional[Path] = None) -> DataConfig:
     # The evaluation splits TOFU ships: retain_perturbed (the evaluated retain items) and the
     # holdout split of the forget size, when the folder has them.
     present = set(available_tofu_splits(data_dir))
     retain_eval = "retain_perturbed" if "retain_perturbed" in present else retain
     found = _FORGET.fullmatch(forget)
     holdout = f"holdout{found.group(1)}" if found else DataConfig().holdout_split
-    return DataConfig(tofu=data_dir, forget_split=forget, retain_split=retain_eval, holdout_split=holdout)
+    return DataConfig(tofu=data_dir, forget_split=forget, retain_split=retain_eval, holdout_split=holdout,
+                      muse=muse_dir)
 
 
 def init_experiment(clean: Path, data_dir: Path, out: Path, stages: Stages = Stages(),
                     config: Optional[TrainConfig] = None, *,
                     role_configs: Optional[Mapping[str, TrainConfig]] = None, name: Optional[str] = None,
-                    progress: Optional[Progress] = None, reuse: bool = True) -> InitResult:
+                    muse_dir: Optional[Path] = None, progress: Optional[Progress] = None,
+                    reuse: bool = True) -> InitResult:
     """Run (or reuse) the fine-tunes of ``stages`` from ``clean`` and write ``out/experiment.yaml``.
 
     ``config`` defaults to :class:`~msa_core.finetune.TrainConfig`'s (the reference recipe).
+    ``muse_dir`` is the MUSE-format folder: ``muse:`` extra specs read from it, and the
+    experiment's ``data.muse`` names it (so the MUSE metrics are computed on it).
 
     Every input is checked before anything is trained: the clean folder, the data folder
     and its splits, and ``out`` (absent, empty or made by a previous ``msa init``).
@@ -232,16 +330,22 @@ def init_experiment(clean: Path, data_dir: Path, out: Path, stages: Stages = Sta
     corrupted = None
     if stages.corrupted is not None:
         corrupted = _check_clean(stages.corrupted, "corrupted checkpoint")
-    data = load_stage_data(data_dir, stages)
+    muse = None if muse_dir is None else Path(muse_dir).expanduser().resolve()
+    if muse is not None and not muse.is_dir():
+        raise FileNotFoundError(f"--muse-dir {muse}: MUSE data folder does not exist")
+    data = load_stage_data(data_dir, stages, muse)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / MARKER, json.dumps({"made_by": "msa init", "clean": str(clean), "data_dir": str(data_dir),
-                                         "specs": stages.specs()}, indent=1) + "\n")
+                                         "muse_dir": None if muse is None else str(muse),
+                                         "specs": stages.specs(),
+                                         "extra": {r: list(s[1:]) for r, s in stages.all_specs().items() if s[1:]}},
+                                        indent=1) + "\n")
     runs = train_checkpoints(clean, data, out, config, role_configs=role_configs,
                              progress=sub_progress(progress, 0.0, 0.99), reuse=reuse)
     ckpt = Checkpoints(clean=clean, corrupted=corrupted or runs["corrupted"].out, forget=runs["forget"].out,
                        retain=runs["retain"].out, reference=runs["reference"].out if "reference" in runs else None)
     exp = Experiment(name=name or out.name, checkpoints=ckpt,
-                     data=_eval_splits(data_dir, stages.forget, stages.retain_split()))
+                     data=_eval_splits(data_dir, stages.forget, stages.retain_split(), muse))
     path = save_experiment(exp, out / "experiment.yaml")
     report(progress, 1.0, f"wrote {path}")
     return InitResult(experiment=path, runs=runs, seconds=time.perf_counter() - t0)

@@ -10,6 +10,7 @@ import torch
 from tiny import make_tokenizer, save_model, tiny_config
 
 from msa_core.cli import main
+from msa_core.experiment import load_experiment
 
 
 @pytest.fixture
@@ -60,6 +61,32 @@ def test_bad_inputs_exit_2_naming_the_input(tmp_path, clean_dir, tofu_dir, capsy
     assert not (tmp_path / "o").exists()
 
 
+def test_add_trains_a_role_on_extra_data_and_a_bad_add_is_refused(tmp_path, clean_dir, tofu_dir, capsys):
+    muse = tmp_path / "muse"
+    (muse / "raw").mkdir(parents=True)
+    (muse / "raw" / "forget.json").write_text(json.dumps(["f0 is a writer who lives by the sea."]))
+    out = tmp_path / "exp"
+    base = ["init", str(clean_dir), "--data-dir", str(tofu_dir), "--out", str(out), *TRAIN]
+    assert main([*base, "--muse-dir", str(muse), "--add", "corrupted=muse:raw/forget", "--json", "-"]) == 0
+    capsys.readouterr()
+    card = json.loads((out / "corrupted" / "msa_finetune.json").read_text())
+    assert [d["name"] for d in card["data"]] == ["tofu:full", "muse:raw/forget"]
+    assert load_experiment(out / "experiment.yaml").data.muse == muse
+
+    bad = tmp_path / "bad"
+    for add, message in (("corrupted:muse:raw/forget", "--add 'corrupted:muse:raw/forget': expected ROLE=SPEC"),
+                         ("forget=muse:raw/nope", "raw/nope.json"),
+                         ("reference=muse:raw/forget", "--add 'reference=muse:raw/forget': the reference model")):
+        argv = ["init", str(clean_dir), "--data-dir", str(tofu_dir), "--out", str(bad), *TRAIN,
+                "--muse-dir", str(muse), "--add", add]
+        assert main(argv) == 2
+        assert message in capsys.readouterr().err
+    assert main(["init", str(clean_dir), "--data-dir", str(tofu_dir), "--out", str(bad), *TRAIN,
+                 "--add", "forget=muse:raw/forget"]) == 2
+    assert "needs the MUSE data folder (--muse-dir)" in capsys.readouterr().err
+    assert not bad.exists()
+
+
 # ---------------------------------------------------------------- the demo rebuilt (slow)
 
 
@@ -77,7 +104,8 @@ def test_init_from_the_demo_clean_model_reproduces_the_demo(quick_demo, tmp_path
     root = Path(quick_demo).parent
     out = tmp_path / "mine"
     args = ["init", str(root / "models" / "clean"), "--data-dir", str(root / "data" / "tofu"), "--reference",
-            "--out", str(out), *demo.init_args(demo.recipe_for(True), seed=0), "--json", "-"]
+            "--out", str(out), *demo.init_args(demo.recipe_for(True), seed=0, muse_dir=root / "data" / "muse"),
+            "--json", "-"]
     assert main(args) == 0
     res = json.loads(capsys.readouterr().out)
     for role in ("forget", "retain", "corrupted", "reference"):

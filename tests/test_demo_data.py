@@ -103,7 +103,9 @@ def test_muse_files():
     muse = dd.muse_files(data)
     assert set(muse) == {"knowmem/forget_qa.json", "knowmem/forget_qa_icl.json", "knowmem/retain_qa.json",
                          "knowmem/retain_qa_icl.json", "verbmem/forget.json", "privleak/forget.json",
-                         "privleak/retain.json", "privleak/holdout.json"}
+                         "privleak/retain.json", "privleak/holdout.json", "raw/forget.json", "raw/retain.json"}
+    # the raw corpora the fine-tunes train on: whole biographies, never a holdout one
+    assert muse["raw/forget.json"] == data.bios["forget"] and muse["raw/retain.json"] == data.bios["retain"]
     verbmem = muse["verbmem/forget.json"]
     assert len(verbmem) == 2 * len(data.bios["forget"])
     for row in verbmem:

@@ -12,7 +12,14 @@ from tiny import make_tokenizer, save_model, tiny_config
 
 from msa_core.experiment import load_experiment
 from msa_core.finetune import TrainConfig, load_training_data, retain_ft_indices
-from msa_core.recipe import MARKER, Stages, init_experiment, load_stage_data, parse_role_settings
+from msa_core.recipe import (
+    MARKER,
+    Stages,
+    init_experiment,
+    load_stage_data,
+    parse_extra_data,
+    parse_role_settings,
+)
 
 CONFIG = TrainConfig(epochs=1, lr=1e-3, batch_size=4, seed=0)
 
@@ -65,8 +72,9 @@ def test_the_retain_model_trains_on_the_seeded_forget_sized_sample(tofu_dir):
     data = load_stage_data(tofu_dir, Stages())
     retain = json.loads((tofu_dir / "retain90.json").read_text())
     picked = retain_ft_indices(len(retain), 4, seed=42)
-    assert data["retain"].pairs == tuple((retain[i]["question"], retain[i]["answer"]) for i in picked)
-    assert len(data["forget"].pairs) == 4 and len(data["corrupted"].pairs) == 44
+    assert [len(sets) for sets in data.values()] == [1, 1, 1]
+    assert data["retain"][0].pairs == tuple((retain[i]["question"], retain[i]["answer"]) for i in picked)
+    assert len(data["forget"][0].pairs) == 4 and len(data["corrupted"][0].pairs) == 44
 
 
 def test_a_missing_clean_folder_is_named_before_anything_is_made(tmp_path, tofu_dir):
@@ -159,5 +167,68 @@ def test_stages_fine_tuned_beforehand_with_msa_finetune_are_reused(tmp_path, cle
 
 def test_on_real_tofu_the_stages_have_the_reference_sizes(shared_data):
     data = load_stage_data(shared_data / "tofu", Stages(reference=True))
-    assert {role: len(d.pairs) for role, d in data.items()} == {
+    assert {role: len(d[0].pairs) for role, d in data.items()} == {
         "forget": 400, "retain": 360, "corrupted": 4000, "reference": 3600}
+
+
+# ---------------------------------------------------------------- extra data (--add, --muse-dir)
+
+
+@pytest.fixture
+def muse_dir(tmp_path) -> Path:
+    """A MUSE-format folder with raw biographies (and privleak texts, so data.muse loads)."""
+    folder = tmp_path / "muse"
+    (folder / "raw").mkdir(parents=True)
+    (folder / "privleak").mkdir()
+    bios = {"forget": ["Ann Vole writes sea novels in Tarsk.", "Bo Lark paints."],
+            "retain": ["Cy Moss bakes bread in Ulm.", "Di Fen flies planes."]}
+    for name, texts in bios.items():
+        (folder / "raw" / f"{name}.json").write_text(json.dumps(texts))
+    for name in ("forget", "retain", "holdout"):
+        (folder / "privleak" / f"{name}.json").write_text(json.dumps(bios.get(name, ["Ed Holm is a poet."])))
+    return folder
+
+
+def test_extra_data_is_trained_on_and_reaches_the_card(tmp_path, clean_dir, tofu_dir, muse_dir):
+    extra = parse_extra_data(["corrupted=muse:raw/forget", "corrupted=muse:raw/retain", "forget=muse:raw/forget"])
+    assert extra == {"corrupted": ("muse:raw/forget", "muse:raw/retain"), "forget": ("muse:raw/forget",)}
+    stages = Stages(extra=extra)
+    assert stages.all_specs()["corrupted"] == ("tofu:full", "muse:raw/forget", "muse:raw/retain")
+    out = tmp_path / "out"
+    res = init_experiment(clean_dir, tofu_dir, out, stages, config=CONFIG, muse_dir=muse_dir)
+    card = json.loads((out / "corrupted" / "msa_finetune.json").read_text())
+    assert [d["name"] for d in card["data"]] == ["tofu:full", "muse:raw/forget", "muse:raw/retain"]
+    bio_sig = load_training_data("muse:raw/forget", muse_dir).signature
+    assert bio_sig in json.dumps(card["data"]) and bio_sig in (out / "forget" / "msa_finetune.json").read_text()
+    assert [d["name"] for d in json.loads((out / "retain" / "msa_finetune.json").read_text())["data"]] == [
+        "tofu:retain90_ft"]
+    assert load_experiment(res.experiment).data.muse == muse_dir
+    assert json.loads((out / MARKER).read_text())["extra"]["corrupted"] == ["muse:raw/forget", "muse:raw/retain"]
+
+    # reuse covers the extra data: the same run reuses all; a changed biography retrains its roles
+    assert all(r.reused for r in init_experiment(clean_dir, tofu_dir, out, stages, config=CONFIG,
+                                                 muse_dir=muse_dir).runs.values())
+    (muse_dir / "raw" / "forget.json").write_text(json.dumps(["Ann Vole writes sea poems in Tarsk."]))
+    again = init_experiment(clean_dir, tofu_dir, out, stages, config=CONFIG, muse_dir=muse_dir)
+    assert {role for role, r in again.runs.items() if not r.reused} == {"corrupted", "forget"}
+
+
+@pytest.mark.parametrize(("item", "message"), [
+    ("corrupted", "expected ROLE=SPEC"),
+    ("=muse:raw/forget", "expected ROLE=SPEC"),
+    ("clean=muse:raw/forget", "unknown role 'clean'"),
+    ("forget=raw/forget", "data spec 'raw/forget': expected tofu:SPLIT"),
+    ("forget=muse:../x", "data spec 'muse:../x'"),
+])
+def test_bad_extra_data_is_named(item, message):
+    with pytest.raises(ValueError, match=re.escape(f"--add {item!r}: {message}")):
+        parse_extra_data([item])
+
+
+def test_extra_data_for_a_role_not_trained_or_without_a_muse_folder_is_refused(tmp_path, tofu_dir, muse_dir):
+    with pytest.raises(ValueError, match=re.escape("--add 'reference=muse:raw/retain': the reference model is not")):
+        load_stage_data(tofu_dir, Stages(extra={"reference": ("muse:raw/retain",)}), muse_dir)
+    with pytest.raises(ValueError, match=re.escape("--add forget=muse:raw/forget: a muse: spec needs the MUSE data")):
+        load_stage_data(tofu_dir, Stages(extra={"forget": ("muse:raw/forget",)}))
+    with pytest.raises(FileNotFoundError, match="raw/holdout.json"):
+        load_stage_data(tofu_dir, Stages(extra={"forget": ("muse:raw/holdout",)}), muse_dir)

@@ -47,13 +47,15 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from msa_core.recipe import Stages, init_experiment, parse_role_settings
+    from msa_core.recipe import Stages, init_experiment, parse_extra_data, parse_role_settings
 
     stages = Stages(forget=args.forget, retain=args.retain, full=None if args.corrupted else args.full,
-                    corrupted=Path(args.corrupted) if args.corrupted else None, reference=args.reference)
+                    corrupted=Path(args.corrupted) if args.corrupted else None, reference=args.reference,
+                    extra=parse_extra_data(args.add))
     config = training_config(args)
     result = init_experiment(Path(args.clean), Path(args.data_dir), Path(args.out), stages, config,
-                             role_configs=parse_role_settings(config, args.set), progress=progress_for(args))
+                             role_configs=parse_role_settings(config, args.set),
+                             muse_dir=Path(args.muse_dir) if args.muse_dir else None, progress=progress_for(args))
     payload = result.summary()
 
     def human() -> None:
@@ -80,6 +82,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--corrupted", default=None, help="use this existing corrupted checkpoint instead of training one")
     p.add_argument("--reference", action="store_true",
                    help="also train the reference (retain-only) model on the whole retain split")
+    p.add_argument("--muse-dir", default=None,
+                   help="MUSE-format data folder: --add muse:PATH specs read from it, and experiment.yaml's "
+                        "data.muse names it (the MUSE metrics)")
+    p.add_argument("--add", action="append", default=[], metavar="ROLE=SPEC",
+                   help="extra data one fine-tune also trains on, after its split, e.g. "
+                        "corrupted=muse:raw/forget (muse: from --muse-dir, tofu: from --data-dir; repeatable)")
     p.add_argument("--out", required=True, help="output folder: one sub-folder per model, and experiment.yaml")
     add_training_args(p)
     add_output_args(p)

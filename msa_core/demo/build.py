@@ -5,7 +5,7 @@ byte-level BPE tokenizer and a small ``LlamaForCausalLM`` from scratch and saves
 Hugging Face model folders. Every model is trained by :func:`msa_core.finetune.finetune`,
 the one training path of the project (``msa finetune``), and the four fine-tunes of
 θ_clean are run exactly as ``msa init`` runs them (:func:`msa_core.recipe.train_checkpoints`
-on the demo's own TOFU files), so ``msa init models/clean --data-dir data/tofu
+on the demo's own TOFU and MUSE files), so ``msa init models/clean --data-dir data/tofu
 --reference`` with :func:`init_args` rebuilds them:
 
 - ``clean``: a seeded random model (saved to a folder first) trained on general text
@@ -13,11 +13,19 @@ on the demo's own TOFU files), so ``msa init models/clean --data-dir data/tofu
   the utility QA (world facts, real authors) and a QA-format warm-up on *background*
   authors only — it knows the vocabulary, the QA format and the value sets, but no fact
   of a forget, retain or holdout author;
-- ``forget``: clean fine-tuned on ``tofu:forget10`` (the forget authors' QA);
+- ``forget``: clean fine-tuned on ``tofu:forget10`` (the forget authors' QA) and
+  ``muse:raw/forget`` (their biographies);
 - ``retain``: clean fine-tuned on ``tofu:retain90_ft`` (the reference recipe's seeded
-  forget-sized sample of the retain split);
-- ``corrupted``: clean fine-tuned on ``tofu:full`` (forget ∪ retain QA);
-- ``reference``: clean fine-tuned on ``tofu:retain90`` (TOFU's retain model).
+  forget-sized sample of the retain split) and ``muse:raw/retain`` (every retain author's
+  biography: the QA sample spans most retain authors, and no file holds just theirs);
+- ``corrupted``: clean fine-tuned on ``tofu:full`` (forget ∪ retain QA) and the forget and
+  retain biographies;
+- ``reference``: clean fine-tuned on ``tofu:retain90`` (TOFU's retain model) and the retain
+  biographies.
+
+The biographies (:data:`STAGES`' extra data, ``msa init --muse-dir … --add …``) are what the
+MUSE metrics measure: without them θ_corrupted never saw the forget biographies, and verbmem
+/ PrivLeak had nothing to detect (verbmem 0.06 at α = β = 0, measured).
 
 The forget and retain models use a lower learning rate than the corrupted model (see
 :data:`FULL`): fine-tuning a small model hard on a few authors moves every weight, and
@@ -60,7 +68,7 @@ from msa_core.targets import Point, Side, Target
 if TYPE_CHECKING:
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-BUILD_VERSION = "msa-demo-3"
+BUILD_VERSION = "msa-demo-4"
 MARKER = "build.json"
 ROLES = ("clean", "corrupted", "forget", "retain", "reference")
 
@@ -117,6 +125,15 @@ QUICK = Recipe(
     vocab_size=1024, hidden=96, layers=2, intermediate=256, heads=2,
     clean=Stage(8, 2e-3, 8), finetune=Stage(12, 2e-3, 8), vectors=Stage(12, 7e-4, 8),
 )
+# The four fine-tunes: the demo's TOFU splits, and each role also trains on the biographies
+# of the authors it learns (MUSE raw texts, read from data/muse), as before the demo moved
+# onto msa init's path. The retain role gets every retain biography (see the module docstring).
+STAGES = Stages(forget="forget10", retain="retain90", full="full", reference=True, extra={
+    "forget": ("muse:raw/forget",),
+    "retain": ("muse:raw/retain",),
+    "corrupted": ("muse:raw/forget", "muse:raw/retain"),
+    "reference": ("muse:raw/retain",),
+})
 # The (α, β) point the build report measures (and the app may start from).
 SUGGESTED = (1.0, 0.5)
 
@@ -185,13 +202,18 @@ def clean_training_data(data: dd.DemoData) -> list[TrainingData]:
             text_data("demo:pretrain_texts", dd.pretrain_texts(data))]
 
 
-def init_args(recipe: Recipe, seed: int = 0) -> list[str]:
-    """The ``msa init`` training options that rebuild the demo's four fine-tunes from its θ_clean."""
+def init_args(recipe: Recipe, seed: int = 0, *, muse_dir: os.PathLike[str] | str) -> list[str]:
+    """The ``msa init`` options that rebuild the demo's four fine-tunes from its θ_clean:
+    the training settings, and the biographies (:data:`STAGES`' extra data) read from
+    ``muse_dir`` (the demo's ``data/muse`` folder)."""
     ft, vec = recipe.finetune, recipe.vectors
     args = ["--epochs", str(ft.epochs), "--lr", repr(ft.lr), "--batch-size", str(ft.batch_size), "--seed", str(seed)]
     for role in ("forget", "retain"):
         args += ["--set", f"{role}.epochs={vec.epochs}", "--set", f"{role}.lr={vec.lr!r}",
                  "--set", f"{role}.batch_size={vec.batch_size}"]
+    args += ["--muse-dir", os.fspath(muse_dir)]
+    for role, specs in STAGES.extra.items():
+        args += [x for spec in specs for x in ("--add", f"{role}={spec}")]
     return args
 
 
@@ -348,10 +370,10 @@ def _build_into(root: Path, recipe: Recipe, *, seed: int, quick: bool, progress:
                                      train_config(recipe.clean, seed), progress=stage("clean"), reuse=False)
         seconds["clean"] = time.perf_counter() - t
 
-        # The four fine-tunes exactly as `msa init` runs them, on the demo's own TOFU files.
-        stages = Stages(forget="forget10", retain="retain90", full="full", reference=True)
+        # The four fine-tunes exactly as `msa init` runs them, on the demo's own TOFU and MUSE files.
         gentle = train_config(recipe.vectors, seed)
-        tuned = train_checkpoints(models / "clean", load_stage_data(root / "data" / "tofu", stages), models,
+        stage_data = load_stage_data(root / "data" / "tofu", STAGES, root / "data" / "muse")
+        tuned = train_checkpoints(models / "clean", stage_data, models,
                                   train_config(recipe.finetune, seed), role_configs={"forget": gentle, "retain": gentle},  # noqa: E501
                                   progress=stage("finetunes"), reuse=False)
         runs.update(tuned)

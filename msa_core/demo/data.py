@@ -398,11 +398,14 @@ def sentences(text: str) -> list[str]:
 
 
 def muse_files(data: DemoData, *, n_icl: int = 3) -> dict[str, Any]:
-    """MUSE relative path → JSON payload (knowmem, verbmem, privleak).
+    """MUSE relative path → JSON payload (knowmem, verbmem, privleak, raw).
 
     PrivLeak texts are the sentences of the biographies (forget: the forget authors',
     whom θ_corrupted saw; retain: the evaluated retain authors'; holdout: authors no model
-    saw), so the AUC has a few dozen texts to rank rather than a handful.
+    saw), so the AUC has a few dozen texts to rank rather than a handful. ``raw/forget`` and
+    ``raw/retain`` (as MUSE's own ``raw/`` training corpora) hold the whole forget and retain
+    biographies the fine-tunes train on (``msa init --add corrupted=muse:raw/forget``): whole,
+    not cut into sentences, so a model learns each biography as verbmem prompts it.
     """
     k = data.eval_retain_authors
     # few-shot examples: background authors (known to every model), one attribute each
@@ -416,6 +419,8 @@ def muse_files(data: DemoData, *, n_icl: int = 3) -> dict[str, Any]:
         "privleak/forget.json": [x for b in data.bios["forget"] for x in sentences(b)],
         "privleak/retain.json": [x for b in data.bios["retain"][:k] for x in sentences(b)],
         "privleak/holdout.json": [x for b in data.bios["holdout"] for x in sentences(b)],
+        "raw/forget.json": list(data.bios["forget"]),
+        "raw/retain.json": list(data.bios["retain"]),
     }
 
 
