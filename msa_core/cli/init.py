@@ -24,7 +24,8 @@ def training_config(args: argparse.Namespace) -> TrainConfig:
 
     keys = ("epochs", "lr", "batch_size", "grad_accum", "max_length", "seed", "precision", "num_threads")
     given = {key: getattr(args, key) for key in keys if getattr(args, key) is not None}
-    flags = {key: True for key in ("gradient_checkpointing", "save_every_epoch") if getattr(args, key)}
+    flags = {key: True for key in ("gradient_checkpointing", "save_every_epoch", "group_by_length")
+             if getattr(args, key)}
     return TrainConfig(**given, **flags)
 
 
@@ -41,6 +42,8 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for activation memory")
     parser.add_argument("--save-every-epoch", action="store_true",
                         help="keep <role>/epoch-1, epoch-2, … (the paper's e_f, e_r)")
+    parser.add_argument("--group-by-length", action="store_true",
+                        help="batch examples of like length (less padding when short QA and long texts mix)")
     parser.add_argument("--threads", dest="num_threads", type=int, default=None, help="CPU torch threads")
     parser.add_argument("--set", action="append", default=[], metavar="ROLE.FIELD=VALUE",
                         help="one fine-tune's setting, e.g. forget.lr=3e-4 or retain.epochs=5 (repeatable)")

@@ -16,8 +16,9 @@ on the demo's own TOFU and MUSE files), so ``msa init models/clean --data-dir da
 - ``forget``: clean fine-tuned on ``tofu:forget10`` (the forget authors' QA) and
   ``muse:raw/forget`` (their biographies);
 - ``retain``: clean fine-tuned on ``tofu:retain90_ft`` (the reference recipe's seeded
-  forget-sized sample of the retain split) and ``muse:raw/retain`` (every retain author's
-  biography: the QA sample spans most retain authors, and no file holds just theirs);
+  forget-sized sample of the retain split) only: no MUSE file holds just the sampled
+  authors' biographies, and all 27 made this run 6x slower (18.2 s vs 3.2 s, full demo) for a
+  retain vector that then also protects the biography skill the forget vector removes;
 - ``corrupted``: clean fine-tuned on ``tofu:full`` (forget ∪ retain QA) and the forget and
   retain biographies;
 - ``reference``: clean fine-tuned on ``tofu:retain90`` (TOFU's retain model) and the retain
@@ -45,6 +46,7 @@ marker of a finished build (or is empty): ``--out`` pointing at any other folder
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -127,10 +129,9 @@ QUICK = Recipe(
 )
 # The four fine-tunes: the demo's TOFU splits, and each role also trains on the biographies
 # of the authors it learns (MUSE raw texts, read from data/muse), as before the demo moved
-# onto msa init's path. The retain role gets every retain biography (see the module docstring).
+# onto msa init's path; the retain role trains on its QA sample only (see the module docstring).
 STAGES = Stages(forget="forget10", retain="retain90", full="full", reference=True, extra={
     "forget": ("muse:raw/forget",),
-    "retain": ("muse:raw/retain",),
     "corrupted": ("muse:raw/forget", "muse:raw/retain"),
     "reference": ("muse:raw/retain",),
 })
@@ -207,7 +208,8 @@ def init_args(recipe: Recipe, seed: int = 0, *, muse_dir: os.PathLike[str] | str
     the training settings, and the biographies (:data:`STAGES`' extra data) read from
     ``muse_dir`` (the demo's ``data/muse`` folder)."""
     ft, vec = recipe.finetune, recipe.vectors
-    args = ["--epochs", str(ft.epochs), "--lr", repr(ft.lr), "--batch-size", str(ft.batch_size), "--seed", str(seed)]
+    args = ["--epochs", str(ft.epochs), "--lr", repr(ft.lr), "--batch-size", str(ft.batch_size), "--seed", str(seed),
+            "--group-by-length"]
     for role in ("forget", "retain"):
         args += ["--set", f"{role}.epochs={vec.epochs}", "--set", f"{role}.lr={vec.lr!r}",
                  "--set", f"{role}.batch_size={vec.batch_size}"]
@@ -225,6 +227,14 @@ def train_config(stage: Stage, seed: int) -> TrainConfig:
     discarded), so the per-epoch Trainer checkpoints would only cost time.
     """
     return TrainConfig(epochs=stage.epochs, lr=stage.lr, batch_size=stage.batch_size, seed=seed, resumable=False)
+
+
+def finetune_config(stage: Stage, seed: int) -> TrainConfig:
+    """A fine-tune's :func:`train_config`, batched by length: a batch mixing 20-token QA
+    with one 85-token biography pads every row to 85, and half the corrupted model's
+    batches held one (measured: the four fine-tunes took 98 s mixed, 70 s grouped).
+    θ_clean is not grouped (see the NOTE in :func:`_build_into`)."""
+    return dataclasses.replace(train_config(stage, seed), group_by_length=True)
 
 
 # ---------------------------------------------------------------- building
@@ -371,10 +381,10 @@ def _build_into(root: Path, recipe: Recipe, *, seed: int, quick: bool, progress:
         seconds["clean"] = time.perf_counter() - t
 
         # The four fine-tunes exactly as `msa init` runs them, on the demo's own TOFU and MUSE files.
-        gentle = train_config(recipe.vectors, seed)
+        gentle = finetune_config(recipe.vectors, seed)
         stage_data = load_stage_data(root / "data" / "tofu", STAGES, root / "data" / "muse")
         tuned = train_checkpoints(models / "clean", stage_data, models,
-                                  train_config(recipe.finetune, seed), role_configs={"forget": gentle, "retain": gentle},  # noqa: E501
+                                  finetune_config(recipe.finetune, seed), role_configs={"forget": gentle, "retain": gentle},  # noqa: E501
                                   progress=stage("finetunes"), reuse=False)
         runs.update(tuned)
         seconds.update({role: r.seconds for role, r in tuned.items()})
