@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # whenever another process holds a core (measured: up to 12x slower per epoch).
 torch.set_num_threads(1)
 
-from tiny import make_checkpoints  # noqa: E402
+from tiny import make_checkpoints, make_tokenizer, save_model, tiny_config  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -25,6 +25,15 @@ def cache_dir(tmp_path, monkeypatch):
     d.mkdir()
     monkeypatch.setenv("MSA_CACHE_DIR", str(d))
     return d
+
+
+@pytest.fixture
+def clean_dir(tmp_path) -> Path:
+    """One tiny random Llama saved as an HF folder: a θ_clean for msa init / msa finetune tests."""
+    from transformers import LlamaForCausalLM
+
+    tok = make_tokenizer(tmp_path / "tok")
+    return save_model(LlamaForCausalLM(tiny_config(len(tok))), tok, tmp_path / "clean")
 
 
 @pytest.fixture

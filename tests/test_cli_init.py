@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import make_tokenizer, save_model, tiny_config
 
 from msa_core.cli import main
 from msa_core.experiment import load_experiment
@@ -22,14 +21,6 @@ def tofu_dir(tmp_path) -> Path:
     for name, items in {"forget10": forget, "retain90": retain, "full": forget + retain}.items():
         (folder / f"{name}.json").write_text(json.dumps(items))
     return folder
-
-
-@pytest.fixture
-def clean_dir(tmp_path) -> Path:
-    from transformers import LlamaForCausalLM
-
-    tok = make_tokenizer(tmp_path / "tok")
-    return save_model(LlamaForCausalLM(tiny_config(len(tok))), tok, tmp_path / "clean")
 
 
 TRAIN = ["--epochs", "1", "--lr", "1e-3", "--batch-size", "4", "--seed", "0"]

@@ -8,7 +8,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from tiny import make_tokenizer, save_model, tiny_config
 
 from msa_core.experiment import load_experiment
 from msa_core.finetune import TrainConfig, load_training_data, retain_ft_indices
@@ -38,14 +37,6 @@ def tofu_dir(tmp_path) -> Path:
     for name, items in files.items():
         (folder / f"{name}.json").write_text(json.dumps(items))
     return folder
-
-
-@pytest.fixture
-def clean_dir(tmp_path) -> Path:
-    from transformers import LlamaForCausalLM
-
-    tok = make_tokenizer(tmp_path / "tok")
-    return save_model(LlamaForCausalLM(tiny_config(len(tok))), tok, tmp_path / "clean")
 
 
 def test_the_stages_follow_the_reference_recipe_names():

@@ -31,6 +31,7 @@ from msa_core.eval.settings import (
     eval_settings,
     max_length_for,
     model_settings_of,
+    reference_file,
     reference_file_source,
     side_model_settings,
 )
@@ -198,9 +199,8 @@ def resolve_reference(
     """Reference TRs from ``experiment.reference_eval`` when set (else the reference model), AUC from the model."""
     exp = engine.experiment
     benches = chosen_benchmarks(exp, benchmark)
-    file_tr = None
-    if exp.reference_eval is not None and "tofu" in benches:
-        file_tr = read_reference_tr(exp.reference_eval)
+    file = reference_file(exp, benches)
+    file_tr = None if file is None else read_reference_tr(file)
     # The reference model is evaluated only on what the file does not provide.
     ref_bench = benchmark if file_tr is None else ("muse" if "muse" in benches else None)
     model_stats = None
@@ -211,7 +211,7 @@ def resolve_reference(
         )
     stats = model_stats or ReferenceStats()
     if file_tr is not None:
-        stats = replace(stats, forget_tr=file_tr, tr_source=reference_file_source(exp.reference_eval))
+        stats = replace(stats, forget_tr=file_tr, tr_source=reference_file_source(file))
     return stats
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -213,6 +214,12 @@ def max_length_for(model: Any) -> int:
     return min(n, MAX_LENGTH_CAP) if n else MAX_LENGTH_CAP
 
 
+def reference_file(exp: Experiment, benches: Sequence[str]) -> Optional[Path]:
+    """The open-unlearning file whose forget truth ratios stand in for the reference model's:
+    the experiment's ``reference_eval`` when it names one and the run covers TOFU, else None."""
+    return exp.reference_eval if exp.reference_eval is not None and "tofu" in benches else None
+
+
 def reference_file_source(path: Path) -> str:
     """The reference source of an open-unlearning file: its path and content signature."""
     return f"file:{path}:{data_signature(path)}"
@@ -226,8 +233,7 @@ def lookup_settings(engine: Engine, *, tier: str = "fast", benchmark: str = "all
     is left out of the lookup key (see :func:`settings_lookup_key`)."""
     exp = engine.experiment
     benches = chosen_benchmarks(exp, benchmark)
-    ref = ReferenceStats()
-    if exp.reference_eval is not None and "tofu" in benches:
-        ref = ReferenceStats(tr_source=reference_file_source(exp.reference_eval))
+    file = reference_file(exp, benches)
+    ref = ReferenceStats() if file is None else ReferenceStats(tr_source=reference_file_source(file))
     return eval_settings(exp, engine.tokenizer, tier=tier, benchmark=benchmark, subset=subset,
                          max_length=max_length_for(engine.model), reference=ref, model=engine.model_settings)
