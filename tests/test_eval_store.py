@@ -250,3 +250,26 @@ def test_concurrent_writers_and_a_killed_writer_leave_a_sound_store(tmp_path):
     assert sum(1 for a in alphas if 100 <= a < 101) == 40
     assert sum(1 for a in alphas if 200 <= a < 203) == 45
     assert all(len(r.metrics) == 3 for r in rows)
+
+
+def test_named_points_are_listed_apart_from_the_grid(tmp_path):
+    from dataclasses import replace
+
+    from msa_core.eval.store import method_model, split_method_model
+
+    store = ResultStore(tmp_path / "r.sqlite")
+    store.put(_result(1.0, 0.5, fq=0.4))
+    for method, point, fq in (("NPO", "epoch 1", 0.1), ("NPO", "epoch 2", 0.2), ("GradDiff", "run_a", 0.3)):
+        store.put(replace(_result(0.0, 0.0, fq=fq), model=method_model(method, point)))
+    # Another experiment's named point is not listed.
+    store.put(replace(_result(0.0, 0.0, fq=0.9, fp="fpx"), model=method_model("NPO", "epoch 9")))
+    grid = store.grid("fp")
+    assert list(grid["alpha"]) == [1.0]
+    methods = store.method_grid("fp")
+    assert sorted(zip(methods["method"], methods["point"], methods["forget_quality"])) == [
+        ("GradDiff", "run_a", 0.3), ("NPO", "epoch 1", 0.1), ("NPO", "epoch 2", 0.2)]
+    assert split_method_model(method_model("NPO", "a/b")) == ("NPO", "a/b")
+    assert split_method_model("reference") is None
+    with pytest.raises(ValueError, match="method name"):
+        method_model("a/b", "x")
+    assert store.method_grid("nothing").empty

@@ -5,6 +5,11 @@ A row is keyed by (experiment fingerprint, α, β, tier, settings key) and holds
 one transaction). Every call opens its own connection with a busy timeout, so several
 threads or processes (a sweep and the app) can write at once without corrupting it.
 Side-model results (e.g. the reference) are stored under ``"<fingerprint>#<role>"``.
+
+Named points: results of other methods' models on the same experiment (an imported
+open-unlearning run, a gradient-based baseline's epoch) carry ``model = "method:<method>/<point>"``
+(:func:`method_model`) and are stored, like side models, under ``"<fingerprint>#method:<method>/<point>"``
+with α = β = 0; :meth:`ResultStore.method_grid` lists them as series for the trade-off plots.
 """
 
 from __future__ import annotations
@@ -42,6 +47,30 @@ GRID_COLUMNS = ("alpha", "beta", "tier", "benchmark", "settings_key", "seconds",
 # utility (α = β = 0), so a point that forgets everything by breaking the model never wins.
 UTILITY_KEEP = 0.9
 UTILITY_METRICS = ("model_utility", "model_utility_tf")
+
+
+METHOD_PREFIX = "method:"
+
+
+def method_model(method: str, point: str) -> str:
+    """The ``EvalResult.model`` of a named point: ``"method:<method>/<point>"``.
+
+    ``method`` names the series (e.g. "NPO", "GradDiff"); ``point`` one model of it (an epoch,
+    a run folder's name). Neither may be empty, and ``method`` may not contain "/"."""
+    method, point = str(method).strip(), str(point).strip()
+    if not method or not point:
+        raise ValueError(f"a named point needs a method and a point name, got {method!r} / {point!r}")
+    if "/" in method:
+        raise ValueError(f"method name {method!r} may not contain '/'")
+    return f"{METHOD_PREFIX}{method}/{point}"
+
+
+def split_method_model(model: str) -> Optional[tuple[str, str]]:
+    """(method, point) of a named point's model string, or None for any other model."""
+    if not model.startswith(METHOD_PREFIX) or "/" not in model:
+        return None
+    method, point = model[len(METHOD_PREFIX):].split("/", 1)
+    return method, point
 
 
 def _coef(x: Optional[float]) -> float:
@@ -189,6 +218,38 @@ class ResultStore:
         order = {name: i for i, name in enumerate(METRIC_ORDER)}
         extra = sorted((c for c in df.columns if c not in base), key=lambda c: (order.get(c, len(order)), c))
         return df[base + extra].reset_index(drop=True)
+
+    def method_grid(self, fingerprint: str, tier: Optional[str] = None) -> Any:
+        """A pandas DataFrame of the experiment's named points (see the module docstring), one row
+        per stored point: method, point, tier, benchmark, settings_key, seconds, model, source (where
+        an imported point came from, else None), then one column per metric. Ordered by method,
+        then by when the point was stored."""
+        import pandas as pd
+
+        pattern = f"{fingerprint}#{METHOD_PREFIX}%"
+        sql = "SELECT payload FROM results WHERE fingerprint LIKE ? ESCAPE '\\'"
+        args: list[Any] = [pattern.replace("\\", "\\\\").replace("_", "\\_")]
+        if tier is not None:
+            sql += " AND tier=?"
+            args.append(tier)
+        with self._connect() as con:
+            payloads = con.execute(sql + " ORDER BY created", args).fetchall()
+        rows = []
+        for (payload,) in payloads:
+            r = EvalResult.from_json(json.loads(payload), where=str(self.path))
+            named = split_method_model(r.model)
+            if named is None:
+                continue
+            rows.append({"method": named[0], "point": named[1], "tier": r.tier, "benchmark": r.benchmark,
+                         "settings_key": r.settings_key, "seconds": r.seconds, "model": r.model,
+                         "source": r.settings.get("source"), **r.flat()})
+        base = ["method", "point", "tier", "benchmark", "settings_key", "seconds", "model", "source"]
+        if not rows:
+            return pd.DataFrame(columns=base)
+        df = pd.DataFrame(rows)
+        order = {name: i for i, name in enumerate(METRIC_ORDER)}
+        extra = sorted((c for c in df.columns if c not in base), key=lambda c: (order.get(c, len(order)), c))
+        return df.sort_values("method", kind="stable")[base + extra].reset_index(drop=True)
 
     def latest(
         self, fingerprint: str, alpha: float, beta: float, *, tier: str, lookup_key: str
