@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -66,3 +67,28 @@ def quick_demo(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("quick_demo") / "demo"
     return build_demo(out, quick=True, seed=0)
+
+
+# AppTest session fixtures (tests/test_app*.py; helpers in tests/app_fixtures.py)
+@pytest.fixture(scope="session")
+def app_env(tmp_path_factory):
+    """A private cache folder for the whole session (the engine is cached per process)."""
+    cache = tmp_path_factory.mktemp("app_cache")
+    old = {k: os.environ.get(k) for k in ("MSA_CACHE_DIR", "MSA_DEMO_QUICK")}
+    os.environ["MSA_CACHE_DIR"] = str(cache)
+    os.environ["MSA_DEMO_QUICK"] = "1"
+    yield cache
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def tiny_yaml(app_env, tmp_path_factory) -> Path:
+    from app_fixtures import make_tiny_app_experiment
+
+    path = make_tiny_app_experiment(tmp_path_factory.mktemp("tiny_app") / "exp")
+    assert "tofu: tofu" in path.read_text() and "muse: muse" in path.read_text()
+    return path
