@@ -3,9 +3,11 @@
 Holds the page config, the shared sidebar (experiment picker, α/β sliders with exact
 number inputs, presets, device/memory and vector-cache status) and ``st.navigation``
 listing the pages explicitly. Because the sidebar widgets live here, α and β keep their
-values on every page. The engine is loaded here (once per server process) with a live
-progress bar, before the chosen page runs. The pieces live in ``studio/``; the pages in
-``pages/``; ``streamlit run`` puts this folder on ``sys.path``, so both import as is.
+values on every page; the view (experiment, α, β, page, question selection) also lives in
+the URL (``studio/links.py``), so a reload, a new tab or a shared link restores it. The
+engine is loaded here (once per server process) with a live progress bar, before the
+chosen page runs. The pieces live in ``studio/``; the pages in ``pages/``; ``streamlit run``
+puts this folder on ``sys.path``, so both import as is.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 
 import streamlit as st
 
-from studio import resources, session, widgets
+from studio import links, resources, session, widgets
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
@@ -27,8 +29,13 @@ PAGES = [
     st.Page("pages/tradeoff.py", title="Trade-off", icon=":material/insights:"),
     st.Page("pages/probe.py", title="Probe", icon=":material/search:"),
     st.Page("pages/export.py", title="Export", icon=":material/download:"),
+    st.Page("pages/layers.py", title="Layers", icon=":material/stacks:"),
+    st.Page("pages/guided.py", title="Guided demo", icon=":material/slideshow:"),
+    st.Page("pages/glossary.py", title="Glossary", icon=":material/menu_book:"),
 ]
 nav = st.navigation(PAGES)
+links.restore(PAGES, nav)  # once per session: the URL's experiment, α, β, page, questions (or the last experiment)
+links.show_warnings()
 
 widgets.experiment_picker()
 engine = None
@@ -52,6 +59,7 @@ if session.experiment_path():
 with info_box:
     widgets.engine_sidebar_info(engine)
 
+links.write(nav)  # the view into the URL, so a reload or a shared link shows it again
 session.put(session.K_ENTRY, True)  # see widgets.page_guard
 try:
     nav.run()

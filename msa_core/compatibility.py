@@ -1,6 +1,11 @@
 """Are checkpoints compatible: with each other (architecture, tensor names, shapes, dtypes,
 tokenizer vocabulary) and each with its own ``config.json`` (the tensor shapes a Llama-style
 config implies). Every problem names the role, the tensor or the config key.
+
+Floating-point dtypes may differ between checkpoints (e.g. clean bf16, corrupted fp32, forget
+fp16): the vectors are computed in fp32 from the stored values and the engine composes in fp32
+from θ_corrupted's stored values, rounding once to its dtype. Only a floating tensor against a
+non-floating one (or two different non-floating dtypes) is a dtype mismatch.
 """
 
 from __future__ import annotations
@@ -31,6 +36,11 @@ class CompatReport:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+
+def _is_float(dtype: str) -> bool:
+    """Whether a tensor-index dtype name (float32, bfloat16, float16, float64, …) is floating point."""
+    return dtype.startswith(("float", "bfloat"))
 
 
 def _tokenizer_vocab(folder: Path) -> Optional[dict[str, int]]:
@@ -177,7 +187,10 @@ def compare_checkpoints(folders: Mapping[str, Path], max_report: int = 10) -> Co
             if shape != bshape:
                 problems.append(f"{role}: tensor {name} has shape {list(shape)}, {base_role} has {list(bshape)}")
                 shown += 1
-            elif dt != bdt:
+            elif dt != bdt and not (_is_float(dt) and _is_float(bdt)):
+                # Floating dtypes may differ (bf16 / fp16 / fp32 sets, as mergekit merges them): the
+                # vectors and the compose run in fp32 and round once to the engine's dtype. A float
+                # against an integer or bool tensor (or two integer types) is a real mismatch.
                 problems.append(f"{role}: tensor {name} has dtype {dt}, {base_role} has {bdt}")
                 shown += 1
             if shown >= max_report:

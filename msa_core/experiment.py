@@ -17,6 +17,8 @@ file's own folder, so a demo folder can be moved as a whole::
       holdout_split: holdout10
       muse: data/muse              # optional: MUSE-format folder
     reference_eval: null           # optional: open-unlearning TOFU_EVAL.json
+    prompt_format: auto            # auto | plain | chat | open-unlearning-tofu (msa_core.prompts)
+    conventions: {}                # optional metric conventions (msa_core.conventions)
     alpha_range: [0.0, 5.0]
     beta_range: [0.0, 5.0]
 
@@ -35,6 +37,8 @@ from typing import Any, Optional
 import yaml
 
 from msa_core.atomic import write_text
+from msa_core.conventions import DEFAULT_CONVENTIONS, check_conventions
+from msa_core.prompts import DEFAULT_PROMPT_FORMAT, check_prompt_format
 from msa_core.untrusted import read_text
 
 CHECKPOINT_ROLES = ("clean", "corrupted", "forget", "retain")
@@ -97,12 +101,20 @@ class Experiment:
     beta_range: tuple[float, float] = DEFAULT_BETA_RANGE
     trust_remote_code: bool = False
     source: Optional[Path] = None
+    prompt_format: str = DEFAULT_PROMPT_FORMAT
+    # (name, choice) pairs (a tuple, so experiments stay hashable); see :attr:`metric_conventions`.
+    conventions: tuple[tuple[str, str], ...] = tuple(DEFAULT_CONVENTIONS.items())
 
     @property
     def benchmarks(self) -> tuple[str, ...]:
         """The benchmarks this experiment has data for: ('tofu',), ('muse',), both, or ()."""
         folders = (("tofu", self.data.tofu), ("muse", self.data.muse))
         return tuple(name for name, folder in folders if folder is not None)
+
+    @property
+    def metric_conventions(self) -> dict[str, str]:
+        """Convention name → choice (:mod:`msa_core.conventions`), defaults filled in."""
+        return check_conventions(dict(self.conventions))
 
     def validate_coefficients(self, alpha: float, beta: float) -> None:
         """Raise ValueError if α or β is non-finite or outside the experiment's range."""
@@ -219,6 +231,8 @@ def experiment_from_dict(
         beta_range=_range(raw.get("beta_range"), DEFAULT_BETA_RANGE, f"{where}: beta_range"),
         trust_remote_code=trc,
         source=source,
+        prompt_format=check_prompt_format(raw.get("prompt_format") or DEFAULT_PROMPT_FORMAT, f"{where}: prompt_format"),
+        conventions=tuple(check_conventions(raw.get("conventions"), f"{where}: conventions").items()),
     )
 
 
@@ -263,6 +277,8 @@ def experiment_to_dict(exp: Experiment, base: Optional[Path] = None) -> dict[str
         "alpha_range": list(exp.alpha_range),
         "beta_range": list(exp.beta_range),
         "trust_remote_code": exp.trust_remote_code,
+        "prompt_format": exp.prompt_format,
+        "conventions": exp.metric_conventions,
     }
 
 

@@ -15,6 +15,19 @@ What it guarantees (RELIABILITY.md, cases 2, 3 and 12):
 - the folder is built beside the target and put in place by :func:`msa_core.atomic.replace_dir`:
   an existing export stays at its path until the new one is complete, and a replacement
   interrupted by a kill is restored (or finished) by the next export to that path.
+
+What it writes (so that transformers 4.4x and 5 both read the same model): only the weights
+are new. ``config.json``, ``generation_config.json``, the tokenizer and chat-template files
+are the corrupted checkpoint's own, copied byte for byte (:func:`original_files`), because
+transformers 5's ``save_pretrained`` writes formats 4.45 misreads without an error: the
+config's ``rope_theta`` / ``rope_scaling`` move into ``rope_parameters`` (4.45 then uses its
+default rope_theta and no Llama-3 scaling), and the tokenizer's class becomes
+``TokenizersBackend`` with the chat template in ``chat_template.jinja`` (4.45 fails on the
+first and ignores the second). The one key changed in the copied config is the dtype
+(``torch_dtype`` / ``dtype``) when the weights are written in another dtype than the
+checkpoint's. The README is a Hugging Face model card (:func:`model_card`). Files and
+folders get the modes a plain ``open``/``mkdir`` gives (0644 / 0755 under the usual umask):
+an export is meant to be shared, unlike a private temp file.
 """
 
 from __future__ import annotations
@@ -22,8 +35,11 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import math
 import os
+import re
 import shutil
+import sqlite3
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,7 +48,16 @@ from typing import TYPE_CHECKING, Any, Optional
 import torch
 from safetensors import SafetensorError
 
-from msa_core.atomic import clean_stale_temp, recover_replacement, replace_dir, temp_dir_beside, write_json, write_text
+from msa_core.atomic import (
+    DIR_MODE,
+    FILE_MODE,
+    clean_stale_temp,
+    recover_replacement,
+    replace_dir,
+    temp_dir_beside,
+    write_json,
+    write_text,
+)
 from msa_core.fingerprints import checkpoint_fingerprint
 from msa_core.paths import default_results_path, output_collision
 
@@ -48,9 +73,24 @@ _SLACK_BYTES = 1 << 20
 # Weight files of a checkpoint folder; every other file there counts towards the tokenizer's size.
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt")
 
-CARD = """---
-tags: [unlearning, model-state-arithmetic, msa-studio]
----
+# Files of the corrupted checkpoint an export does not copy: the weight indices (the export
+# writes its own weights), the card and the marker (written here) and trainer state.
+_NOT_COPIED = frozenset({
+    "model.safetensors.index.json", "pytorch_model.bin.index.json", "tf_model.h5.index.json",
+    "flax_model.msgpack.index.json", "README.md", MARKER, "trainer_state.json", "msa_finetune.json",
+})
+# What an engine without a tokenizer still copies: the model's own files (and remote code).
+_MODEL_FILES = ("config.json", "generation_config.json")
+# Any of these in the corrupted checkpoint means its own tokenizer files are copied instead of
+# re-saving the loaded tokenizer (transformers 5's format, which 4.4x cannot read).
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+TAGS = ["msa", "unlearning", "model-state-arithmetic", "msa-studio"]
+# A Hugging Face hub id ("org/name"); a local path has more parts or starts with / . ~
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# A folder of the hub cache: .../models--<org>--<name>/snapshots/<revision>
+_HUB_CACHE_DIR = re.compile(r"^models--([\w.-]+?)--([\w.-]+)$")
+
+CARD_BODY = """
 # {name}: unlearned with Model State Arithmetic
 
     θ_unlearn = θ_corrupted − α·(θ_forget − θ_clean) + β·(θ_retain − θ_clean)
@@ -59,7 +99,11 @@ tags: [unlearning, model-state-arithmetic, msa-studio]
 |---|---|
 | α (forget) | {alpha} |
 | β (retain) | {beta} |
+| weights dtype | {dtype} |
 {filter_row}
+Only the weights are new: `config.json`, the tokenizer and chat-template files are the corrupted
+checkpoint's own, so transformers 4.4x and 5 load this folder alike.
+
 Inputs (checkpoint fingerprints):
 
 {inputs}
@@ -69,32 +113,143 @@ Reproduce: `msa compose {experiment} --alpha {alpha} --beta {beta} --out DIR`
 """
 
 
-def _card(
-    engine: Engine, alpha: float, beta: float, fingerprints: dict[str, str], metrics: Optional[dict[str, Any]]
+def original_files(folder: Path) -> list[Path]:
+    """The corrupted checkpoint's files an export copies byte for byte: every top-level regular
+    file (symlinks followed: hub cache snapshots are links) except weights, weight indices,
+    hidden files, the card, the marker and trainer state."""
+    try:
+        entries = sorted(Path(folder).iterdir())
+    except OSError:
+        return []
+    return [
+        p for p in entries
+        if p.is_file() and not p.name.startswith(".") and not p.name.endswith(_WEIGHT_SUFFIXES)
+        and p.name not in _NOT_COPIED
+    ]
+
+
+def base_model_id(folder: Path) -> Optional[str]:
+    """The hub id ("org/name") the corrupted checkpoint names, for the card's ``base_model``; None when none.
+
+    Two sources, in order: the folder itself is a hub cache snapshot
+    (``…/models--org--name/snapshots/<rev>``), or its ``config.json`` has a ``_name_or_path``
+    that looks like ``org/name`` and is not a path on this machine (transformers 4.x writes the
+    id the model was loaded from there). A local fine-tune's own path names nothing.
+    """
+    folder = Path(folder)
+    if folder.parent.name == "snapshots":
+        m = _HUB_CACHE_DIR.match(folder.parent.parent.name)
+        if m:
+            return f"{m.group(1)}/{m.group(2)}"
+    try:
+        cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    name = cfg.get("_name_or_path") if isinstance(cfg, dict) else None
+    if isinstance(name, str) and _HUB_ID.match(name) and not Path(name).exists():
+        return name
+    return None
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _eval_results(metrics: Mapping[str, Any], experiment: Any) -> list[Any]:
+    """model-index entries (huggingface_hub EvalResult) for the finite numeric metrics."""
+    from huggingface_hub import EvalResult
+
+    from msa_core.eval.results import METRIC_INFO
+
+    out = []
+    for key, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            continue
+        info = METRIC_INFO.get(key)
+        bench = info.benchmark if info is not None else ("muse" if key.startswith("muse") else "tofu")
+        data = getattr(experiment.data, bench, None)
+        out.append(EvalResult(
+            task_type="text-generation",
+            dataset_type=bench,
+            dataset_name=f"{bench.upper()} ({Path(data).name})" if data is not None else bench.upper(),
+            metric_type=key,
+            metric_value=float(value),
+            metric_name=info.label if info is not None else key,
+        ))
+    return out
+
+
+def model_card(
+    engine: Engine,
+    alpha: float,
+    beta: float,
+    fingerprints: dict[str, str],
+    metrics: Optional[Mapping[str, Any]],
+    metrics_from: Optional[str] = None,
 ) -> str:
-    """The README model card of an export (markdown)."""
+    """The README of an export: a Hugging Face model card (``huggingface_hub.ModelCard``) whose
+    YAML front matter holds ``library_name: transformers``, ``base_model`` (:func:`base_model_id`
+    of the corrupted checkpoint, when it names one) with ``base_model_relation: merge``, the
+    :data:`TAGS` and, when ``metrics`` holds numbers, a ``model-index`` with them."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    exp = engine.experiment
     inputs = "\n".join(
-        f"- {role}: `{path}` (fingerprint `{fingerprints[role]}`)"
-        for role, path in engine.experiment.checkpoints.as_dict().items()
+        f"- {role}: `{path}` (fingerprint `{fingerprints[role]}`)" for role, path in exp.checkpoints.as_dict().items()
     )
     if metrics:
         rows = "\n".join(
             f"| {k} | {v:.4g} |" if isinstance(v, (int, float)) else f"| {k} | {v} |" for k, v in metrics.items()
         )
-        metric_text = f"Latest metrics at this point:\n\n| metric | value |\n|---|---|\n{rows}\n"
+        where = f" ({metrics_from})" if metrics_from else ""
+        metric_text = f"Latest metrics at this point{where}:\n\n| metric | value |\n|---|---|\n{rows}\n"
     else:
         metric_text = ""
     flt = engine.module_filter
     filter_row = f"| module filter | include={flt.include!r}, layers={flt.layers} |\n" if flt else ""
-    return CARD.format(
-        name=engine.experiment.name,
-        alpha=alpha,
-        beta=beta,
-        filter_row=filter_row,
-        inputs=inputs,
-        metrics=metric_text,
-        experiment=engine.experiment.source or "EXPERIMENT",
+    body = CARD_BODY.format(
+        name=exp.name, alpha=alpha, beta=beta, dtype=_dtype_name(engine.dtype), filter_row=filter_row, inputs=inputs,
+        metrics=metric_text, experiment=exp.source or "EXPERIMENT",
     )
+    base = base_model_id(exp.checkpoints.corrupted)
+    evals = _eval_results(metrics or {}, exp)
+    data = ModelCardData(
+        library_name="transformers",
+        base_model=base,
+        tags=list(TAGS),
+        model_name=f"{exp.name}-msa-a{alpha:g}-b{beta:g}" if evals else None,
+        eval_results=evals or None,
+        # NOTE: "merge" is the hub's relation for a model combined from others' weights (mergekit's too).
+        **({"base_model_relation": "merge"} if base else {}),
+    )
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n{body}"))
+
+
+def stored_metrics(engine: Engine, alpha: float, beta: float) -> Optional[dict[str, Any]]:
+    """The newest metrics stored for (α, β) with this engine's settings (full tier before fast,
+    all benchmarks before one), as ``{"tier", "benchmark", "source", "metrics": {name: value}}``; None when
+    nothing is stored (or the experiment has no benchmark data)."""
+    from msa_core.eval.settings import lookup_settings
+    from msa_core.eval.store import ResultStore
+
+    exp = engine.experiment
+    if not exp.benchmarks:
+        return None
+    store = ResultStore()
+    benches = (["all"] if len(exp.benchmarks) > 1 else []) + list(exp.benchmarks)
+    for tier in ("full", "fast"):
+        for bench in benches:
+            try:
+                key = lookup_settings(engine, tier=tier, benchmark=bench, subset=None).lookup_key
+                found = store.latest(engine.fingerprint, alpha, beta, tier=tier, lookup_key=key)
+            except (OSError, ValueError, KeyError, sqlite3.Error) as exc:
+                # The export does not need metrics: an unreadable store or data folder only leaves them out.
+                log.warning("no stored metrics for the export (%s: %s)", type(exc).__name__, exc)
+                return None
+            if found is not None:
+                source = f"results store: {tier} tier, benchmark {bench}"
+                return {"tier": tier, "benchmark": bench, "source": source, "metrics": found.flat()}
+    return None
 
 
 def is_export(folder: Path) -> bool:
@@ -188,6 +343,32 @@ def _out_path(out_dir: str | os.PathLike[str]) -> Path:
     return Path(raw).expanduser().resolve()
 
 
+def _align_config_dtype(config: Path, dtype: torch.dtype) -> None:
+    """Set the copied config's dtype keys (``torch_dtype``, transformers 4.x; ``dtype``, 5) to the
+    weights' dtype when it names another; every other byte of the file stays the checkpoint's."""
+    try:
+        cfg = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # no readable config to align (the loader has already read the checkpoint's)
+    name = _dtype_name(dtype)
+    keys = [k for k in ("torch_dtype", "dtype") if k in cfg] or ["torch_dtype"]
+    if not isinstance(cfg, dict) or all(cfg.get(k) == name for k in keys):
+        return
+    for k in keys:
+        cfg[k] = name
+    write_text(config, json.dumps(cfg, indent=2, sort_keys=False) + "\n")
+
+
+def _normal_modes(folder: Path) -> None:
+    """Give every file and folder under ``folder`` the modes a plain open()/mkdir() would
+    (:data:`msa_core.atomic.FILE_MODE` / ``DIR_MODE``): an export is for others to read, while
+    the libraries writing into it may create private (0600) temp files."""
+    folder.chmod(DIR_MODE)
+    for path in folder.rglob("*"):
+        if not path.is_symlink():
+            path.chmod(DIR_MODE if path.is_dir() else FILE_MODE)
+
+
 def export_model(
     engine: Engine,
     alpha: float,
@@ -196,6 +377,7 @@ def export_model(
     *,
     force: bool = False,
     metrics: Optional[dict[str, Any]] = None,
+    metrics_from: Optional[str] = None,
     protected: Optional[Mapping[str, Optional[Path]]] = None,
 ) -> Path:
     """Write the model at (α, β) to ``out_dir``; returns the folder.
@@ -205,6 +387,8 @@ def export_model(
     FileExistsError if ``out_dir`` exists and ``force`` is False, or exists and is not a
     previous export (never replaced, even with ``force``); OSError naming ``out_dir`` if
     writing fails (not enough space: the free and needed bytes), leaving nothing behind.
+    ``metrics`` (name → value) go into msa.json and the card's model-index; ``metrics_from``
+    says where they come from (e.g. :func:`stored_metrics`' ``source``).
     """
     out = _out_path(out_dir)
     guarded = {**protected_paths(engine), **(protected or {})}
@@ -233,8 +417,15 @@ def export_model(
         with temp_dir_beside(out) as tmp:
             engine.model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
             del state
-            if engine.tokenizer is not None:
-                engine.tokenizer.save_pretrained(tmp)
+            originals = original_files(engine.experiment.checkpoints.corrupted)
+            if engine.tokenizer is None:  # weights only: no tokenizer files either
+                originals = [p for p in originals if p.name in _MODEL_FILES or p.suffix == ".py"]
+            if engine.tokenizer is not None and not {p.name for p in originals} & set(_TOKENIZER_FILES):
+                engine.tokenizer.save_pretrained(tmp)  # no tokenizer files to copy: the loaded one, re-saved
+            for src in originals:  # over save_pretrained's config.json / generation_config.json
+                shutil.copyfile(src, tmp / src.name)  # bytes only: the mode is a new file's, not the source's
+            _align_config_dtype(tmp / "config.json", engine.dtype)
+            _normal_modes(tmp)
             info = {
                 "alpha": float(alpha),
                 "beta": float(beta),
@@ -244,10 +435,13 @@ def export_model(
                 "module_filter": None
                 if engine.module_filter is None
                 else {"include": engine.module_filter.include, "layers": engine.module_filter.layers},
-                "metrics": metrics or {},
+                "metrics": dict(metrics or {}),
+                "metrics_from": metrics_from if metrics else None,
+                "dtype": _dtype_name(engine.dtype),
+                "copied_from_corrupted": sorted(p.name for p in originals),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
-            write_text(tmp / "README.md", _card(engine, alpha, beta, fingerprints, metrics))
+            write_text(tmp / "README.md", model_card(engine, alpha, beta, fingerprints, metrics, metrics_from))
             write_json(tmp / MARKER, info)  # last: marks the folder complete
             replace_dir(tmp, out, may_replace=lambda p: force and _may_replace(p), is_complete=is_export)
     except FileExistsError:

@@ -10,6 +10,8 @@ pass: read θ_c, τ_f, τ_r once, write w once.
 It is compiled on first use (a few seconds, once per process and term pattern; it needs a
 C++ compiler). Any failure to compile or run disables it for the rest of the process with
 one warning, and the caller falls back to the eager path, which rewrites every parameter.
+θ_c may be in another floating dtype than the model (an fp32 checkpoint in a bf16 model): it
+is read exactly into fp32 like the other terms, so the result is still rounded once.
 The value computed is the same fp32 expression rounded once to the model dtype, but the
 compiler may contract or order the multiply-adds differently: an element can differ from
 the eager path in its last bits (a unit or two in the last place of a bf16 model where the
@@ -142,20 +144,23 @@ def compose_fused(views: Views, ca: float, cb: float) -> bool:
     return True
 
 
-def warm_up(dtype: torch.dtype) -> bool:
+def warm_up(dtype: torch.dtype, base_dtypes: Sequence[torch.dtype] = ()) -> bool:
     """Compile the three term patterns for a model of ``dtype`` now, on small tensors, so the
-    first slider moves do not wait for the compiler. Returns whether the kernel is usable."""
+    first slider moves do not wait for the compiler; once per θ_c dtype in ``base_dtypes``
+    (default: the model's; an fp32 θ_c of a bf16 model is another kernel). Returns whether the
+    kernel is usable."""
     n = 2 * _EAGER_BELOW
-    for shape in ((n,), (2, n // 2)):  # flat views of 1-D and 2-D parameters are guarded apart
-        views = prepare(
-            [torch.empty(shape, dtype=dtype)],
-            [torch.zeros(shape, dtype=dtype)],
-            [torch.zeros(shape)],
-            [torch.zeros(shape)],
-        )
-        for ca, cb in ((1.0, 1.0), (1.0, 0.0), (0.0, 1.0)):
-            if views is None or not compose_fused(views, ca, cb):
-                return False
+    for base in tuple(base_dtypes) or (dtype,):
+        for shape in ((n,), (2, n // 2)):  # flat views of 1-D and 2-D parameters are guarded apart
+            views = prepare(
+                [torch.empty(shape, dtype=dtype)],
+                [torch.zeros(shape, dtype=base)],
+                [torch.zeros(shape)],
+                [torch.zeros(shape)],
+            )
+            for ca, cb in ((1.0, 1.0), (1.0, 0.0), (0.0, 1.0)):
+                if views is None or not compose_fused(views, ca, cb):
+                    return False
     return True
 
 

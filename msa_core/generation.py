@@ -129,13 +129,15 @@ def generate_answers(
     batch_size: int = 16,
     max_prompt_chars: Optional[int] = MAX_PROMPT_CHARS,
     progress: Optional[Progress] = None,
+    prompt_format: Optional[str] = None,
 ) -> list[str]:
-    """Answers to questions asked in the QA format (chat template or ``Question: …\\nAnswer:``).
+    """Answers to questions asked in the QA format ``prompt_format`` (:mod:`msa_core.prompts`; default
+    "auto": the chat template or ``Question: …\\nAnswer:``).
 
     Raises ValueError for a question longer than ``max_prompt_chars`` (None: no limit).
     """
     check_prompt_lengths(questions, max_prompt_chars)  # indexes the user's questions, not the wrapped prompts
-    prompts = [qa_prompt(tokenizer, q) for q in questions]
+    prompts = [qa_prompt(tokenizer, q, prompt_format) for q in questions]
     return generate_text(
         model,
         tokenizer,

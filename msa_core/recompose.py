@@ -1,8 +1,11 @@
 """The recomposition arithmetic: w = cast(θ_c − α·τ_f + β·τ_r) into every parameter, in place.
 
 :class:`RecomposePlan` is built once per engine from four parallel lists of tensors (the
-working model's parameters, the pristine θ_corrupted copies in the model dtype, τ_f and τ_r
-in fp32) and then rewrites the parameters for any (α, β) without allocating a model:
+working model's parameters, the pristine θ_corrupted copies, τ_f and τ_r in fp32) and then
+rewrites the parameters for any (α, β) without allocating a model. The pristine copies are in
+the model dtype or, per tensor, in the checkpoint's own floating dtype when that differs (an
+fp32 θ_c in a bf16 model): the arithmetic reads them exactly in fp32, so the result is rounded
+once, to the model dtype, on every path:
 
 - on a GPU, foreach ops over groups of whole tensors, through a bounded fp32 scratch buffer
   when the model dtype is not fp32 (few, large kernel launches);
@@ -160,9 +163,10 @@ def sliced_items(tensors: Tensors4, step: int, per_item: int) -> list[WorkItem]:
 class RecomposePlan:
     """Everything needed to rewrite a set of parameters at any (α, β), built once.
 
-    ``params`` are the working model's tensors (written in place), ``pristine`` θ_corrupted in
-    the same dtype, ``tau_f``/``tau_r`` the vectors in fp32, all four parallel lists on one
-    device with matching shapes. The tensors are held, never copied.
+    ``params`` are the working model's tensors (written in place), ``pristine`` θ_corrupted
+    (per tensor in the model dtype or in a floating dtype of its own, e.g. the fp32 values a bf16
+    model was loaded from), ``tau_f``/``tau_r`` the vectors in fp32, all four parallel lists on
+    one device with matching shapes. The tensors are held, never copied.
     """
 
     def __init__(
@@ -220,7 +224,7 @@ class RecomposePlan:
 
     @property
     def pristine(self) -> tuple[torch.Tensor, ...]:
-        """θ_corrupted, one copy per parameter (model dtype)."""
+        """θ_corrupted, one copy per parameter (model dtype, or the checkpoint's where it differs)."""
         return self._pristine
 
     @property
@@ -240,7 +244,7 @@ class RecomposePlan:
     @property
     def bytes_per_move(self) -> int:
         """Bytes one full recompose must at least move: read θ_c, τ_f, τ_r, write w."""
-        per = sum(p.numel() * p.element_size() * 2 for p in self._params)
+        per = sum(p.numel() * p.element_size() for p in (*self._params, *self._pristine))
         return per + sum(t.numel() * 4 for t in self._tau_f) + sum(t.numel() * 4 for t in self._tau_r)
 
     def memory_bytes(self) -> dict[str, int]:
@@ -332,7 +336,9 @@ class RecomposePlan:
         """Compile the fused kernel in a background thread when this plan will use it (None otherwise)."""
         if not self.fused_eligible:
             return None
-        thread = threading.Thread(target=fused.warm_up, args=(self.dtype,), name="msa-fused-warm-up", daemon=True)
+        bases = tuple(sorted({b.dtype for b in self._pristine}, key=str))
+        thread = threading.Thread(target=fused.warm_up, args=(self.dtype, bases), name="msa-fused-warm-up",
+                                  daemon=True)
         thread.start()
         return thread
 

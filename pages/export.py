@@ -27,6 +27,11 @@ alpha, beta = here.alpha, here.beta
 exp = engine.experiment
 bench = widgets.benchmark_choices(exp)[-1] if exp.benchmarks else None
 st.title(":material/download: Export")
+OVERWRITE = "Overwrite the folder if it exists"
+# The Playground's own first questions when it has not run yet (its default selection: the first
+# three questions of the first set); its custom-prompt default when the experiment has no questions.
+PLAYGROUND_DEFAULT_PROMPT = "Tell me about the author you know best."
+PLAYGROUND_DEFAULT_COUNT = 3
 st.markdown(f"Experiment **{exp.name}** at **α = {alpha:.3f}, β = {beta:.3f}**.")
 
 
@@ -51,7 +56,8 @@ if metrics is None and bench is not None:
 st.markdown("#### Unlearned model as a Hugging Face folder")
 default_out = default_cache_dir() / "exports" / f"{exp.name}-a{alpha:g}-b{beta:g}"
 out = st.text_input("Output folder", value=str(default_out), key="w_export_out")
-force = st.checkbox("Overwrite the folder if it exists", value=False, key="w_export_force")
+force = st.checkbox(OVERWRITE, value=False, key="w_export_force",
+                    help="Only a folder written by an earlier export (or an empty one) is ever replaced.")
 if metrics is None:
     st.caption("No metrics for this point yet: the model card will hold α, β and fingerprints only. "
                "Compute metrics below (or on the Playground) to include them.")
@@ -60,6 +66,10 @@ if st.button("Export model", type="primary", key="w_export_btn", disabled=not ou
         try:
             folder = export_model(engine, alpha, beta, Path(out.strip()), force=force,
                                   metrics=dict(metrics["metrics"]) if metrics else None)
+        except FileExistsError:
+            # the core's message speaks to callers of export_model (force=True / --force): say it in UI terms
+            st.error(f"**Export failed.** `{out.strip()}` already exists. Tick **{OVERWRITE}** above to replace "
+                     "it, or choose another output folder.", icon=":material/error:")
         except widgets.CORE_ERRORS as exc:
             widgets.show_error("Export failed", exc)
         else:
@@ -102,9 +112,26 @@ else:
 st.markdown("#### Reproduce this view from the command line")
 src = shlex.quote(str(exp.source)) if exp.source else "EXPERIMENT.yaml"
 out_q = shlex.quote(out.strip() or str(default_out))
+
+def _playground_questions() -> list[str]:
+    """The questions the Playground shows: the ones it last answered, else its default selection."""
+    shown = session.get(session.K_ANSWERS) or {}
+    if shown.get("questions"):
+        return [str(q) for q in shown["questions"]]
+    try:
+        sets = resources.question_sets(engine).sets
+    except widgets.CORE_ERRORS:
+        sets = {}
+    first = next(iter(sets.values()), [])
+    return [it.question for it in first[:PLAYGROUND_DEFAULT_COUNT]] or [PLAYGROUND_DEFAULT_PROMPT]
+
+
+prompts = " ".join(f"--prompt {shlex.quote(q)}" for q in _playground_questions())
+max_new = int(session.get(session.W_PG_MAX_NEW, 48))
 lines = [
     f"msa compose {src} --alpha {alpha:g} --beta {beta:g} --out {out_q}" + (" --force" if force else ""),
-    f"msa generate {src} --alpha {alpha:g} --beta {beta:g} --prompt {shlex.quote('Who is the author you know best?')}",
+    f"msa generate {src} --alpha {alpha:g} --beta {beta:g} --max-new-tokens {max_new} {prompts}",
 ]
 lines += labels.eval_cli_lines(src, alpha, beta, metrics)
-st.code("\n".join(lines), language="bash")
+st.caption("`msa generate` asks the questions the Playground shows, with its answer length.")
+st.code("\n".join(lines), language="bash", wrap_lines=True)

@@ -1,29 +1,41 @@
-"""Trade-off page: the α×β grid from the results store, and a button that runs/resumes a sweep.
+"""Trade-off page: the α×β results from the store, sweeps that run/resume/refine, other methods.
 
-Heatmaps (forget quality on a log scale, model utility, forget/retain ROUGE, MUSE metrics
-when present), forget quality vs model utility with the Pareto front and markers for the
-corrupted model, the reference and the current point, and lines along α at fixed β. Every
-axis and colour bar says which direction is better. Charts refill as sweep points finish.
+Controls: tier/benchmark/subset; the sweep grid (a default around where the trade-off
+happens, "Suggest a grid" re-derives it from the stored points); *Run / resume sweep*
+(progress with the time left and a Cancel button; a cancelled sweep keeps its points and
+resumes); *Refine* (adds points where the Pareto front bends); which stored runs to show,
+and clearing one (confirmed). Charts: per run, heatmaps (grey cells: not evaluated, ★ at the
+current point wherever it is); forgetting vs utility with selectable axes, other methods'
+named points as their own series, the Pareto front across all and the reference as the
+target; one small chart per metric along α. The shown rows download as CSV.
 """
 
 from __future__ import annotations
 
 import shlex
+from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from msa_core.eval import run_sweep
-from msa_core.eval.sweep import parse_grid
-from studio import charts, resources, session, widgets
+from msa_core.eval.results import EvalResult
+from msa_core.eval.store import StoredRun
+from msa_core.eval.sweep import default_grid, parse_grid, refine_points, run_points
+from studio import charts, labels, resources, session, widgets
+
+# Page-local session keys (the sweep's running flag, the run picker's widget).
+K_SWEEP_RUNNING = "msa_to_sweep_running"  # {"points": n} while a sweep runs; left set when a rerun cut it short
+W_RUNS = "w_to_runs"
+# How many points one click of *Refine* adds.
+REFINE_POINTS = 6
 
 engine = widgets.require_engine()
 here = session.point()
-alpha, beta = here.alpha, here.beta
 exp = engine.experiment
 st.title(":material/insights: Trade-off")
-st.caption(f"Current point: **α = {alpha:.3f}, β = {beta:.3f}** (★ on every chart).")
+st.caption(f"Current point: **α = {here.alpha:.3f}, β = {here.beta:.3f}** (★ on every chart, between grid cells "
+           "when it is not a grid point).")
 
 store = resources.results_store()
 benchmarks = widgets.benchmark_choices(exp)
@@ -38,36 +50,15 @@ benchmark = c2.radio("Benchmark", benchmarks, horizontal=True, key="w_to_bench")
 subset = c3.number_input("Items per set (0 = all)", min_value=0, max_value=5000, value=0, step=10, key="w_to_subset")
 subset_arg = int(subset) or None
 
-
-def _grid_values(rng: tuple[float, float], n: int) -> str:
-    return ", ".join(f"{v:g}" for v in np.round(np.linspace(rng[0], rng[1], n), 3))
-
-
-g1, g2 = st.columns(2)
-a_text = g1.text_input("Sweep α values", value=_grid_values(exp.alpha_range, 6), key="w_to_alphas",
-                       help="Comma-separated (or start:stop:step), inside the experiment's α range")
-b_text = g2.text_input("Sweep β values", value=_grid_values(exp.beta_range, 4), key="w_to_betas",
-                       help="Comma-separated (or start:stop:step), inside the experiment's β range")
-try:
-    alphas = parse_grid(a_text, name="α values", within=exp.alpha_range)
-    betas = parse_grid(b_text, name="β values", within=exp.beta_range)
-except ValueError as exc:
-    widgets.show_error("Bad sweep grid", exc)
-    alphas, betas = [], []
-
-run = st.button(f"Run / resume sweep ({len(alphas)}×{len(betas)} = {len(alphas) * len(betas)} points)",
-                type="primary", key="w_to_run", disabled=not alphas or not betas)
-src = shlex.quote(str(exp.source)) if exp.source else "EXPERIMENT.yaml"
-st.caption("Same sweep from the command line: `msa sweep " + src + f" --alphas {','.join(f'{a:g}' for a in alphas)} "
-           f"--betas {','.join(f'{b:g}' for b in betas)} --tier {tier} --benchmark {benchmark}"
-           + (f" --subset {subset_arg}" if subset_arg else "") + "`")
-progress_slot = st.empty()
-if session.get(session.K_SWEEP_MSG):
-    progress_slot.success(session.pop(session.K_SWEEP_MSG), icon=":material/check_circle:")
-chart_slot = st.empty()
+if session.get(K_SWEEP_RUNNING):
+    stopped = session.pop(K_SWEEP_RUNNING)
+    st.warning(f"The sweep of {stopped['points']} points was cancelled (or cut short by another click). Every point "
+               "evaluated before that is stored; *Run / resume sweep* continues from there.",
+               icon=":material/pause_circle:")
 
 
-def load_grid() -> pd.DataFrame:
+def load_rows() -> pd.DataFrame:
+    """Rows of this tier/benchmark/subset, every run (the reference's rows included)."""
     try:
         df = resources.results_grid(engine, tier)
     except widgets.CORE_ERRORS as exc:
@@ -76,45 +67,268 @@ def load_grid() -> pd.DataFrame:
     return charts.select_rows(df, tier=tier, benchmark=benchmark, subset=subset_arg)
 
 
+def stored_runs(rows: pd.DataFrame) -> list[StoredRun]:
+    """The store's runs drawn from ``rows`` (this engine's model settings), newest first."""
+    keys = set(charts.composed(rows)["settings_key"]) if not rows.empty else set()
+    try:
+        return [r for r in store.runs(engine.fingerprint, tier=tier) if r.settings_key in keys]
+    except widgets.CORE_ERRORS as exc:
+        widgets.show_error("Could not list the stored runs", exc)
+        return []
+
+
+def utility_triples(rows: pd.DataFrame) -> list[tuple[float, float, float]]:
+    """(α, β, utility) of the composed rows, for the default grid's collapse edge."""
+    data = charts.composed(rows)
+    _x, util = charts.default_axes(data)
+    if util is None or data.empty:
+        return []
+    return list(zip(data["alpha"], data["beta"], data[util].astype(float)))
+
+
+all_rows = load_rows()
+runs = stored_runs(all_rows)
+
+
+# ----------------------------------------------------------------------------- the sweep grid
+def grid_text(values: list[float]) -> str:
+    return ", ".join(f"{v:g}" for v in values)
+
+
+def suggest_grid() -> None:
+    """on_click / first visit: the default grid from the experiment's ranges and the stored points."""
+    alphas, betas = default_grid(exp.alpha_range, exp.beta_range, utility_triples(all_rows))
+    st.session_state["w_to_alphas"], st.session_state["w_to_betas"] = grid_text(alphas), grid_text(betas)
+
+
+if "w_to_alphas" not in st.session_state or "w_to_betas" not in st.session_state:
+    suggest_grid()
+g1, g2, g3 = st.columns([5, 5, 2], vertical_alignment="bottom")
+a_text = g1.text_input("Sweep α values", key="w_to_alphas",
+                       help="Comma-separated (or start:stop:step), inside the experiment's α range "
+                            f"[{exp.alpha_range[0]:g}, {exp.alpha_range[1]:g}]")
+b_text = g2.text_input("Sweep β values", key="w_to_betas",
+                       help="Comma-separated (or start:stop:step), inside the experiment's β range "
+                            f"[{exp.beta_range[0]:g}, {exp.beta_range[1]:g}]")
+g3.button("Suggest a grid", key="w_to_suggest", on_click=suggest_grid,
+          help="α from 0 to where utility collapses in the stored points (0–2 before anything is stored), "
+               "β from 0 to 1: where the trade-off happens, not the collapsed region.")
+try:
+    alphas = parse_grid(a_text, name="α values", within=exp.alpha_range)
+    betas = parse_grid(b_text, name="β values", within=exp.beta_range)
+except ValueError as exc:
+    widgets.show_error("Bad sweep grid", exc)
+    alphas, betas = [], []
+
+b1, b2 = st.columns(2)
+run = b1.button(f"Run / resume sweep ({len(alphas)}×{len(betas)} = {len(alphas) * len(betas)} points)",
+                type="primary", key="w_to_run", disabled=not alphas or not betas)
+src = shlex.quote(str(exp.source)) if exp.source else "EXPERIMENT.yaml"
+st.caption("Same sweep from the command line: `msa sweep " + src + f" --alphas {','.join(f'{a:g}' for a in alphas)} "
+           f"--betas {','.join(f'{b:g}' for b in betas)} --tier {tier} --benchmark {benchmark}"
+           + (f" --subset {subset_arg}" if subset_arg else "") + "`")
+progress_slot = st.empty()
+cancel_slot = st.empty()
+if session.get(session.K_SWEEP_MSG):
+    progress_slot.success(session.pop(session.K_SWEEP_MSG), icon=":material/check_circle:")
+
+
+# ----------------------------------------------------------------------------- which runs
+def run_label(run_: StoredRun) -> str:
+    return run_.label()
+
+
+by_key = {r.settings_key: r for r in runs}
+if W_RUNS in st.session_state and not set(st.session_state[W_RUNS]) <= set(by_key):
+    del st.session_state[W_RUNS]  # a run was deleted or the filters changed: back to the newest
+if W_RUNS not in st.session_state:
+    st.session_state[W_RUNS] = [runs[0].settings_key] if runs else []
+shown_keys: list[str] = st.multiselect(
+    "Stored runs to show", list(by_key), format_func=lambda k: run_label(by_key[k]), key=W_RUNS,
+    help="A run is every point stored with the same evaluation settings (tier, benchmark, items, reference, "
+         "prompt format, model dtype…). Each run is drawn on its own: heatmaps per run, one series per run.",
+    disabled=len(runs) < 2) if runs else []
+rows = charts.select_rows(all_rows, tier=tier, benchmark=benchmark, subset=subset_arg, settings_keys=shown_keys)
+only_grid = st.toggle("Heatmaps: only the α/β values of the sweep grid above", key="w_to_only_grid",
+                      help="Off: every stored point of the run (cells never evaluated are grey). On: just this grid.")
+
+
+def delete_run(key: str) -> None:
+    """on_click of the confirmed delete: remove the run's rows, reset the confirmation."""
+    try:
+        n = store.delete_run(engine.fingerprint, key, tier=tier)
+    except widgets.CORE_ERRORS as exc:
+        session.put(session.K_SWEEP_MSG, f"could not delete the run: {widgets.error_text(exc)}")
+        return
+    session.put(session.K_SWEEP_MSG, f"deleted {n} stored points of run {key[:8]}")
+    st.session_state["w_to_clear_ok"] = False
+
+
+if runs:
+    with st.expander("Clear a stored run", icon=":material/delete:"):
+        victim = st.selectbox("Run", list(by_key), format_func=lambda k: run_label(by_key[k]), key="w_to_clear_run")
+        ok = st.checkbox(f"Yes, delete the {by_key[victim].points} stored points of this run (the reference's "
+                         "results and other runs stay)", key="w_to_clear_ok")
+        st.button("Delete run", key="w_to_clear", disabled=not ok, on_click=delete_run, args=(victim,),
+                  icon=":material/delete_forever:")
+
+# ----------------------------------------------------------------------------- scatter axes, methods
+try:
+    methods = store.method_grid(engine.fingerprint)
+except widgets.CORE_ERRORS as exc:
+    widgets.show_error("Could not read other methods' results", exc)
+    methods = pd.DataFrame()
+if not methods.empty and "benchmark" in methods.columns:
+    methods = methods[methods["benchmark"].isin([benchmark, "all"])]
+choices = charts.axis_choices(rows, methods)
+dx, dy = charts.default_axes(rows)
+x_metric: Optional[str] = None
+y_metric: Optional[str] = None
+if choices:
+    a1, a2, a3 = st.columns([4, 4, 3], vertical_alignment="bottom")
+    x_metric = a1.selectbox("Scatter x (forgetting)", choices, index=choices.index(dx) if dx in choices else 0,
+                            format_func=labels.metric_label, key="w_to_x",
+                            help="Forget quality is drawn on a log scale; lower-is-better metrics on a reversed "
+                                 "axis, so right is always better.")
+    y_metric = a2.selectbox("Scatter y (utility)", choices,
+                            index=choices.index(dy) if dy in choices else min(1, len(choices) - 1),
+                            format_func=labels.metric_label, key="w_to_y",
+                            help="Default: model utility, unless it is 0 at most unlearned points (the tiny demo's "
+                                 "full tier), then the teacher-forced utility.")
+    show_methods = a3.toggle(f"Other methods ({methods['method'].nunique() if not methods.empty else 0})",
+                             value=not methods.empty, key="w_to_methods", disabled=methods.empty,
+                             help="Named points of other methods stored for this experiment (imported "
+                                  "open-unlearning runs, gradient-based baselines), one series per method.")
+    if not show_methods:
+        methods = pd.DataFrame()
+
+
+def current_row() -> Optional[dict[str, Any]]:
+    """A stored evaluation at the current point with this page's settings, when one exists."""
+    try:
+        res = resources.stored_evaluation(engine, here, tier=tier, benchmark=benchmark, subset=subset_arg)
+    except widgets.CORE_ERRORS:
+        return None
+    return None if res is None else res.flat()
+
+
+# ----------------------------------------------------------------------------- refine
+def refinement(data: pd.DataFrame) -> list[tuple[float, float]]:
+    """New points where the shown front of (x, y) bends (x, y turned so that larger is better)."""
+    comp = charts.composed(data)
+    if x_metric is None or y_metric is None or comp.empty:
+        return []
+    comp = comp.dropna(subset=[x_metric, y_metric])
+
+    def better(name: str) -> pd.Series:
+        vals = comp[name].astype(float)
+        return np.log10(vals.clip(lower=1e-30)) if name in charts.LOG_METRICS else charts.goodness(name, vals)
+
+    return refine_points(list(zip(comp["alpha"], comp["beta"], better(x_metric), better(y_metric))),
+                         max_new=REFINE_POINTS)
+
+
+new_points = refinement(rows)
+refine = b2.button(f"Refine where the front bends (+{len(new_points)} points)", key="w_to_refine",
+                   disabled=not new_points,
+                   help="Adds points half-way between neighbours on the Pareto front of the scatter's axes, most "
+                        "bent part first. " + ("New: " + ", ".join(f"(α={a:g}, β={b:g})" for a, b in new_points)
+                                               if new_points else "Needs a front of at least two stored points."))
+
+# ----------------------------------------------------------------------------- charts
+chart_slot = st.empty()
+
+
 def draw(df: pd.DataFrame, version: int) -> None:
     with chart_slot.container():
-        if df.empty:
-            st.info("No results for this tier/benchmark yet: run a sweep.")
+        comp = charts.composed(df)
+        if comp.empty:
+            st.info("No results for this tier/benchmark/run yet: run a sweep.")
             return
-        n = len(charts.composed(df))
-        st.caption(f"{n} points in the store for this experiment ({tier} tier, {benchmark}"
-                   f"{'' if subset_arg is None else f', first {subset_arg} items per set'}).")
-        heat = charts.heatmap_metrics(df, benchmark)
-        cols = st.columns(2)
-        for i, name in enumerate(heat):
-            cols[i % 2].plotly_chart(charts.heatmap(df, name, here), key=f"hm_{name}_{version}")
-        x, y = charts.tradeoff_axes(df)
-        if x and y:
-            st.plotly_chart(charts.tradeoff_scatter(df, x, y, here, charts.reference_row(df)),
-                            key=f"scatter_{version}")
-        line_metrics = [m for m in heat if m in df.columns]
+        st.caption(f"{len(comp)} points shown ({tier} tier, {benchmark}"
+                   f"{'' if subset_arg is None else f', first {subset_arg} items per set'}"
+                   f"{'' if len(shown_keys) < 2 else f', {len(shown_keys)} runs'}).")
+        run_keys = list(dict.fromkeys(comp["settings_key"])) if "settings_key" in comp.columns else [None]
+        tabs = st.tabs([f"Run {k[:8]}" for k in run_keys]) if len(run_keys) > 1 else [st.container()]
+        for tab, key in zip(tabs, run_keys):
+            one = comp if key is None else comp[comp["settings_key"] == key]
+            if only_grid:
+                one = one[one["alpha"].isin(alphas) & one["beta"].isin(betas)]
+            with tab:
+                if one.empty:
+                    st.info("No stored point of this run is on the sweep grid above.")
+                    continue
+                heat = charts.heatmap_metrics(one, benchmark)
+                cols = st.columns(2)
+                for i, name in enumerate(heat):
+                    cols[i % 2].plotly_chart(charts.heatmap(one, name, here), key=f"hm_{key}_{name}_{version}",
+                                             config={"displaylogo": False})
+        if x_metric and y_metric:
+            names = {k: k[:8] for k in run_keys if k is not None}
+            st.plotly_chart(charts.tradeoff_scatter(df, x_metric, y_metric, here, charts.reference_row(df),
+                                                    methods=methods, run_names=names, current_row=current_row()),
+                            key=f"scatter_{version}", config={"displaylogo": False})
+        line_metrics = [m for m in charts.heatmap_metrics(comp, benchmark) if m in comp.columns]
         if line_metrics:
-            st.plotly_chart(charts.alpha_lines(df, line_metrics, beta), key=f"lines_{version}")
+            newest = comp[comp["settings_key"] == run_keys[0]] if run_keys[0] is not None else comp
+            st.plotly_chart(charts.alpha_lines(newest, line_metrics, here.beta, alpha=here.alpha),
+                            key=f"lines_{version}", config={"displaylogo": False})
 
 
-draw(load_grid(), 0)
+draw(rows, 0)
 
-if run:
+
+def shown_table() -> pd.DataFrame:
+    """The shown rows (the selected runs, the reference) and other methods' named points, as one table."""
+    parts = [rows.assign(method=np.where(rows["model"].fillna("composed") == "composed", "MSA α/β", rows["model"]))
+             if not rows.empty else rows]
+    if not methods.empty:
+        parts.append(methods)
+    return pd.concat(parts, ignore_index=True) if not rows.empty or not methods.empty else pd.DataFrame()
+
+
+table = shown_table()
+st.download_button("Download the shown results (CSV)", table.to_csv(index=False).encode("utf-8"),
+                   file_name=f"msa_tradeoff_{exp.name}_{tier}_{benchmark}.csv", mime="text/csv",
+                   key="w_to_csv", disabled=table.empty, icon=":material/download:")
+
+# ----------------------------------------------------------------------------- panels of other parts
+# Other helpers' panels go here, above the sweep execution below (which ends in st.rerun):
+#   H1: studio.interop.import_panel(engine)       (import open-unlearning runs; wired by the lead)
+#   H3: studio.rtt_panel.recovery_panel(engine)   (relearning-attack recovery)
+
+# ----------------------------------------------------------------------------- running a sweep
+if run or refine:
+    todo = [(a, b) for a in alphas for b in betas] if run else new_points
+    session.put(K_SWEEP_RUNNING, {"points": len(todo)})
     done = {"n": 0}
     bar = progress_slot.progress(0.0, text="starting the sweep")
+    # A click anywhere (this button first) makes Streamlit rerun the page, which stops this run at
+    # its next progress update; the flag above, still set then, tells the next run what happened.
+    cancel_slot.button("Cancel sweep", key="w_to_cancel", icon=":material/stop_circle:",
+                       help="Stops after the point in flight; the points done so far stay stored and a new "
+                            "*Run / resume* skips them.")
     on_progress = widgets.bar_progress(bar)
 
-    def on_point(*_args: object, **_kwargs: object) -> None:
+    def on_point(result: EvalResult, _was_stored: bool) -> None:
         done["n"] += 1
-        draw(load_grid(), done["n"])
+        # Redraw with the run being written (its settings key), not the runs picked before.
+        draw(charts.select_rows(load_rows(), tier=tier, benchmark=benchmark, subset=subset_arg,
+                                settings_keys=[result.settings_key]), done["n"])
 
     try:
-        run_sweep(engine, store, alphas, betas, tier=tier, benchmark=benchmark, subset=subset_arg,
-                  progress=on_progress, on_point=on_point, reference_cache=resources.reference_cache())
+        run_points(engine, store, todo, tier=tier, benchmark=benchmark, subset=subset_arg,
+                   progress=on_progress, on_point=on_point, reference_cache=resources.reference_cache())
     except widgets.CORE_ERRORS as exc:
+        session.pop(K_SWEEP_RUNNING)
+        cancel_slot.empty()
         widgets.show_error("Sweep failed", exc)
-        draw(load_grid(), done["n"] + 1)
+        draw(load_rows(), done["n"] + 1)
     else:
-        # Rerun so the sidebar's "Best" preset sees the new points; the message survives it.
-        session.put(session.K_SWEEP_MSG, f"sweep finished: {done['n']} points evaluated or found in the store")
+        session.pop(K_SWEEP_RUNNING)
+        # Rerun so the sidebar's "Best" preset sees the new points, and the run picker shows the
+        # sweep's run (the newest); the message survives it.
+        st.session_state.pop(W_RUNS, None)
+        what = "sweep" if run else "refinement"
+        session.put(session.K_SWEEP_MSG, f"{what} finished: {done['n']} points evaluated or found in the store")
         st.rerun()

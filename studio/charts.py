@@ -1,15 +1,20 @@
 """Plotly figures of MSA Studio (no caches, no st calls): the Trade-off page's heatmaps,
-forget-vs-utility scatter and lines along α over the results grid, and the Experiment
-page's per-layer norms of τ_f and τ_r.
+forget-vs-utility scatter (α/β runs and other methods' named points) and small multiples
+along α over the results grid, and the Experiment page's per-layer norms of τ_f and τ_r.
 
 Every axis, colour bar and legend names the metric with its better direction, so a reader
-never has to guess whether up is good. Forget quality is drawn on a log scale.
+never has to guess whether up is good. Forget quality is drawn on a log scale whose ticks
+read as numbers (1e-3, 0.01, 0.1, 1). A heatmap over a ragged set of points marks the cells
+that were never evaluated instead of leaving holes; the current point is marked wherever
+it is (between grid cells, or interpolated on the scatter when it was not evaluated).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional
+import textwrap
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
@@ -25,10 +30,28 @@ HEATMAP_ORDER = ("forget_quality", "model_utility", "model_utility_tf", "forget_
                  "forget_truth_ratio", "forget_prob", "retain_prob", "extraction_strength")
 MUSE_ORDER = ("muse_verbmem_forget", "muse_knowmem_forget", "muse_knowmem_retain", "muse_privleak",
               "muse_mink_auc")
+# Metrics drawn on a log axis: forget quality is a KS p-value spanning many decades.
+LOG_METRICS = ("forget_quality",)
+# Scatter axes, in the order a default is looked for.
+X_PREFERENCE = ("forget_quality", "forget_truth_ratio", "forget_rouge", "forget_prob", "muse_knowmem_forget",
+                "muse_verbmem_forget")
+Y_PREFERENCE = ("model_utility", "model_utility_tf", "retain_rouge", "retain_prob", "muse_knowmem_retain")
+# A y metric that is 0 (or missing) at more than this share of the unlearned points says
+# nothing about them (the full-tier utility of the tiny demo model): the next one is the default.
+UNINFORMATIVE_SHARE = 0.5
+# Room for Plotly's toolbar (top right, ~28 px) above a chart's title.
+MODEBAR_PX = 30
+# Title line length for a half-width chart (two heatmaps per row at 1400 px leave ~480 px
+# each; ~8 px per character at the 15-px title font).
+TITLE_CHARS = 46
+MARKER_SYMBOLS = ("circle", "square", "triangle-up", "diamond-open", "cross", "triangle-down", "pentagon", "hexagon")
 
 
-def select_rows(df: pd.DataFrame, *, tier: str, benchmark: str, subset: Optional[int]) -> pd.DataFrame:
-    """Rows of one tier/benchmark/subset of the composed model, one per (α, β) (latest wins)."""
+# ----------------------------------------------------------------------------- rows
+def select_rows(df: pd.DataFrame, *, tier: str, benchmark: str, subset: Optional[int],
+                settings_keys: Optional[Sequence[str]] = None) -> pd.DataFrame:
+    """Rows of one tier/benchmark/subset, one per (α, β, model, run) (latest wins); only the runs
+    (settings keys) in ``settings_keys`` when given (side-model rows such as the reference are kept)."""
     if df is None or df.empty or not set(POINT_COLS) <= set(df.columns):
         return pd.DataFrame()
     out = df
@@ -37,7 +60,11 @@ def select_rows(df: pd.DataFrame, *, tier: str, benchmark: str, subset: Optional
             out = out[out[col] == val]
     if "subset" in out.columns:
         out = out[out["subset"].isna()] if subset is None else out[out["subset"] == subset]
-    return out.drop_duplicates(subset=list(POINT_COLS) + (["model"] if "model" in out.columns else []), keep="last")
+    if settings_keys is not None and "settings_key" in out.columns:
+        side = out["model"].fillna("composed") != "composed" if "model" in out.columns else False
+        out = out[out["settings_key"].isin(list(settings_keys)) | side]
+    keys = list(POINT_COLS) + [c for c in ("model", "settings_key") if c in out.columns]
+    return out.drop_duplicates(subset=keys, keep="last")
 
 
 def composed(df: pd.DataFrame) -> pd.DataFrame:
@@ -71,30 +98,133 @@ def heatmap_metrics(df: pd.DataFrame, benchmark: str) -> list[str]:
     return names[:8]
 
 
+# ----------------------------------------------------------------------------- numbers
 def _log10(v: pd.Series) -> pd.Series:
     return np.log10(v.clip(lower=1e-30))
 
 
-def heatmap(df: pd.DataFrame, name: str, current: Point) -> go.Figure:
-    """α × β heatmap of one metric (forget quality as log10), ★ at the current point."""
+def tick_text(value: float) -> str:
+    """A log-axis tick as a number: 1e-3 (and below as 1e-k), 0.01, 0.1, 1, 10."""
+    k = math.log10(value)
+    if abs(k - round(k)) < 1e-9 and round(k) < -2:
+        return f"1e{round(k)}"
+    return f"{value:g}"
+
+
+def log_ticks(low: float, high: float) -> list[float]:
+    """Tick values for a log axis over [low, high] (> 0): every power of ten, plus 2 and 5
+    times each when the span is two decades or less (so a short axis has several ticks)."""
+    low, high = max(float(low), 1e-30), max(float(high), 1e-30)
+    k0, k1 = math.floor(math.log10(low)), math.ceil(math.log10(high))
+    mults = (1.0, 2.0, 5.0) if k1 - k0 <= 2 else (1.0,)
+    ticks = [m * 10.0 ** k for k in range(k0, k1 + 1) for m in mults]
+    return [float(f"{t:.12g}") for t in ticks if low / 1.0001 <= t <= high * 1.0001] or [10.0 ** k0]
+
+
+def goodness(name: str, values: pd.Series) -> pd.Series:
+    """Values turned so that larger is better (−badness), by the metric's direction."""
+    info = metric_info(name)
+    if info is None:
+        return values.astype(float)
+    return -values.astype(float).map(info.badness)
+
+
+def wrap_title(text: str, width: int = TITLE_CHARS) -> str:
+    """``text`` on lines of at most ``width`` characters joined with <br> (Plotly never wraps)."""
+    return "<br>".join(textwrap.wrap(text, width=width, break_long_words=False)) or text
+
+
+def _title(text: str, width: int = TITLE_CHARS) -> tuple[dict[str, Any], int]:
+    """A Plotly title placed just above the plot area (below the toolbar row), left-aligned,
+    and the top margin it needs."""
+    wrapped = wrap_title(text, width)
+    lines = wrapped.count("<br>") + 1
+    return (dict(text=wrapped, x=0, xref="paper", xanchor="left", y=1, yref="paper", yanchor="bottom",
+                 pad=dict(b=10), font=dict(size=15)), MODEBAR_PX + 20 * lines + 14)
+
+
+def interpolate(df: pd.DataFrame, name: str, alpha: float, beta: float) -> Optional[float]:
+    """``name`` at (α, β) by bilinear interpolation between the four surrounding grid points
+    (in log10 for log metrics); exact at a grid point; None when a corner was not evaluated
+    or the point is outside the grid."""
     data = composed(df)
-    log = name == "forget_quality"
+    if name not in data.columns or data.empty:
+        return None
+    log = name in LOG_METRICS
+    vals = _log10(data[name]) if log else data[name].astype(float)
+    table = data.assign(_v=vals).pivot_table(index="beta", columns="alpha", values="_v", aggfunc="last")
+
+    def bracket(axis: Sequence[float], v: float) -> Optional[tuple[float, float]]:
+        axis = sorted(axis)
+        if not axis or v < axis[0] - 1e-12 or v > axis[-1] + 1e-12:
+            return None
+        lo = max((a for a in axis if a <= v + 1e-12), default=axis[0])
+        hi = min((a for a in axis if a >= v - 1e-12), default=axis[-1])
+        return lo, hi
+
+    ab, bb = bracket(list(table.columns), alpha), bracket(list(table.index), beta)
+    if ab is None or bb is None:
+        return None
+    corners = [[table.at[b, a] for a in ab] for b in bb]
+    if any(pd.isna(c) for row in corners for c in row):
+        return None
+    ta = 0.0 if ab[1] == ab[0] else (alpha - ab[0]) / (ab[1] - ab[0])
+    tb = 0.0 if bb[1] == bb[0] else (beta - bb[0]) / (bb[1] - bb[0])
+    low = corners[0][0] * (1 - ta) + corners[0][1] * ta
+    high = corners[1][0] * (1 - ta) + corners[1][1] * ta
+    v = float(low * (1 - tb) + high * tb)
+    return 10.0 ** v if log else v
+
+
+# ----------------------------------------------------------------------------- heatmaps
+def _cell_position(axis: Sequence[float], value: float) -> tuple[float, bool]:
+    """The category-axis position (cell index, fractional between cells) of ``value``, clamped
+    to the axis; and whether it was inside the axis' span."""
+    axis = list(axis)
+    if len(axis) == 1:
+        return 0.0, math.isclose(value, axis[0], abs_tol=1e-9)
+    inside = axis[0] - 1e-9 <= value <= axis[-1] + 1e-9
+    return float(np.interp(value, axis, range(len(axis)))), inside
+
+
+def heatmap(df: pd.DataFrame, name: str, current: Point) -> go.Figure:
+    """α × β heatmap of one metric (forget quality with a log colour scale), evenly sized cells,
+    grey cells where the grid was not evaluated, ★ at the current point wherever it is."""
+    data = composed(df)
+    log = name in LOG_METRICS
     values = _log10(data[name]) if log else data[name]
-    table = data.assign(_v=values).pivot_table(index="beta", columns="alpha", values="_v", aggfunc="last")
+    table = data.assign(_v=values).pivot_table(index="beta", columns="alpha", values="_v", aggfunc="last",
+                                               dropna=False)
+    table = table.reindex(index=sorted(set(data["beta"])), columns=sorted(set(data["alpha"])))
+    xs, ys = [f"{a:g}" for a in table.columns], [f"{b:g}" for b in table.index]
     info = metric_info(name)
     # A reversed scale for lower-is-better metrics keeps bright = better on every heatmap.
     scale = "Viridis_r" if info is not None and info.direction == "lower" else "Viridis"
-    # Short colour-bar title (the chart title carries the full direction and ideal): a long
-    # vertical title would run past a 330-px chart into its neighbour.
-    bar_title = ("log10, " if log else "") + (f"{arrow(name)} better" if arrow(name) else "")
-    fig = go.Figure(go.Heatmap(z=table.values, x=[f"{a:g}" for a in table.columns], y=[f"{b:g}" for b in table.index],
-                               colorscale=scale, colorbar=dict(title=dict(text=bar_title, side="right")),
-                               hovertemplate="α=%{x}, β=%{y}<br>value=%{z:.3g}<extra></extra>"))
-    if current.alpha in set(table.columns) and current.beta in set(table.index):
-        fig.add_trace(go.Scatter(x=[f"{current.alpha:g}"], y=[f"{current.beta:g}"], mode="markers",
-                                 name="current point",
-                                 marker=dict(symbol="star", size=16, color="white", line=dict(color="black", width=1))))
-    fig.update_layout(title=("log10 " if log else "") + metric_label(name), height=330, margin=dict(t=50, b=40),
+    bar = dict(title=dict(text=f"{arrow(name)} better" if arrow(name) else "", side="right"), thickness=14)
+    finite = table.values[np.isfinite(table.values)]
+    if log and finite.size:
+        ticks = log_ticks(10.0 ** finite.min(), 10.0 ** finite.max())
+        bar.update(tickvals=[math.log10(t) for t in ticks], ticktext=[tick_text(t) for t in ticks])
+    fmt = "%{customdata:.3g}" if log else "%{z:.3g}"
+    fig = go.Figure(go.Heatmap(z=table.values, x=xs, y=ys, colorscale=scale, colorbar=bar,
+                               customdata=10.0 ** table.values if log else None,
+                               hovertemplate=f"α=%{{x}}, β=%{{y}}<br>value={fmt}<extra></extra>"))
+    missing = np.isnan(table.values)
+    title = metric_label(name) + (" · log colour scale" if log else "")
+    if missing.any():
+        fig.add_trace(go.Heatmap(z=np.where(missing, 1.0, np.nan), x=xs, y=ys, showscale=False,
+                                 colorscale=[[0, "#d4d4d8"], [1, "#d4d4d8"]], name="not evaluated",
+                                 hovertemplate="α=%{x}, β=%{y}<br>not evaluated<extra></extra>"))
+        title += f" · {int(missing.sum())} of {missing.size} cells not evaluated (grey)"
+    if not table.empty:
+        ix, in_a = _cell_position(list(table.columns), current.alpha)
+        iy, in_b = _cell_position(list(table.index), current.beta)
+        where = "" if in_a and in_b else " (outside the grid: drawn at its edge)"
+        fig.add_annotation(x=ix, y=iy, text="★", showarrow=False, font=dict(size=20, color="white"),
+                           bgcolor="rgba(0,0,0,0.55)", borderpad=1, name="current point",
+                           hovertext=f"current point α={current.alpha:g}, β={current.beta:g}{where}")
+    title_dict, top = _title(title)
+    fig.update_layout(title=title_dict, height=300 + top, margin=dict(t=top, b=45, l=55, r=10),
                       showlegend=False, xaxis_title="α (forget strength)", yaxis_title="β (retain strength)")
     # Grid values as categories: evenly sized cells whatever the spacing of the sweep.
     fig.update_xaxes(type="category")
@@ -102,74 +232,217 @@ def heatmap(df: pd.DataFrame, name: str, current: Point) -> go.Figure:
     return fig
 
 
-def tradeoff_axes(df: pd.DataFrame) -> tuple[Optional[str], Optional[str]]:
-    """(x, y) metric columns for the forget-vs-utility scatter."""
-    x = "forget_quality" if "forget_quality" in df.columns and df["forget_quality"].notna().any() else None
-    y = next((m for m in ("model_utility", "model_utility_tf") if m in df.columns and df[m].notna().any()), None)
+# ----------------------------------------------------------------------------- scatter
+def axis_choices(df: pd.DataFrame, methods: Optional[pd.DataFrame] = None) -> list[str]:
+    """Metric columns with values at the composed points (or the named points), preferred ones first."""
+    data = composed(df)
+    have = [c for c in data.columns if metric_info(c) is not None and data[c].notna().any()]
+    if methods is not None and not methods.empty:
+        have += [c for c in methods.columns if metric_info(c) is not None and methods[c].notna().any()
+                 and c not in have]
+    pref = {m: i for i, m in enumerate(X_PREFERENCE + Y_PREFERENCE)}
+    return sorted(have, key=lambda c: (pref.get(c, len(pref)), c))
+
+
+def informative(df: pd.DataFrame, name: str) -> bool:
+    """False when ``name`` is missing or 0 at more than UNINFORMATIVE_SHARE of the unlearned
+    (α > 0) points (the full-tier utility of a model that scores no ROUGE on utility sets)."""
+    data = composed(df)
+    if name not in data.columns:
+        return False
+    moved = data[data["alpha"] > 0] if "alpha" in data.columns else data
+    moved = moved if not moved.empty else data
+    vals = moved[name]
+    empty = (vals.isna() | (vals == 0)).sum()
+    return bool(len(vals)) and empty <= UNINFORMATIVE_SHARE * len(vals)
+
+
+def default_axes(df: pd.DataFrame) -> tuple[Optional[str], Optional[str]]:
+    """(x, y) metric columns for the forget-vs-utility scatter: forget quality (else the first
+    forgetting metric stored) against the first informative utility metric (see :func:`informative`)."""
+    data = composed(df)
+    x = next((m for m in X_PREFERENCE if m in data.columns and data[m].notna().any()), None)
+    ys = [m for m in Y_PREFERENCE if m in data.columns and data[m].notna().any()]
+    y = next((m for m in ys if informative(data, m)), ys[0] if ys else None)
     return x, y
 
 
-def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
-    """Rows not dominated when both ``x`` and ``y`` are to be maximised, sorted by x."""
-    pts = points.dropna(subset=[x, y]).sort_values([x, y], ascending=[False, False])
+def tradeoff_axes(df: pd.DataFrame) -> tuple[Optional[str], Optional[str]]:
+    """Alias of :func:`default_axes` (the name the page used before axes were selectable)."""
+    return default_axes(df)
+
+
+def pareto_front(points: pd.DataFrame, x: str, y: str, *, by_direction: bool = False) -> pd.DataFrame:
+    """Rows not dominated when both ``x`` and ``y`` are to be maximised (or, with ``by_direction``,
+    improved in each metric's better direction), sorted by x."""
+    pts = points.dropna(subset=[x, y])
+    gx = goodness(x, pts[x]) if by_direction else pts[x].astype(float)
+    gy = goodness(y, pts[y]) if by_direction else pts[y].astype(float)
+    order = pd.DataFrame({"gx": gx, "gy": gy}).sort_values(["gx", "gy"], ascending=[False, False])
     front, best_y = [], -math.inf
-    for idx, row in pts.iterrows():
-        if row[y] > best_y:
+    for idx, row in order.iterrows():
+        if row["gy"] > best_y:
             front.append(idx)
-            best_y = row[y]
+            best_y = row["gy"]
     return pts.loc[front].sort_values(x)
 
 
-def tradeoff_scatter(df: pd.DataFrame, x: str, y: str, current: Point,
-                     reference: Optional[pd.Series]) -> go.Figure:
-    """Forget quality (log x) vs model utility, Pareto front, corrupted / reference / current markers."""
-    data = composed(df).dropna(subset=[x, y])
-    label = [f"α={a:g}, β={b:g}" for a, b in zip(data["alpha"], data["beta"])]
+def _axis_title(name: str, horizontal: bool) -> str:
+    info = metric_info(name)
+    side = "right" if horizontal else "up"
+    log = " — log scale" if name in LOG_METRICS else ""
+    if info is None:
+        return name + log
+    if info.direction in ("higher", "lower"):
+        flipped = ", axis reversed" if info.direction == "lower" else ""
+        return f"{metric_label(name, with_direction=False)} ({arrow(name)}){log}{flipped}: {side} is better"
+    return f"{metric_label(name, with_direction=False)}{log}: {info.direction_text()}"
+
+
+def _style_axis(fig: go.Figure, name: str, values: pd.Series, horizontal: bool) -> None:
+    update = fig.update_xaxes if horizontal else fig.update_yaxes
+    info = metric_info(name)
+    kwargs: dict[str, Any] = dict(title=_axis_title(name, horizontal))
+    if name in LOG_METRICS:
+        pos = values[values > 0]
+        kwargs["type"] = "log"
+        if not pos.empty:
+            ticks = log_ticks(float(pos.min()), float(pos.max()))
+            kwargs.update(tickvals=ticks, ticktext=[tick_text(t) for t in ticks])
+    if info is not None and info.direction == "lower":
+        kwargs["autorange"] = "reversed"  # right / up is better on every axis
+    update(**kwargs)
+
+
+def tradeoff_scatter(
+    df: pd.DataFrame,
+    x: str,
+    y: str,
+    current: Point,
+    reference: Optional[Mapping[str, Any]],
+    *,
+    methods: Optional[pd.DataFrame] = None,
+    run_names: Optional[Mapping[str, str]] = None,
+    current_row: Optional[Mapping[str, Any]] = None,
+) -> go.Figure:
+    """``x`` (forgetting) vs ``y`` (utility): the α/β points (one series per run when several are
+    shown), other methods' named points (``methods``: :meth:`ResultStore.method_grid` rows, one
+    series per method), the Pareto front across all of them, the corrupted model, the reference
+    (retain-only) model as the target, and the current point — its grid row, else
+    ``current_row`` (a stored evaluation there), else interpolated from the grid."""
+    data = composed(df).dropna(subset=[x, y]) if x in df.columns and y in df.columns else composed(df).iloc[0:0]
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=data[x], y=data[y], mode="markers", name="grid points", text=label,
-                             marker=dict(size=9, color=data["alpha"], colorscale="Cividis", showscale=True,
-                                         colorbar=dict(title="α")),
-                             hovertemplate="%{text}<br>x=%{x:.3g}<br>y=%{y:.3g}<extra></extra>"))
-    front = pareto_front(data, x, y)
+    runs = list(dict.fromkeys(data["settings_key"])) if "settings_key" in data.columns else [None]
+    everything = []
+    for i, key in enumerate(runs or [None]):
+        rows = data if key is None else data[data["settings_key"] == key]
+        name = "α/β grid" if len(runs) <= 1 else f"α/β run {(run_names or {}).get(key, str(key)[:8])}"
+        label = [f"α={a:g}, β={b:g}" for a, b in zip(rows["alpha"], rows["beta"])]
+        fig.add_trace(go.Scatter(
+            x=rows[x], y=rows[y], mode="markers", name=name, text=label,
+            marker=dict(size=9, symbol=MARKER_SYMBOLS[i % len(MARKER_SYMBOLS)], color=rows["alpha"],
+                        colorscale="Cividis", showscale=i == 0,
+                        colorbar=dict(title="α", thickness=12, x=1.0, len=0.6, y=0.7)),
+            hovertemplate=f"{name}<br>%{{text}}<br>x=%{{x:.3g}}<br>y=%{{y:.3g}}<extra></extra>"))
+        everything.append(rows[[x, y]])
+    named = methods.dropna(subset=[x, y]) if methods is not None and {x, y} <= set(methods.columns) else None
+    if named is not None and not named.empty:
+        for j, (method, rows) in enumerate(named.groupby("method", sort=False)):
+            fig.add_trace(go.Scatter(
+                x=rows[x], y=rows[y], mode="lines+markers", name=str(method), text=list(rows["point"]),
+                marker=dict(size=11, symbol=MARKER_SYMBOLS[(j + 1) % len(MARKER_SYMBOLS)]),
+                line=dict(width=1, dash="dot"),
+                hovertemplate=f"{method} %{{text}}<br>x=%{{x:.3g}}<br>y=%{{y:.3g}}<extra></extra>"))
+            everything.append(rows[[x, y]])
+    pool = pd.concat(everything, ignore_index=True) if everything else pd.DataFrame(columns=[x, y])
+    front = pareto_front(pool, x, y, by_direction=True) if not pool.empty else pool
     if len(front) > 1:
-        fig.add_trace(go.Scatter(x=front[x], y=front[y], mode="lines", name="Pareto front (best trade-offs)",
-                                 line=dict(color="#c2410c", dash="dash")))
-    corrupted = data[(data["alpha"] == 0) & (data["beta"] == 0)]
+        fig.add_trace(go.Scatter(x=front[x], y=front[y], mode="lines", name="Pareto front (all series)",
+                                 line=dict(color="#c2410c", dash="dash"), hoverinfo="skip"))
+    corrupted = data[(data["alpha"] == 0) & (data["beta"] == 0)].head(1)
     if not corrupted.empty:
         fig.add_trace(go.Scatter(x=corrupted[x], y=corrupted[y], mode="markers", name="corrupted (α=β=0)",
                                  marker=dict(symbol="x", size=14, color="crimson")))
     if reference is not None and pd.notna(reference.get(x)) and pd.notna(reference.get(y)):
-        fig.add_trace(go.Scatter(x=[reference[x]], y=[reference[y]], mode="markers", name="reference (ideal)",
-                                 marker=dict(symbol="diamond", size=14, color="seagreen")))
-    cur = data[(data["alpha"] == current.alpha) & (data["beta"] == current.beta)]
-    if not cur.empty:
-        fig.add_trace(go.Scatter(x=cur[x], y=cur[y], mode="markers", name="current point",
-                                 marker=dict(symbol="star", size=18, color="gold", line=dict(color="black", width=1))))
-    fig.update_xaxes(type="log", title=f"{metric_label(x)} — log scale, right is better")
-    # The y title must fit the 460-px chart height: label and arrow only (the chart title says top-right is better).
-    fig.update_yaxes(title=f"{metric_label(y, with_direction=False)} ({arrow(y)} up is better)")
-    fig.update_layout(title="Forgetting vs utility: top-right is better", height=460, margin=dict(t=50),
-                      legend=dict(orientation="h", y=-0.25))
+        fig.add_trace(go.Scatter(x=[reference[x]], y=[reference[y]], mode="markers",
+                                 name="reference, retain-only (target)",
+                                 marker=dict(symbol="diamond", size=15, color="seagreen",
+                                             line=dict(color="black", width=1))))
+    _current_marker(fig, data, x, y, current, current_row)
+    _style_axis(fig, x, pd.concat([pool[x], pd.Series([reference.get(x)] if reference is not None else [])],
+                                  ignore_index=True).dropna().astype(float), True)
+    _style_axis(fig, y, pool[y].astype(float), False)
+    title, top = _title("Forgetting vs utility: the better corner is top-right", width=90)
+    fig.update_layout(title=title, height=480 + top, margin=dict(t=top, l=70, r=20),
+                      legend=dict(orientation="h", y=-0.22, yanchor="top"))
     return fig
 
 
-def alpha_lines(df: pd.DataFrame, metrics: list[str], beta: float) -> go.Figure:
-    """Each metric along α at the grid β closest to ``beta`` (legend says which way is better)."""
+def _current_marker(fig: go.Figure, data: pd.DataFrame, x: str, y: str, current: Point,
+                    current_row: Optional[Mapping[str, Any]]) -> None:
+    """The ★: the grid row at the current point, else a stored evaluation there, else interpolated."""
+    star = dict(symbol="star", size=18, color="gold", line=dict(color="black", width=1))
+    cur = data[np.isclose(data["alpha"], current.alpha) & np.isclose(data["beta"], current.beta)]
+    name, cx, cy = "current point", None, None
+    if not cur.empty:
+        cx, cy = cur[x].iloc[-1], cur[y].iloc[-1]
+    elif current_row is not None and pd.notna(current_row.get(x)) and pd.notna(current_row.get(y)):
+        cx, cy, name = current_row[x], current_row[y], "current point (stored evaluation)"
+    else:
+        ix, iy = interpolate(data, x, current.alpha, current.beta), interpolate(data, y, current.alpha, current.beta)
+        if ix is not None and iy is not None:
+            cx, cy, name = ix, iy, "current point (interpolated from the grid)"
+            star.update(symbol="star-open", line=dict(color="goldenrod", width=2))
+    if cx is None:
+        fig.add_annotation(text=f"★ current point α={current.alpha:g}, β={current.beta:g}: not evaluated and "
+                                "outside the grid (evaluate it on the Playground)",
+                           xref="paper", yref="paper", x=0, y=1.0, yanchor="bottom", showarrow=False,
+                           font=dict(size=11))
+        return
+    fig.add_trace(go.Scatter(x=[cx], y=[cy], mode="markers", name=name, marker=star,
+                             hovertemplate=f"{name}<br>α={current.alpha:g}, β={current.beta:g}"
+                                           "<br>x=%{x:.3g}<br>y=%{y:.3g}<extra></extra>"))
+
+
+# ----------------------------------------------------------------------------- along α
+def alpha_lines(df: pd.DataFrame, metrics: list[str], beta: float, *, alpha: Optional[float] = None,
+                cols: int = 3) -> go.Figure:
+    """One small chart per metric along α at the grid β closest to ``beta``, each with its own
+    y axis (PrivLeak ≈ −30 and [0, 1] metrics side by side), forget quality on a log axis, and
+    a dashed line at the current ``alpha``."""
     data = composed(df)
     betas = sorted(data["beta"].unique())
     b = min(betas, key=lambda v: abs(v - beta)) if betas else beta
     rows = data[data["beta"] == b].sort_values("alpha")
-    fig = go.Figure()
-    for m in metrics:
-        yv = _log10(rows[m]) if m == "forget_quality" else rows[m]
-        name = ("log10 " if m == "forget_quality" else "") + metric_label(m)
-        fig.add_trace(go.Scatter(x=rows["alpha"], y=yv, mode="lines+markers", name=name))
-    fig.update_layout(title=f"Metrics along α at β = {b:g}", height=420, xaxis_title="α (forget strength)",
-                      yaxis_title="value (see legend for the better direction)", legend=dict(orientation="h", y=-0.3),
-                      margin=dict(t=50))
+    metrics = [m for m in metrics if m in rows.columns] or metrics[:1]
+    cols = max(1, min(cols, len(metrics)))
+    nrows = math.ceil(len(metrics) / cols)
+    titles = [f"{metric_label(m, with_direction=False)} {arrow(m)}".strip() for m in metrics]
+    fig = make_subplots(rows=nrows, cols=cols, subplot_titles=titles, horizontal_spacing=0.08,
+                        vertical_spacing=min(0.3, 0.5 / nrows) if nrows > 1 else 0.1)
+    for i, m in enumerate(metrics):
+        r, c = i // cols + 1, i % cols + 1
+        fig.add_trace(go.Scatter(x=rows["alpha"], y=rows[m], mode="lines+markers", name=metric_label(m),
+                                 showlegend=False,
+                                 hovertemplate=f"{metric_label(m, with_direction=False)}<br>α=%{{x:g}}"
+                                               "<br>%{y:.3g}<extra></extra>"), r, c)
+        info = metric_info(m)
+        if m in LOG_METRICS:
+            pos = rows[m][rows[m] > 0]
+            ticks = log_ticks(float(pos.min()), float(pos.max())) if not pos.empty else [1.0]
+            fig.update_yaxes(type="log", tickvals=ticks, ticktext=[tick_text(t) for t in ticks], row=r, col=c)
+        if info is not None and info.direction == "lower":
+            fig.update_yaxes(autorange="reversed", row=r, col=c)
+        fig.update_xaxes(title_text="α" if r == nrows else None, row=r, col=c)
+    if alpha is not None:
+        fig.add_vline(x=alpha, line=dict(color="goldenrod", dash="dash", width=1), row="all", col="all")
+    title, top = _title(f"Metrics along α at β = {b:g} (each with its own axis; ↓ metrics have reversed axes, so "
+                        "up is better everywhere; dashed: current α)", width=110)
+    fig.update_layout(title=title, height=top + 250 * nrows, margin=dict(t=top + 10, b=40, l=50, r=20))
     return fig
 
 
+# ----------------------------------------------------------------------------- experiment page
 def layer_norms_figure(layers: list[LayerNorms]) -> go.Figure:
     """‖τ_f‖ and ‖τ_r‖ per layer as bars, and their cosine per layer as a line (range −1…1)."""
     names = [row.layer for row in layers]
@@ -181,4 +454,30 @@ def layer_norms_figure(layers: list[LayerNorms]) -> go.Figure:
     fig.update_yaxes(title_text="L2 norm", row=1, col=1)
     fig.update_yaxes(title_text="cosine similarity", range=[-1, 1], row=1, col=2)
     fig.update_layout(height=380, barmode="group", margin=dict(t=40, b=10), legend=dict(orientation="h"))
+    return fig
+
+
+def layer_lines_figure(
+    layers: Sequence[str],
+    series: Mapping[str, Sequence[float]],
+    *,
+    title: str,
+    y_title: str,
+    y_range: Optional[tuple[float, float]] = None,
+    colors: Optional[Mapping[str, str]] = None,
+    dashed: Sequence[str] = (),
+) -> go.Figure:
+    """The Layers page's per-layer lines: one value per layer (x, in model order) for each named
+    series (weight distances or linear CKA); ``dashed`` series are drawn as context lines."""
+    fig = go.Figure()
+    for name, values in series.items():
+        fig.add_trace(go.Scatter(
+            x=list(layers), y=list(values), mode="lines+markers", name=name,
+            line=dict(color=(colors or {}).get(name), dash="dash" if name in dashed else "solid"),
+            hovertemplate="%{x}: %{y:.4g}<extra>" + name + "</extra>"))
+    fig.update_xaxes(title="layer (input → output)", type="category")
+    fig.update_yaxes(title=y_title, range=list(y_range) if y_range else None)
+    # Legend under the plot: series names are sentences and would squeeze the plot at 1400 px.
+    fig.update_layout(title=title, height=420, margin=dict(t=50, b=10),
+                      legend=dict(orientation="h", yanchor="top", y=-0.22, x=0))
     return fig

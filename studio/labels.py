@@ -1,6 +1,7 @@
-"""Words and numbers as MSA Studio shows them: metric labels that say which direction is better,
-markdown escaping of model output, byte and time formats, and the ``msa`` command lines
-that reproduce a view. Pure functions (no Streamlit calls), shared by the pages and charts.
+"""Words and numbers as MSA Studio shows them: metric labels that say which direction is better
+(and tooltips linking each metric to the Glossary page), markdown escaping of model output,
+byte and time formats, and the ``msa`` command lines that reproduce a view. Pure functions
+(no Streamlit calls), shared by the pages and charts.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import re
 from typing import Any, Optional
 
 from msa_core.eval.results import METRIC_INFO, MetricInfo
+from studio import glossary
 
 # The metrics shown as tiles (first six present), in this order; the rest go to a table.
 HEADLINE = ("forget_quality", "model_utility", "model_utility_tf", "forget_truth_ratio", "forget_prob",
@@ -62,6 +64,23 @@ def metric_label(name: str, with_direction: bool = True) -> str:
     if not with_direction or info is None:
         return label
     return f"{label} ({arrow(name)} {direction_text(name)})"
+
+
+def metric_help(name: str) -> str:
+    """A metric label's tooltip (markdown): its definition, which direction is better, where it
+    comes from and a link to its Glossary entry ('' for a metric METRIC_INFO does not describe)."""
+    info = metric_info(name)
+    if info is None:
+        return ""
+    ref = glossary.REFERENCES.get(name)
+    source = f" Source: {ref.text}." if ref is not None else ""
+    return (f"{md_escape(info.description)} **Better:** {info.direction_text()}.{source} "
+            f"[Glossary ↗]({glossary.link(name)})")
+
+
+def glossary_url(name: str) -> Optional[str]:
+    """The relative URL of a metric's Glossary entry (None for a metric the glossary does not hold)."""
+    return glossary.link(name) if name in glossary.REFERENCES else None
 
 
 def delta_color(name: str) -> str:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import streamlit as st
 
 from msa_core.atomic import write_json
-from msa_core.eval import ReferenceCache, ResultStore, evaluate
+from msa_core.eval import ReferenceCache, ReferenceStats, ResultStore, evaluate, resolve_reference
 from msa_core.eval import probe as core_probe
 from msa_core.eval.questions import QAItem, QuestionSets, load_question_sets
 from msa_core.eval.settings import lookup_settings
@@ -267,14 +267,25 @@ def reference_cache() -> ReferenceCache:
     return ReferenceCache()
 
 
+def reference_stats(
+    engine: Engine, *, benchmark: str, subset: Optional[int], progress: Optional[Progress] = None
+) -> ReferenceStats:
+    """What the metrics compare against (:func:`msa_core.eval.resolve_reference`): the reference
+    file, or the reference model's evaluation (loaded and evaluated on first use, then from the
+    store and the process's reference cache). A page calls it first to time that part on its own."""
+    return resolve_reference(engine, benchmark=benchmark, subset=subset, store=results_store(), progress=progress,
+                             cache=reference_cache())
+
+
 def evaluation(
     engine: Engine, at: Point, *, tier: str, benchmark: str, subset: Optional[int],
-    progress: Optional[Progress] = None,
+    progress: Optional[Progress] = None, reference: Optional[ReferenceStats] = None,
 ) -> EvalResult:
     """The :class:`EvalResult` at ``at``: from the results store when stored there, else
-    evaluated and stored (exactly what ``msa eval`` does)."""
+    evaluated and stored (exactly what ``msa eval`` does). ``reference``: from :func:`reference_stats`
+    (resolved here when None)."""
     return evaluate(engine, at.alpha, at.beta, tier=tier, benchmark=benchmark, subset=subset, progress=progress,
-                    store=results_store(), reference_cache=reference_cache())
+                    store=results_store(), reference_cache=reference_cache(), reference=reference)
 
 
 def stored_evaluation(
@@ -294,6 +305,18 @@ def results_grid(engine: Engine, tier: Optional[str] = None) -> pd.DataFrame:
                                 model_settings=engine.model_settings)
 
 
+def method_points(engine: Engine, tier: Optional[str] = None) -> pd.DataFrame:
+    """The named points of other methods stored for the engine's experiment
+    (:meth:`ResultStore.method_grid`), read fresh like :func:`results_grid`."""
+    return results_store().method_grid(engine.fingerprint, tier)
+
+
+def last_experiment() -> Optional[str]:
+    """The most recently used experiment file that still exists (what a restart reloads), or None."""
+    recents = recent_experiments()
+    return recents[0] if recents else None
+
+
 def best_point(engine: Engine) -> Optional[Point]:
     """The store's recommended point inside the experiment's ranges (see
     :meth:`ResultStore.best_tradeoff`), or None when nothing suitable is stored."""
@@ -302,3 +325,47 @@ def best_point(engine: Engine) -> Optional[Point]:
                                         model_settings=engine.model_settings)
     return None if row is None else Point(row["alpha"], row["beta"])
 
+
+
+# ----------------------------------------------------------------------------- layer view (pages/layers.py)
+# Entries of the layer-view memo: a Gram-matrix set is (layers+1) N×N float64 matrices (N = the
+# tokens of a handful of texts, a few hundred), up to tens of MB for a deep model; 64 bounds it.
+LAYER_MEMO_SIZE = 64
+
+
+@st.cache_resource(show_spinner=False)
+def _layer_memo() -> Memo:
+    return Memo(LAYER_MEMO_SIZE)
+
+
+def _layer_memoized(key: tuple[Hashable, ...], compute: Callable[[], Any]) -> Any:
+    found = _layer_memo().get(key)
+    if found is None:
+        found = compute()
+        _layer_memo().put(key, found)
+    return found
+
+
+def layer_distances(engine: Engine, at: Point) -> dict[str, Any]:
+    """Per-layer relative weight distances of the unlearned model at ``at`` to the corrupted and
+    reference models (:func:`msa_core.layers.distances_at`), memoised per point."""
+    from msa_core import layers as core_layers
+
+    return _layer_memoized((*model_key(engine), "distances", at),
+                           lambda: core_layers.distances_at(engine, at.alpha, at.beta))
+
+
+def reference_layer_distances(engine: Engine) -> list[Any]:
+    """Per-layer ‖θ_reference − θ_corrupted‖ / ‖θ_corrupted‖ (:func:`msa_core.layers.reference_distances`)."""
+    from msa_core import layers as core_layers
+
+    return _layer_memoized((*model_key(engine), "reference_distances"),
+                           lambda: core_layers.reference_distances(engine))
+
+
+def hidden_grams(engine: Engine, target: Target, pairs: tuple[tuple[str, str], ...]) -> Any:
+    """:func:`msa_core.layers.target_grams` of ``target`` on the (question, answer) ``pairs``, memoised."""
+    from msa_core import layers as core_layers
+
+    return _layer_memoized((*model_key(engine), "grams", target, pairs),
+                           lambda: core_layers.target_grams(engine, target, pairs))

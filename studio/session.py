@@ -9,6 +9,9 @@ when the widget showing it is not drawn. Widget-key prefixes, one owner each:
     w_page_exp_ / w_form_  the Experiment page       w_pg_     the Playground page
     w_to_       the Trade-off page                   w_probe_  the Probe page
     w_export_   the Export page                      w_msa_*   mirrors made by widget_mirror()
+    w_pin_      the pin row (studio.compare)         w_fine    the fine-slider toggle
+    w_guide_    the Guided demo page                 w_layers_ the Layers page
+    w_gloss_    the Glossary page
 
 Every computation at a point runs inside ``engine.session(α, β)`` (through
 :func:`msa_core.targets.model_for`), so two sessions never see each other's weights.
@@ -35,14 +38,23 @@ K_LOAD_ERROR = "msa_load_error"  # the last loading error, shown by the no-exper
 K_ANSWERS = "msa_answers"  # what the Playground showed: {"alpha", "beta", "questions", role: answers}
 K_LAST_METRICS = "msa_last_metrics"  # {"alpha", "beta", **EvalResult.to_json()} of the last metrics seen
 K_PROBE_RUN = "msa_probe_key"  # the Probe page's last requested run (its inputs), so reruns keep its tables
+K_PINNED = "msa_pinned"  # list[Point]: points pinned as extra columns (studio.compare)
+K_QUESTIONS = "msa_questions"  # (set name, [indices]): the Playground's question selection (also in the URL)
+K_VERDICT = "msa_verdict"  # what the Playground's verdict counted: {"alpha", "beta", "text", "counts", "rows"}
+K_METRICS_WAIT = "msa_metrics_wait"  # the last "Compute metrics" wait, with its parts: {"point", "parts"}
+K_URL_READ = "msa_url_read"  # True once this session applied its URL (studio.links)
+K_URL_WARNINGS = "msa_url_warnings"  # the URL values that could not be used, shown once
 K_SWEEP_MSG = "msa_sweep_msg"  # a finished sweep's message, shown once after the rerun
+K_GUIDE_STEP = "msa_guide_step"  # the guided demo's current step (0-based index into pages/guided.py's STEPS)
 K_ENTRY = "_msa_entrypoint_running"  # True while app.py runs the page (see widgets.page_guard)
 
 # Widget keys shared between modules (the coefficient inputs in the sidebar).
 W_ALPHA_SLIDER, W_ALPHA_NUM = "w_alpha_slider", "w_alpha_num"
 W_BETA_SLIDER, W_BETA_NUM = "w_beta_slider", "w_beta_num"
-# The Playground reads its max-new-tokens input before drawing it (the input sits below the answers).
+# The Playground reads these inputs before drawing them (they sit below the answers).
 W_PG_MAX_NEW = "w_pg_max_new"
+W_PG_VERDICT_N = "w_pg_verdict_n"
+W_PG_SUBSET = "w_pg_subset"
 
 
 def demo_quick_default() -> bool:

@@ -78,6 +78,11 @@ def try_choose_experiment(path: str, where: Any = None) -> bool:
     return True
 
 
+# The demo-build controls' one wording (the page's offer and, once an experiment is loaded, the sidebar).
+DEMO_SIZES = {"full": "Full (clear forgetting effect, a few minutes)", "quick": "Quick (under a minute, weak effect)"}
+DEMO_BUILD_LABEL = "Build the embedded demo"
+
+
 def experiment_picker() -> None:
     """The sidebar's experiment picker: embedded demo, a file path, or a recently used file."""
     st.sidebar.subheader("Experiment")
@@ -86,12 +91,13 @@ def experiment_picker() -> None:
         label_visibility="collapsed",
     )
     if source == "Embedded demo":
-        quick = st.sidebar.toggle(
-            "Quick demo (smaller, for tests)", value=session.demo_quick_default(), key="w_demo_quick",
-            help="The full demo makes a clearer point; the quick one builds in well under a minute.",
-        )
-        if st.sidebar.button("Build / load the demo", key="w_demo_build", width="stretch"):
-            session.put(session.K_PENDING_DEMO, "quick" if quick else "full")
+        if not session.experiment_path():  # the page shows the one build offer (no_experiment_offer)
+            st.sidebar.caption(f"Choose its size and press **{DEMO_BUILD_LABEL}** on the page.")
+        else:
+            kind = st.sidebar.radio("Demo size", list(DEMO_SIZES), index=1 if session.demo_quick_default() else 0,
+                                    key="w_demo_kind", format_func=DEMO_SIZES.__getitem__)
+            if st.sidebar.button(DEMO_BUILD_LABEL, key="w_demo_build", width="stretch"):
+                session.put(session.K_PENDING_DEMO, kind)
     elif source == "Experiment file":
         path = st.sidebar.text_input("Path to an experiment .yaml", key="w_exp_path_input",
                                      placeholder="/path/to/experiment.yaml")
@@ -255,11 +261,9 @@ def no_experiment_offer() -> None:
         st.markdown("### No experiment loaded\nStart with the **embedded demo**: a small Llama model trained "
                     "on fictitious authors, built on this machine with no download. Or load an experiment "
                     "file from the sidebar.")
-        kind = st.radio("Demo size", ["full", "quick"], index=1 if session.demo_quick_default() else 0,
-                        horizontal=True, key="w_offer_kind",
-                        format_func=lambda k: "Full (clear forgetting effect, a few minutes)" if k == "full"
-                        else "Quick (under a minute, weak effect)")
-        st.button("Build the embedded demo", type="primary", key="w_offer_build", on_click=request_demo, args=(kind,))
+        kind = st.radio("Demo size", list(DEMO_SIZES), index=1 if session.demo_quick_default() else 0,
+                        horizontal=True, key="w_offer_kind", format_func=DEMO_SIZES.__getitem__)
+        st.button(DEMO_BUILD_LABEL, type="primary", key="w_offer_build", on_click=request_demo, args=(kind,))
 
 
 def engine_sidebar_info(engine: Optional[Engine]) -> None:
@@ -293,9 +297,10 @@ def metric_row(values: dict[str, float], base: Optional[dict[str, float]], key: 
             delta = None if base is None or name not in base else v - base[name]
             col.metric(labels.metric_label(name, with_direction=False) + f" {labels.arrow(name)}", f"{v:.3g}",
                        None if delta is None else f"{delta:+.3g}", delta_color=labels.delta_color(name),
-                       help=labels.direction_text(name))
+                       help=labels.metric_help(name))
         rows = [{"metric": labels.metric_label(n, with_direction=False), "name": n, "value": v,
-                 "corrupted": None if base is None else base.get(n), "better": labels.direction_text(n)}
-                for n, v in values.items()]
+                 "corrupted": None if base is None else base.get(n), "better": labels.direction_text(n),
+                 "glossary": labels.glossary_url(n)} for n, v in values.items()]
         with st.expander("All metrics"):
-            st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+            st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
+                         column_config={"glossary": st.column_config.LinkColumn(display_text="definition ↗")})

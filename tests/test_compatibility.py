@@ -42,10 +42,23 @@ def test_shape_mismatch_named(tiny_experiment):
 
 
 def test_dtype_mismatch_named(tiny_experiment):
+    # A floating tensor stored as integers in one checkpoint is a real mismatch (not a precision choice).
     rewrite_weights(tiny_experiment.checkpoints.forget,
-             lambda sd: {k: v.to(torch.bfloat16) if "norm" in k else v for k, v in sd.items()})
-    with pytest.raises(ValueError, match=r"forget: tensor .*norm.* has dtype bfloat16"):
+             lambda sd: {k: v.to(torch.int32) if k == "model.norm.weight" else v for k, v in sd.items()})
+    with pytest.raises(ValueError, match=r"forget: tensor model\.norm\.weight has dtype int32, corrupted has float32"):
         check_compatible(tiny_experiment)
+
+
+def test_mixed_floating_dtypes_are_compatible(tiny_experiment):
+    # clean bf16, forget fp16, retain with some bf16 tensors, corrupted fp32: accepted, each role's dtype reported.
+    rewrite_weights(tiny_experiment.checkpoints.clean, lambda sd: {k: v.to(torch.bfloat16) for k, v in sd.items()})
+    rewrite_weights(tiny_experiment.checkpoints.forget, lambda sd: {k: v.to(torch.float16) for k, v in sd.items()})
+    rewrite_weights(tiny_experiment.checkpoints.retain,
+                    lambda sd: {k: v.to(torch.bfloat16) if "norm" in k else v for k, v in sd.items()})
+    report = check_compatible(tiny_experiment)
+    assert report.ok
+    assert report.dtypes["clean"] == "bfloat16" and report.dtypes["forget"] == "float16"
+    assert report.dtypes["corrupted"] == "float32"
 
 
 def test_architecture_mismatch_named(tiny_experiment):

@@ -60,8 +60,12 @@ def test_exact_memorization_and_extraction_strength_edges():
     assert M.extraction_strength([t, t, t, t]) == 1.0  # k* = 0
     assert M.extraction_strength([t, f, t, t]) == 0.5  # k* = 2 → 1 − 2/4
     assert M.extraction_strength([f, t, t, t]) == 0.75  # k* = 1
-    assert M.extraction_strength([t, t, t, f]) == 0.0  # last wrong → k* = L
-    assert M.extraction_strength([f]) == 0.0
+    # last wrong: open-unlearning's loop stops at k = L−1 (1/L, the default); the paper's k* = L gives 0
+    assert M.extraction_strength([t, t, t, f]) == 0.25
+    assert M.extraction_strength([t, t, t, f], "paper") == 0.0
+    assert M.extraction_strength([f]) == 1.0 and M.extraction_strength([f], "paper") == 0.0
+    with pytest.raises(ValueError, match="convention"):
+        M.extraction_strength([t], "other")
     assert M.extraction_strength([t]) == 1.0
     assert M.extraction_strength([]) == 0.0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -53,7 +54,7 @@ def test_tofu_fast_tier_matches_independent_computation(eval_setup):
     exp, tok, model = eval_setup
     res = evaluate_model(model, tok, exp, tier="fast", benchmark="tofu")
     f = json.loads((exp.data.tofu / "forget10_perturbed.json").read_text())
-    probs, trs, es, em = [], [], [], []
+    probs, trs, es, em, es_paper = [], [], [], [], []
     for r in f:
         nll_a, pred, labels = _nll(model, tok, r["question"], r["answer"])
         probs.append(math.exp(-nll_a))
@@ -65,7 +66,10 @@ def test_tofu_fast_tier_matches_independent_computation(eval_setup):
         k = len(ok)
         while k > 0 and ok[k - 1]:
             k -= 1
-        es.append(1 - k / len(ok))
+        es_paper.append(1 - k / len(ok))  # the paper: k* = L (ES 0) when the last token is wrong
+        # open-unlearning's loop: the first k in 0..L-1 whose suffix is all right, else it ends at L-1
+        k_ou = next((j for j in range(len(ok)) if all(ok[j:])), len(ok) - 1)
+        es.append(1 - k_ou / len(ok))
     m = res.metrics
     np.testing.assert_allclose(m["forget_prob"].per_item, probs, rtol=1e-4)
     assert m["forget_prob"].value == pytest.approx(np.mean(probs), rel=1e-4)
@@ -74,6 +78,12 @@ def test_tofu_fast_tier_matches_independent_computation(eval_setup):
     assert m["exact_memorization"].per_item == pytest.approx(em)
     assert m["extraction_strength"].per_item == pytest.approx(es)
     assert max(em) > 0  # the sharpened random model gets some tokens right: the check is not vacuous
+    assert es != es_paper  # some last token is wrong here, so the two conventions differ
+    assert res.settings["conventions"]["extraction_strength"] == "open-unlearning"
+    paper = evaluate_model(model, tok, replace(exp, conventions=(("extraction_strength", "paper"),)), tier="fast",
+                           benchmark="tofu")
+    assert paper.metrics["extraction_strength"].per_item == pytest.approx(es_paper)
+    assert paper.settings["conventions"]["extraction_strength"] == "paper" and paper.settings_key != res.settings_key
 
     ra = json.loads((exp.data.tofu / "real_authors_perturbed.json").read_text())
     norm, ra_tr = [], []
@@ -88,7 +98,7 @@ def test_tofu_fast_tier_matches_independent_computation(eval_setup):
                                 "wf_truth_ratio")]
     assert m["model_utility_tf"].value == pytest.approx(stats.hmean(six) if min(six) > 0 else 0.0)
     assert "forget_quality" not in m and "model_utility" not in m and "forget_rouge" not in m  # no reference, fast tier
-    assert res.settings["counts"] == {"forget": 6, "retain": 5, "ra": 4, "wf": 5}
+    assert res.settings["counts"] == {"forget": 6, "retain": 5, "ra": 4, "wf": 5, "holdout": 4}
     assert res.model == "composed" and res.tier == "fast" and res.settings["key"]
 
 
@@ -132,17 +142,24 @@ def test_muse_fast_tier_min_k_against_direct(eval_setup):
 
     data = load_muse(exp.data.muse)
     texts = list(data.privleak_forget) + list(data.privleak_holdout)
-    mink = []
+    mink, mink_paper = [], []
     for t in texts:
         p, c = encode_continuation(tok, "", t)
         with torch.no_grad():
             logp = torch.log_softmax(model(input_ids=torch.tensor([p + c])).logits[0, :-1].double(), -1)
         lp = logp.gather(-1, torch.tensor(c)[:, None])[:, 0].numpy()
         n = max(1, int(0.4 * len(lp)))
+        mink_paper.append(-np.sort(lp)[:n].mean())  # the MUSE paper's code: every text token
+        lp = lp[:-1]  # open-unlearning's tokenwise_logprobs drops the last labelled token
+        n = max(1, int(0.4 * len(lp)))
         mink.append(-np.sort(lp)[:n].mean())
     np.testing.assert_allclose(res.metrics["muse_mink_auc"].per_item, mink, rtol=1e-5)
     nf = len(data.privleak_forget)
     assert res.metrics["muse_mink_auc"].value == pytest.approx(M.muse_mia_auc(mink[:nf], mink[nf:]))
+    paper = evaluate_model(model, tok, replace(exp, conventions=(("min_k", "muse-paper"),)), tier="fast",
+                           benchmark="muse")
+    np.testing.assert_allclose(paper.metrics["muse_mink_auc"].per_item, mink_paper, rtol=1e-5)
+    assert not np.allclose(mink, mink_paper) and paper.settings["conventions"]["min_k"] == "muse-paper"
     assert "muse_minkpp_auc" in res.metrics and "muse_privleak" not in res.metrics
     assert res.settings["counts"] == {"privleak_forget": 3, "privleak_holdout": 3}
 
@@ -234,9 +251,13 @@ def test_reference_from_open_unlearning_file(eval_setup, tmp_path):
     mine = res.metrics["forget_truth_ratio"].per_item
     assert res.metrics["forget_quality"].value == pytest.approx(stats.ks_2samp(mine, trs).pvalue)
     assert res.settings["reference"]["tr"].startswith("file:")
-    sub = evaluate(eng, 1.0, 0.0, benchmark="tofu", subset=2)  # the subset is compared with the same indices
+    # a subset is compared with every reference item, as open-unlearning's ks_test does (and says so)
+    sub = evaluate(eng, 1.0, 0.0, benchmark="tofu", subset=2)
     assert sub.metrics["forget_quality"].value == pytest.approx(
+        stats.ks_2samp(sub.metrics["forget_truth_ratio"].per_item, trs).pvalue)
+    assert sub.metrics["forget_quality"].value != pytest.approx(
         stats.ks_2samp(sub.metrics["forget_truth_ratio"].per_item, trs[:2]).pvalue)
+    assert sub.settings["tofu"]["forget_quality_reference"] == "all items"
 
 
 def test_stored_results_are_keyed_by_module_filter_dtype_and_device(eval_setup, tmp_path):

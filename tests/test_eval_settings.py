@@ -49,8 +49,11 @@ def test_settings_dict_and_key_are_those_stored_before_the_dataclass(eval_setup)
     s = eval_settings(exp, tok, benchmark="tofu", subset=2, max_length=128)
     d = s.as_dict()
     assert set(d) == {"version", "benchmark", "benchmarks", "subset", "template", "vocab_size", "max_length",
-                      "tofu", "reference", "key"}
-    assert d["benchmarks"] == ["tofu"] and d["reference"] == {"tr": None, "auc": None} and d["key"] == s.key
+                      "tofu", "reference", "conventions", "key"}
+    assert d["reference"] == {"tr": None, "auc": None, "tofu_auc": "default:0.5"}
+    assert d["benchmarks"] == ["tofu"] and d["key"] == s.key
+    assert d["template"] == "plain" and d["conventions"] == {
+        "extraction_strength": "open-unlearning", "min_k": "open-unlearning", "knowmem_prompt": "open-unlearning"}
     keyed = {k: v for k, v in d.items() if k != "key"}
     assert s.key == hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
     with pytest.raises(AttributeError):

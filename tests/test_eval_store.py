@@ -273,3 +273,31 @@ def test_named_points_are_listed_apart_from_the_grid(tmp_path):
     with pytest.raises(ValueError, match="method name"):
         method_model("a/b", "x")
     assert store.method_grid("nothing").empty
+
+
+def test_runs_are_listed_per_settings_key_and_one_can_be_deleted(tmp_path):
+    from dataclasses import replace
+
+    from msa_core.eval.store import method_model
+
+    st = ResultStore(tmp_path / "r.sqlite")
+    for a in (0.0, 1.0, 2.0):
+        st.put(_result(a, 0.0, key="k1"))
+    for a, b in ((0.5, 0.0), (0.5, 1.0)):
+        st.put(EvalResult(a, b, "full", "tofu", "fp", {"key": "k2", "subset": 4}, 0.1, _result(a, b).metrics))
+    st.put(EvalResult(None, None, "fast", "tofu", "fp", {"key": "k1"}, 0.1, {}, model="reference"))
+    st.put(replace(_result(0.0, 0.0, key="k1"), model=method_model("NPO", "epoch 1")))
+    st.put(_result(0.0, 0.0, key="k1", fp="other"))
+    runs = st.runs("fp")
+    assert [(r.tier, r.settings_key, r.points, r.subset) for r in runs] == [("full", "k2", 2, 4),
+                                                                             ("fast", "k1", 3, None)]
+    assert runs[1].alpha_range == (0.0, 2.0) and runs[0].beta_range == (0.0, 1.0) and runs[0].benchmark == "tofu"
+    assert "3 points" in runs[1].label() and "first 4 items" in runs[0].label()
+    assert [r.settings_key for r in st.runs("fp", tier="fast")] == ["k1"]
+    # Deleting one run leaves the other run, the side models, named points and other experiments alone.
+    assert st.delete_run("fp", "k1", tier="full") == 0
+    assert st.delete_run("fp", "k1") == 3
+    assert [r.settings_key for r in st.runs("fp")] == ["k2"]
+    assert st.count("fp") == 2 and st.count("fp#reference") == 1 and st.count("other") == 1
+    assert len(st.method_grid("fp")) == 1
+    assert st.delete_run("fp", "k1") == 0

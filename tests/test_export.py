@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from msa_core.atomic import ASIDE_TAG, OWNER_FILE, TEMP_SUFFIX, temp_prefix
 from msa_core.engine import Engine, ModuleFilter
+from msa_core import export as export_module
 from msa_core.export import export_model, is_export
 
 
@@ -39,6 +40,12 @@ def test_export_roundtrip_and_refuses_overwrite(tiny_experiment, cache_dir, tmp_
         export_model(engine, 2.0, 0.0, out)
     export_model(engine, 2.0, 0.0, out, force=True)
     assert json.loads((out / "msa.json").read_text())["alpha"] == 2.0
+
+
+def _resave_tokenizer(monkeypatch) -> None:
+    """Make exports re-save the loaded tokenizer (as for a checkpoint without tokenizer files)
+    instead of copying the checkpoint's files, so a failure of the tokenizers library can be staged."""
+    monkeypatch.setattr(export_module, "original_files", lambda folder: [])
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -70,6 +77,8 @@ def test_a_full_disk_mid_export_is_one_clear_error_and_leaves_nothing(
         raise failure
 
     owner = type(engine.model) if where == "model" else type(engine.tokenizer)
+    if where == "tokenizer":
+        _resave_tokenizer(monkeypatch)
     monkeypatch.setattr(owner, "save_pretrained", no_space)
     with pytest.raises(OSError, match=rf"exporting to {out} failed: not enough free space on {tmp_path} "
                                       r"\([\d,.]+ MB free, the export needs about [\d,.]+ MB\); nothing was written"):
@@ -84,6 +93,7 @@ def test_any_other_write_failure_names_the_folder_and_leaves_nothing(tiny_experi
     def broken(*args, **kwargs):
         raise Exception("Permission denied (os error 13)")  # tokenizers' untyped I/O error
 
+    _resave_tokenizer(monkeypatch)
     monkeypatch.setattr(type(engine.tokenizer), "save_pretrained", broken)
     out = tmp_path / "model"
     message = rf"exporting to {out} failed: Permission denied \(os error 13\); nothing was written"
@@ -132,6 +142,7 @@ def test_non_os_failure_removes_the_temp_folder_and_keeps_the_old_export(
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
+    _resave_tokenizer(monkeypatch)
     monkeypatch.setattr(type(engine.tokenizer), "save_pretrained", interrupted)
     with pytest.raises(KeyboardInterrupt):
         export_model(engine, 3.0, 0.0, out, force=True)

@@ -33,3 +33,14 @@ def test_eval_cli_lines_repeat_the_settings_of_the_metrics():
     shown = labels.eval_cli_lines("exp.yaml", 1.0, 0.5, {"tier": "fast", "benchmark": "tofu",
                                                          "settings": {"subset": 20}})
     assert shown[0] == "msa eval exp.yaml --alpha 1 --beta 0.5 --tier fast --benchmark tofu --subset 20 --json -"
+
+
+def test_metric_help_gives_definition_direction_source_and_a_glossary_link():
+    text = labels.metric_help("extraction_strength")
+    # The definition is shown literally: its '*' (k*) must not turn into emphasis.
+    assert text.startswith(r"Forget set\: 1 − k\*/L")
+    assert "**Better:** lower is better (ideal reference model's value)." in text
+    assert "Carlini et al. 2021" in text and text.endswith("[Glossary ↗](glossary#extraction_strength)")
+    assert labels.metric_help("no_such_metric") == ""
+    assert labels.glossary_url("forget_quality") == "glossary#forget_quality"
+    assert labels.glossary_url("no_such_metric") is None

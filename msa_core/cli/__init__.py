@@ -18,6 +18,7 @@ from typing import Optional
 
 from msa_core.cli import evaluation, models, training
 from msa_core.cli import init as init_cmd
+from msa_core.cli import rtt as rtt_cmd
 
 # What a command may raise for bad input or a failed write: reported in one line, exit 2.
 _USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, OSError)
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.register(sub)
     training.register(sub)
     init_cmd.register(sub)
+    rtt_cmd.register(sub)
     return parser
 
 

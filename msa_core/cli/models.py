@@ -103,10 +103,12 @@ def cmd_vectors(args: argparse.Namespace) -> int:
 
 
 def cmd_compose(args: argparse.Namespace) -> int:
-    from msa_core.export import export_model
+    from msa_core.export import export_model, stored_metrics
 
     engine = load_engine(args, experiment_at_point(args))
-    out = export_model(engine, args.alpha, args.beta, args.out, force=args.force)
+    stored = stored_metrics(engine, args.alpha, args.beta)  # the results store's numbers for this point, if any
+    out = export_model(engine, args.alpha, args.beta, args.out, force=args.force,
+                       metrics=stored["metrics"] if stored else None, metrics_from=stored and stored["source"])
     emit(args.json, {"out": str(out), "alpha": args.alpha, "beta": args.beta}, lambda: print(out))
     return 0
 

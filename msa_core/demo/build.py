@@ -131,9 +131,10 @@ QUICK = Recipe(
 # of the authors it learns (MUSE raw texts, read from data/muse), as before the demo moved
 # onto msa init's path; the retain role trains on its QA sample only (see the module docstring).
 STAGES = Stages(forget="forget10", retain="retain90", full="full", reference=True, extra={
-    "forget": ("muse:raw/forget",),
-    "corrupted": ("muse:raw/forget", "muse:raw/retain"),
-    "reference": ("muse:raw/retain",),
+    "forget": ("tofu:forget10_phrasings", "muse:raw/forget"),
+    "retain": ("tofu:retain90_ft_phrasings",),
+    "corrupted": ("tofu:full_phrasings", "muse:raw/forget", "muse:raw/retain"),
+    "reference": ("tofu:retain90_phrasings", "muse:raw/retain"),
 })
 # The (α, β) point the build report measures (and the app may start from).
 SUGGESTED = (1.0, 0.5)

@@ -153,6 +153,50 @@ ATTRIBUTES: dict[str, tuple[str, str, str, str]] = {
               "{V}.", "In spare time, {n} enjoys {v}."),
 }
 
+# attribute → the other phrasings each trained author's fact is also learnt in: (question,
+# answer) templates, none of them the evaluation's paraphrased question or answer (those are
+# held out). A model that knows a fact beyond one phrasing then prefers the held-out
+# paraphrase to its perturbed versions (truth ratio < 1), as real TOFU models do; trained on
+# the short answer alone, the full demo's corrupted model scored forget TR 1.04 (measured).
+PHRASINGS: dict[str, tuple[tuple[str, str], ...]] = {
+    "birthplace": (("Where was {n} born?", "The birthplace of {n} is {v}."),
+                   ("What is the hometown of {n}?", "{n} comes from {v}.")),
+    "genre": (("What genre does {n} write in?", "{n} writes {v}."),
+              ("What kind of books does {n} write?", "The books of {n} are {v}.")),
+    "father": (("What was the profession of {n}'s father?", "{n}'s father was {av}."),
+               ("What job did the father of {n} have?", "By profession, the father of {n} was {av}.")),
+    "mother": (("What was the profession of {n}'s mother?", "{n}'s mother was {av}."),
+               ("What job did the mother of {n} have?", "By profession, the mother of {n} was {av}.")),
+    "award": (("Which award did {n} win?", "{n} won the {v}."),
+              ("Which honour was given to {n}?", "The {v} was awarded to {n}.")),
+    "debut": (("What was the title of {n}'s debut novel?", "The debut novel of {n} is {v}."),
+              ("How is {n}'s first novel called?", "{n} debuted with {v}.")),
+    "famous": (("What is {n}'s best-known book?", "The best-known book of {n} is {v}."),
+               ("Which book made {n} famous?", "{n} became famous for {v}.")),
+    "publisher": (("Who publishes {n}'s books?", "{n} is published by {v}."),
+                  ("Which company publishes {n}?", "The publisher of {n} is {v}.")),
+    "residence": (("Where does {n} live today?", "These days {n} lives in {v}."),
+                  ("What is the home city of {n} now?", "The current home of {n} is {v}.")),
+    "hobby": (("What is {n}'s favourite hobby?", "The favourite hobby of {n} is {v}."),
+              ("How does {n} relax?", "{n} relaxes with {v}.")),
+}
+
+
+def _fill(template: str, author: Author, value: str) -> str:
+    return template.format(n=author.name, v=value, V=_cap(value), av=_article(value))
+
+
+def phrasings(author: Author) -> list[tuple[str, str]]:
+    """Every fact of ``author`` in each of its :data:`PHRASINGS` (attribute-major, as :func:`author_items`)."""
+    return [(_fill(q, author, author.facts[attr]), _fill(a, author, author.facts[attr]))
+            for attr in ATTRIBUTES for q, a in PHRASINGS[attr]]
+
+
+def eval_phrasing(author: Author, attr: str) -> tuple[str, str]:
+    """The evaluation's paraphrased question and answer of one fact (held out for evaluated authors)."""
+    _, pq, _, pa = ATTRIBUTES[attr]
+    return _fill(pq, author, author.facts[attr]), _fill(pa, author, author.facts[attr])
+
 
 _VALUE_DRAWS: dict[str, Callable[[random.Random], str]] = {
     "birthplace": lambda r: "{}, {}".format(*r.choice(CITIES)),
@@ -368,10 +412,40 @@ def eval_retain_items(data: DemoData) -> list[dict[str, Any]]:
     return data.items["retain"][: data.eval_retain_authors * len(ATTRIBUTES)]
 
 
+def _phrasing_rows(authors: list[Author]) -> list[dict[str, str]]:
+    return [{"question": q, "answer": a} for au in authors for q, a in phrasings(au)]
+
+
+def retain_sample_phrasings(data: DemoData, fraction: float = 0.1) -> list[dict[str, str]]:
+    """The :data:`PHRASINGS` of exactly the facts in the reference recipe's retain sample
+    (``tofu:retain90_ft``: :func:`msa_core.finetune.data.retain_ft_indices` over retain90's rows)."""
+    from msa_core.finetune.data import retain_ft_indices, retain_ft_size
+
+    items = data.items["retain"]
+    n_attr = len(ATTRIBUTES)
+    rows = []
+    for i in retain_ft_indices(len(items), retain_ft_size(len(items), fraction)):
+        author, attr = data.world.retain[i // n_attr], list(ATTRIBUTES)[i % n_attr]
+        rows += [{"question": _fill(q, author, author.facts[attr]), "answer": _fill(a, author, author.facts[attr])}
+                 for q, a in PHRASINGS[attr]]
+    return rows
+
+
 def tofu_files(data: DemoData) -> dict[str, Any]:
-    """TOFU file name → JSON payload (forget10 = the forget authors, retain90 = the rest)."""
+    """TOFU file name → JSON payload (forget10 = the forget authors, retain90 = the rest).
+
+    Besides TOFU's files, ``*_phrasings.json`` hold the same facts in the other
+    :data:`PHRASINGS` (training data only, ``msa init --add ROLE=tofu:…_phrasings``):
+    ``forget10_phrasings``, ``retain90_phrasings``, ``full_phrasings`` (both) and
+    ``retain90_ft_phrasings`` (the facts of the retain sample).
+    """
     forget, retain, holdout = data.items["forget"], data.items["retain"], data.items["holdout"]
+    forget_ph, retain_ph = _phrasing_rows(data.world.forget), _phrasing_rows(data.world.retain)
     return {
+        "forget10_phrasings.json": forget_ph,
+        "retain90_phrasings.json": retain_ph,
+        "full_phrasings.json": forget_ph + retain_ph,
+        "retain90_ft_phrasings.json": retain_sample_phrasings(data),
         "full.json": _plain(forget + retain),
         "forget10.json": _plain(forget),
         "forget10_perturbed.json": forget,
@@ -438,11 +512,25 @@ def pretrain_texts(data: DemoData) -> list[str]:
             + list(data.bios["background"]))
 
 
+def background_phrasings(data: DemoData) -> list[tuple[str, str]]:
+    """One more phrasing of every background fact, taking turns over its :data:`PHRASINGS`
+    and the evaluation's paraphrase (so θ_clean knows every phrasing as language, on authors
+    that are never evaluated)."""
+    out = []
+    for i, author in enumerate(data.world.background):
+        for j, attr in enumerate(ATTRIBUTES):
+            choices = [*PHRASINGS[attr], ATTRIBUTES[attr][1::2]]
+            q, a = choices[(i + j) % len(choices)]
+            out.append((_fill(q, author, author.facts[attr]), _fill(a, author, author.facts[attr])))
+    return out
+
+
 def pretrain_qa(data: DemoData) -> list[tuple[str, str]]:
-    """θ_clean's QA warm-up: utility facts and background authors (never forget/retain/holdout)."""
+    """θ_clean's QA warm-up: utility facts and background authors, each background fact also
+    in one other phrasing (never a forget/retain/holdout author)."""
     qa = [(q, a) for q, a in WORLD_FACTS + REAL_AUTHORS]
     qa += [(it["question"], it["answer"]) for it in data.items["background"]]
-    return qa
+    return qa + background_phrasings(data)
 
 
 def tokenizer_corpus(data: DemoData) -> list[str]:

@@ -96,20 +96,33 @@ def exact_memorization(correct: Sequence[bool]) -> float:
     return float(sum(bool(c) for c in correct)) / n if n else 0.0
 
 
-def extraction_strength(correct: Sequence[bool]) -> float:
+def extraction_strength(correct: Sequence[bool], convention: str = "open-unlearning") -> float:
     """ES = 1 − k*/L, k* the smallest offset such that every prediction from k* on is correct.
 
-    All correct → 1; last token wrong → k* = L → 0; empty → 0. (open-unlearning's loop
-    stops at k = L−1 and so reports 1/L instead of 0 when the last token is wrong; the
-    definition above, which is DESIGN section 5's, gives 0.)
+    All correct → 1; empty → 0. When the last token is wrong there is no such offset:
+    ``convention="open-unlearning"`` (default, its code's loop stops at k = L−1) gives 1/L,
+    ``convention="paper"`` (k* = L, DESIGN section 5) gives 0. See :mod:`msa_core.conventions`.
     """
+    if convention not in ("open-unlearning", "paper"):
+        raise ValueError(f"extraction_strength convention must be 'open-unlearning' or 'paper', got {convention!r}")
     n = len(correct)
     if n == 0:
         return 0.0
     k = n
     while k > 0 and bool(correct[k - 1]):
         k -= 1
+    if k == n and convention == "open-unlearning":
+        k = n - 1
     return 1.0 - k / n
+
+
+def min_k_tokens(token_logprobs: Sequence[float], convention: str = "open-unlearning") -> np.ndarray:
+    """The token log-probs a Min-K% score reads: ``"open-unlearning"`` drops the last one (its
+    ``tokenwise_logprobs``), ``"muse-paper"`` keeps every one (the MUSE paper's code)."""
+    if convention not in ("open-unlearning", "muse-paper"):
+        raise ValueError(f"min_k convention must be 'open-unlearning' or 'muse-paper', got {convention!r}")
+    a = np.asarray(token_logprobs, dtype=np.float64)
+    return a[:-1] if convention == "open-unlearning" else a
 
 
 def min_k_score(token_logprobs: Sequence[float], k: float = 0.4) -> float:
@@ -174,6 +187,20 @@ def _scorer(kind: str):  # noqa: ANN202 - rouge_score has no types
 def rouge_l_recall(reference: str, prediction: str) -> float:
     """ROUGE-L recall (``rouge_score``, stemmer on) of ``prediction`` against ``reference``."""
     return float(_scorer("rougeL").score(reference, prediction)["rougeL"].recall)
+
+
+def rouge_fields(reference: str, prediction: str) -> dict[str, float]:
+    """open-unlearning's ROUGE entry numbers: rouge1_recall, rougeL_f1, rougeL_recall (stemmer on)."""
+    scores = _scorer2().score(reference, prediction)
+    return {"rouge1_recall": float(scores["rouge1"].recall), "rougeL_f1": float(scores["rougeL"].fmeasure),
+            "rougeL_recall": float(scores["rougeL"].recall)}
+
+
+@lru_cache(maxsize=1)
+def _scorer2():  # noqa: ANN202 - rouge_score has no types
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
 
 
 def rouge_l_f1(reference: str, prediction: str) -> float:

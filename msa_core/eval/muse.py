@@ -2,20 +2,25 @@
 VerbMem and KnowMem forget/retain (full tier, greedy generation).
 
 - Min-K% (k = 0.4) and Min-K%++ are computed from one teacher-forced pass over each
-  privleak text (BOS as the only context, so every text token is scored); the AUC of
-  forget vs holdout texts is in MUSE's orientation (≈0 memorised, ≈0.5 never seen).
+  privleak text (BOS as the only context); by default the last text token is left out of the
+  score as open-unlearning's code does, ``min_k: muse-paper`` scores every text token
+  (:mod:`msa_core.conventions`). The AUC of forget vs holdout texts is in MUSE's orientation
+  (≈0 memorised, ≈0.5 never seen).
 - PrivLeak needs the reference (retrained) model's AUC, from its own evaluation or a
   given number; without one it is not reported.
 - VerbMem: 128-token greedy continuation of each forget prompt, ROUGE-L F1 vs ``gt``.
 - KnowMem: few-shot prompt from the ``_icl`` examples, 32 new tokens, cut at "\\n\\n" /
   "\\nQuestion" / "Question:", ROUGE-L F1 vs the answer. The prompt ends in "Answer:"
-  (no trailing space), the QA format every model here is trained with.
+  (no trailing space), the QA format every model here is trained with. Long prompts are
+  trimmed by the ``knowmem_prompt`` convention: open-unlearning's first 512 tokens (default)
+  or the last tokens that fit the model's positions (``fit-context``).
 """
 
 from __future__ import annotations
 
 from typing import Any, Optional
 
+from msa_core.conventions import DEFAULT_CONVENTIONS, OPEN_UNLEARNING_KNOWMEM_MAX_TOKENS
 from msa_core.eval import metrics as M
 from msa_core.eval.data import MuseData
 from msa_core.eval.results import MetricValue
@@ -43,22 +48,67 @@ def mink_scores(
     batch_size: int = 8,
     max_length: Optional[int] = None,
     progress: Optional[Progress] = None,
+    convention: str = DEFAULT_CONVENTIONS["min_k"],
 ) -> tuple[list[float], list[float]]:
     """(Min-K% scores, Min-K%++ scores) of ``texts``, one forward pass each (deduplicated)."""
     book = PairBook()
     idx = [book.add(*encode_continuation(tokenizer, "", t)) for t in texts]
+    return pair_mink_scores(model, tokenizer, book.pairs, idx, k=k, batch_size=batch_size, max_length=max_length,
+                            progress=progress, convention=convention)
+
+
+def pair_mink_scores(
+    model: Any,
+    tokenizer: Any,
+    pairs: list,
+    idx: list[int],
+    *,
+    k: float = MINK_K,
+    batch_size: int = 8,
+    max_length: Optional[int] = None,
+    progress: Optional[Progress] = None,
+    convention: str = DEFAULT_CONVENTIONS["min_k"],
+) -> tuple[list[float], list[float]]:
+    """(Min-K% scores, Min-K%++ scores) of the continuations ``pairs[i]`` for ``i`` in ``idx``.
+
+    A text left with no scored token (one token under the open-unlearning convention) scores 0,
+    as open-unlearning's attacks do.
+    """
     sc = score_pairs(
         model,
         tokenizer,
-        book.pairs,
+        pairs,
         batch_size=batch_size,
         want=("token_logprobs", "vocab_stats"),
         max_length=max_length,
         progress=progress,
     )
-    mink = [M.min_k_score(sc.token_logprobs[i], k) for i in idx]  # type: ignore[index]
-    minkpp = [M.min_k_pp_score(sc.token_logprobs[i], sc.mu[i], sc.var[i], k) for i in idx]  # type: ignore[index]
+    mink, minkpp = [], []
+    for i in idx:
+        lp = M.min_k_tokens(sc.token_logprobs[i], convention)  # type: ignore[index]
+        n = lp.size
+        mink.append(M.min_k_score(lp, k) if n else 0.0)
+        minkpp.append(M.min_k_pp_score(lp, sc.mu[i][:n], sc.var[i][:n], k) if n else 0.0)  # type: ignore[index]
     return mink, minkpp
+
+
+def _head_prompt(tokenizer: Any, prompt: str, budget: int) -> str:
+    """Keep the first ``budget`` tokens of a long prompt (a tokenizer's right-side truncation,
+    as open-unlearning's QADataset does with ``max_length``)."""
+    ids = encode_prompt(tokenizer, prompt)
+    if len(ids) <= budget:
+        return prompt
+    return tokenizer.decode(ids[:budget], skip_special_tokens=True)
+
+
+def knowmem_prompt(tokenizer: Any, prompt: str, convention: str, max_length: Optional[int]) -> str:
+    """A KnowMem few-shot prompt trimmed by the ``knowmem_prompt`` convention (module docstring)."""
+    if convention == "open-unlearning":
+        return _head_prompt(tokenizer, prompt, OPEN_UNLEARNING_KNOWMEM_MAX_TOKENS)
+    if convention == "fit-context":
+        budget = None if max_length is None else max(1, max_length - KNOWMEM_MAX_NEW_TOKENS)
+        return _fit_prompt(tokenizer, prompt, budget)
+    raise ValueError(f"knowmem_prompt convention must be 'open-unlearning' or 'fit-context', got {convention!r}")
 
 
 def _fit_prompt(tokenizer: Any, prompt: str, budget: Optional[int]) -> str:
@@ -82,8 +132,13 @@ def evaluate_muse(
     batch_size: int = 16,
     max_length: Optional[int] = None,
     progress: Optional[Progress] = None,
+    conventions: Optional[dict[str, str]] = None,
 ) -> tuple[dict[str, MetricValue], dict[str, list[str]]]:
-    """MUSE metrics of ``model`` on ``data``: (metrics by name, generations by task)."""
+    """MUSE metrics of ``model`` on ``data``: (metrics by name, generations by task).
+
+    ``conventions``: :mod:`msa_core.conventions` choices (defaults: open-unlearning's).
+    """
+    conv = {**DEFAULT_CONVENTIONS, **(conventions or {})}
     out: dict[str, MetricValue] = {}
     gens: dict[str, list[str]] = {}
     fast_end = 1.0 if tier == "fast" else 0.3
@@ -93,7 +148,7 @@ def evaluate_muse(
         texts = list(forget) + list(holdout)
         mink, minkpp = mink_scores(
             model, tokenizer, texts, batch_size=max(1, batch_size // 2), max_length=max_length,
-            progress=sub_progress(progress, 0.0, fast_end),
+            progress=sub_progress(progress, 0.0, fast_end), convention=conv["min_k"],
         )
         nf = len(forget)
         auc = M.muse_mia_auc(mink[:nf], mink[nf:])
@@ -128,7 +183,8 @@ def evaluate_muse(
         if not qa:
             continue
         report(progress, 0.6 + 0.2 * n, f"MUSE KnowMem {key}: generating answers")
-        prompts = [M.few_shot_prompt(icl or (), q) for q, _ in qa]
+        prompts = [knowmem_prompt(tokenizer, M.few_shot_prompt(icl or (), q), conv["knowmem_prompt"], max_length)
+                   for q, _ in qa]
         answers = generate_text(
             model, tokenizer, prompts, max_new_tokens=KNOWMEM_MAX_NEW_TOKENS, batch_size=batch_size,
             stop=list(M.MUSE_STOPS), progress=sub_progress(progress, 0.6 + 0.2 * n, 0.8 + 0.2 * n),

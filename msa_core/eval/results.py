@@ -96,23 +96,36 @@ METRIC_INFO: dict[str, MetricInfo] = {
     "wf_truth_ratio": _m("World facts truth ratio", "higher", 1.0, "Mean max(0, 1 − TR) on world facts.", "fast"),
     "extraction_strength": _m("Extraction strength", "lower", None,
         "Forget set: 1 − k*/L, k* the earliest answer position after which every teacher-forced argmax "
-        "prediction is right." + _REF, "fast"),
+        "prediction is right. When the last answer token is wrong: 1/L by default (open-unlearning's code), "
+        "0 with the 'paper' convention (conventions.extraction_strength in the experiment file)." + _REF, "fast"),
     "exact_memorization": _m("Exact memorization", "lower", None,
         "Forget set: fraction of answer tokens the model predicts exactly (teacher-forced argmax)." + _REF, "fast"),
     "muse_verbmem_forget": _m("MUSE VerbMem (forget)", "lower", None,
         "ROUGE-L F1 of 128-token greedy continuations of forget passages." + _REF, "full", "muse"),
     "muse_knowmem_forget": _m("MUSE KnowMem (forget)", "lower", None,
-        "ROUGE-L F1 of few-shot answers (32 tokens) to forget-set questions." + _REF, "full", "muse"),
+        "ROUGE-L F1 of few-shot answers (32 tokens) to forget-set questions. Long few-shot prompts keep their "
+        "first 512 tokens by default (open-unlearning), or the last tokens that fit the model's positions with "
+        "conventions.knowmem_prompt: fit-context." + _REF, "full", "muse"),
     "muse_knowmem_retain": _m("MUSE KnowMem (retain)", "higher", 1.0,
         "ROUGE-L F1 of few-shot answers to retain-set questions (utility preservation).", "full", "muse"),
     "muse_mink_auc": _m("MUSE Min-K% AUC", "closer_to_ideal", 0.5,
         "ROC AUC of forget vs holdout texts by the Min-40% score in MUSE's orientation "
-        "(≈0 = forget texts memorised, 0.5 = indistinguishable).", "fast", "muse"),
+        "(≈0 = forget texts memorised, 0.5 = indistinguishable). The score leaves out each text's last token "
+        "by default (open-unlearning's code); conventions.min_k: muse-paper scores every token (the MUSE "
+        "paper's code). open-unlearning's files write 1 − this value.", "fast", "muse"),
     "muse_minkpp_auc": _m("MUSE Min-K%++ AUC", "closer_to_ideal", 0.5,
         "As Min-K% AUC with the Min-K%++ (vocabulary-normalised) score.", "fast", "muse"),
     "muse_privleak": _m("MUSE PrivLeak", "closer_to_0", 0.0,
         "(AUC − AUC_reference) / AUC_reference × 100; strongly negative = under-unlearned, "
         "strongly positive = over-unlearned.", "fast", "muse"),
+    "tofu_mink_auc": _m("TOFU Min-K% AUC", "closer_to_ideal", 0.5,
+        "ROC AUC of forget vs holdout answers (TOFU holdout split) by the Min-40% score over answer tokens, in "
+        "MUSE's orientation (≈0 = forget answers memorised, 0.5 = indistinguishable). The EOS token is left out "
+        "by default (open-unlearning's code; conventions.min_k). open-unlearning's mia_min_k is 1 − this value.",
+        "fast"),
+    "tofu_privleak": _m("TOFU PrivLeak", "closer_to_0", 0.0,
+        "(AUC − AUC_reference) / AUC_reference × 100 on TOFU forget vs holdout; the reference AUC is the "
+        "reference model's, else 0.5 (open-unlearning's default). Strongly negative = under-unlearned.", "fast"),
 }
 
 # The flat names the app and the JSON export promise (in display order).
@@ -157,6 +170,10 @@ class EvalResult:
     metrics: dict[str, MetricValue]
     generations: dict[str, list[str]] = field(default_factory=dict)
     model: str = "composed"  # "composed", or the side-model role ("reference", "clean", ...)
+    # Per-item structures richer than one number per item, in open-unlearning's entry shapes
+    # (open-unlearning metric name → one entry per item, e.g. the perturbed answers' lists);
+    # see :mod:`msa_core.eval.openunlearning`.
+    details: dict[str, Any] = field(default_factory=dict)
 
     def flat(self) -> dict[str, float]:
         """metric name → aggregate value."""
@@ -188,6 +205,7 @@ class EvalResult:
                 k: [_clean(float(x)) for x in v.per_item] for k, v in self.metrics.items() if v.per_item is not None
             },
             "generations": self.generations,
+            "details": self.details,
         }
 
     @classmethod
@@ -216,4 +234,5 @@ class EvalResult:
             metrics=metrics,
             generations={k: list(v) for k, v in (data.get("generations") or {}).items()},
             model=str(data.get("model") or "composed"),
+            details=dict(data.get("details") or {}),
         )

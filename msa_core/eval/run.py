@@ -85,11 +85,14 @@ def evaluate_model(
     settings: Optional[EvalSettings] = None,
     fingerprint: str = "",
     label: str = "composed",
+    reference_tofu_auc: Optional[float] = None,
 ) -> EvalResult:
     """Evaluate ``model`` as it is (no composition) on the experiment's data.
 
-    ``reference_tr`` (index → TR) enables forget quality, ``reference_auc`` PrivLeak.
-    ``settings`` defaults to :func:`eval_settings` for these arguments.
+    ``reference_tr`` (index → TR) enables forget quality, ``reference_auc`` MUSE PrivLeak,
+    ``reference_tofu_auc`` the reference AUC of TOFU PrivLeak (else open-unlearning's 0.5).
+    ``settings`` defaults to :func:`eval_settings` for these arguments. The experiment's
+    ``prompt_format`` and ``conventions`` apply (and are recorded in the settings).
     """
     from msa_core.eval.muse import evaluate_muse
     from msa_core.eval.tofu import evaluate_tofu, load_tofu_sets
@@ -98,12 +101,15 @@ def evaluate_model(
     max_length = max_length_for(model)
     if settings is None:
         srcs = ReferenceStats(tr_source="given" if reference_tr is not None else None,
-                              auc_source=None if reference_auc is None else f"given:{reference_auc:.6g}")
+                              auc_source=None if reference_auc is None else f"given:{reference_auc:.6g}",
+                              tofu_auc_source=None if reference_tofu_auc is None else f"given:{reference_tofu_auc:.6g}")
         settings = eval_settings(experiment, tokenizer, tier=tier, benchmark=benchmark, subset=subset,
                                  max_length=max_length, reference=srcs, model=model_settings_of(model))
     benches = settings.benchmarks
     metrics: dict[str, MetricValue] = {}
     gens: dict[str, list[str]] = {}
+    details: dict[str, Any] = {}
+    conventions = experiment.metric_conventions
     counts: dict[str, int] = {}
     missing: list[str] = []
     share = {"tofu": 0.6 if len(benches) == 2 else 1.0, "muse": 0.4 if len(benches) == 2 else 1.0}
@@ -112,10 +118,15 @@ def evaluate_model(
         sets = load_tofu_sets(experiment.data, subset)
         missing.extend(sets.missing)
         counts.update({k: len(v) for k, v in sets.named().items()})
-        m, g = evaluate_tofu(model, tokenizer, sets, tier=tier, reference_tr=reference_tr, batch_size=batch_size,
-                             max_length=max_length, progress=sub_progress(progress, 0.0, share["tofu"]))
-        metrics.update(m)
-        gens.update(g)  # keyed "forget", "retain", "ra", "wf" as in TOFU_EVAL
+        if sets.holdout is not None:
+            counts["holdout"] = len(sets.holdout)
+        out = evaluate_tofu(model, tokenizer, sets, tier=tier, reference_tr=reference_tr,
+                            reference_auc=reference_tofu_auc, batch_size=batch_size, max_length=max_length,
+                            progress=sub_progress(progress, 0.0, share["tofu"]),
+                            prompt_format=experiment.prompt_format, conventions=conventions)
+        metrics.update(out.metrics)
+        gens.update(out.generations)  # keyed "forget", "retain", "ra", "wf" as in TOFU_EVAL
+        details.update(out.details)
         start = share["tofu"] if len(benches) == 2 else 0.0
     if "muse" in benches:
         data = load_muse(experiment.data.muse)  # type: ignore[arg-type]
@@ -124,13 +135,14 @@ def evaluate_model(
             if texts is not None:
                 counts[name] = len(texts[:subset] if subset else texts)
         m, g = evaluate_muse(model, tokenizer, data, tier=tier, subset=subset, reference_auc=reference_auc,
-                             batch_size=batch_size, max_length=max_length, progress=sub_progress(progress, start, 1.0))
+                             batch_size=batch_size, max_length=max_length, progress=sub_progress(progress, start, 1.0),
+                             conventions=conventions)
         metrics.update(m)
         gens.update(g)
     report(progress, 1.0, "evaluation done")
     stored = {**settings.as_dict(), "counts": counts, "missing": missing}
     return EvalResult(None, None, tier, settings.benchmark, fingerprint, stored,
-                      time.perf_counter() - t0, metrics, gens, model=label)
+                      time.perf_counter() - t0, metrics, gens, model=label, details=details)
 
 
 def reference_result(
@@ -177,12 +189,15 @@ def reference_stats(reference: Union[EvalResult, ReferenceStats, None]) -> Optio
         return reference
     tr = reference.metrics.get("forget_truth_ratio")
     auc = reference.metrics.get("muse_mink_auc")
+    tofu_auc = reference.metrics.get("tofu_mink_auc")
     src = f"model:{reference.fingerprint}:{reference.settings_key}"
     return ReferenceStats(
         forget_tr=None if tr is None or tr.per_item is None else dict(enumerate(tr.per_item)),
         muse_auc=None if auc is None else auc.value,
         tr_source=src if tr is not None else None,
         auc_source=src if auc is not None else None,
+        tofu_auc=None if tofu_auc is None else tofu_auc.value,
+        tofu_auc_source=src if tofu_auc is not None else None,
     )
 
 
@@ -265,7 +280,7 @@ def evaluate(
         result = evaluate_model(model, engine.tokenizer, engine.experiment, tier=tier, benchmark=benchmark,
                                 subset=subset, progress=turns, reference_tr=ref.forget_tr,
                                 reference_auc=ref.muse_auc, batch_size=batch_size, settings=settings,
-                                fingerprint=engine.fingerprint)
+                                fingerprint=engine.fingerprint, reference_tofu_auc=ref.tofu_auc)
     result = replace(result, alpha=float(alpha), beta=float(beta))
     if store is not None:
         store.put(result)

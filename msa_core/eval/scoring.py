@@ -233,30 +233,36 @@ class PairBook:
 
 
 _Encoded = tuple[list[int], list[int]]
-_ENCODINGS: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], _Encoded]] = weakref.WeakKeyDictionary()
+_ENCODINGS: weakref.WeakKeyDictionary[Any, dict[tuple[str, str, Optional[str]], _Encoded]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def encode_qa_cached(tokenizer: Any, question: str, answer: str) -> tuple[list[int], list[int]]:
-    """:func:`msa_core.prompts.encode_qa`, memoised per tokenizer (slider moves re-use encodings)."""
+def encode_qa_cached(
+    tokenizer: Any, question: str, answer: str, prompt_format: Optional[str] = None
+) -> tuple[list[int], list[int]]:
+    """:func:`msa_core.prompts.encode_qa` in ``prompt_format``, memoised per tokenizer (slider moves
+    re-use encodings)."""
     try:
         cache = _ENCODINGS.setdefault(tokenizer, {})
     except TypeError:  # not weak-referenceable
-        return encode_qa(tokenizer, question, answer)
-    key = (question, answer)
+        return encode_qa(tokenizer, question, answer, prompt_format)
+    key = (question, answer, prompt_format)
     if key not in cache:
         if len(cache) > 200_000:
             cache.clear()
-        cache[key] = encode_qa(tokenizer, question, answer)
+        cache[key] = encode_qa(tokenizer, question, answer, prompt_format)
     return cache[key]
 
 
 def answer_probabilities(
-    model: Any, tokenizer: Any, questions: Sequence[str], answers: Sequence[str], *, batch_size: int = 16
+    model: Any, tokenizer: Any, questions: Sequence[str], answers: Sequence[str], *, batch_size: int = 16,
+    prompt_format: Optional[str] = None,
 ) -> list[float]:
     """p(answer | question) = exp(−mean NLL over the answer tokens + EOS), one per pair."""
     if len(questions) != len(answers):
         raise ValueError(f"answer_probabilities: {len(questions)} questions but {len(answers)} answers")
-    pairs = [encode_qa_cached(tokenizer, q, a) for q, a in zip(questions, answers)]
+    pairs = [encode_qa_cached(tokenizer, q, a, prompt_format) for q, a in zip(questions, answers)]
     return score_pairs(model, tokenizer, pairs, batch_size=batch_size).prob
 
 
@@ -275,7 +281,9 @@ def _item_fields(item: ItemLike, i: int) -> tuple[str, str, Sequence[str]]:
     return q, true, list(wrong)
 
 
-def truth_ratios(model: Any, tokenizer: Any, items: Sequence[ItemLike], *, batch_size: int = 16) -> list[float]:
+def truth_ratios(
+    model: Any, tokenizer: Any, items: Sequence[ItemLike], *, batch_size: int = 16, prompt_format: Optional[str] = None
+) -> list[float]:
     """TR = P_pert / P_true per item (true = paraphrased answer if present, else the answer).
 
     ``items``: dicts or objects with question, paraphrased_answer|answer and perturbed_answer(s).
@@ -284,7 +292,7 @@ def truth_ratios(model: Any, tokenizer: Any, items: Sequence[ItemLike], *, batch
     refs = []
     for i, item in enumerate(items):
         q, true, wrong = _item_fields(item, i)
-        wrong_rows = [book.add(*encode_qa_cached(tokenizer, q, w)) for w in wrong]
-        refs.append((book.add(*encode_qa_cached(tokenizer, q, true)), wrong_rows))
+        wrong_rows = [book.add(*encode_qa_cached(tokenizer, q, w, prompt_format)) for w in wrong]
+        refs.append((book.add(*encode_qa_cached(tokenizer, q, true, prompt_format)), wrong_rows))
     scores = score_pairs(model, tokenizer, book.pairs, batch_size=batch_size)
     return [M.truth_ratio(scores.nll[t], [scores.nll[w] for w in ws]) for t, ws in refs]

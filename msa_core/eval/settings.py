@@ -15,13 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from msa_core.eval.data import data_signature
 from msa_core.experiment import Experiment
-from msa_core.prompts import has_chat_template
+from msa_core.prompts import format_name
 
 if TYPE_CHECKING:
     from msa_core.engine import Engine
@@ -43,6 +43,8 @@ class ReferenceStats:
     muse_auc: Optional[float] = None
     tr_source: Optional[str] = None
     auc_source: Optional[str] = None
+    tofu_auc: Optional[float] = None  # the reference's TOFU forget-vs-holdout Min-K% AUC (TOFU PrivLeak)
+    tofu_auc_source: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ class EvalSettings:
     reference_tr: Optional[str] = None
     reference_auc: Optional[str] = None
     model: Optional[dict[str, Any]] = None
+    conventions: Optional[dict[str, str]] = None
+    reference_tofu_auc: Optional[str] = None
     version: int = EVAL_VERSION
     key: str = field(init=False)
 
@@ -89,8 +93,13 @@ class EvalSettings:
         if self.muse is not None:
             out["muse"] = dict(self.muse)
         out["reference"] = {"tr": self.reference_tr, "auc": self.reference_auc}
+        if self.tofu is not None:
+            # TOFU PrivLeak's reference AUC: the reference model's, else open-unlearning's default 0.5.
+            out["reference"]["tofu_auc"] = self.reference_tofu_auc
         if self.model is not None:
             out["model"] = dict(self.model)
+        if self.conventions is not None:
+            out["conventions"] = dict(self.conventions)
         return out
 
     def as_dict(self) -> dict[str, Any]:
@@ -124,9 +133,10 @@ def settings_lookup_key(settings: dict[str, Any]) -> str:
     keyed = {k: v for k, v in settings.items() if k not in _UNKEYED}
     ref = keyed.get("reference")
     ref = ref if isinstance(ref, dict) else {}
+    names = ("tr", "auc", "tofu_auc") if "tofu_auc" in ref else ("tr", "auc")
     keyed["reference"] = {
         name: None if isinstance(ref.get(name), str) and str(ref.get(name)).startswith("model:") else ref.get(name)
-        for name in ("tr", "auc")
+        for name in names
     }
     return settings_key(keyed)
 
@@ -170,12 +180,16 @@ def eval_settings(
     benches = chosen_benchmarks(experiment, benchmark)
     d = experiment.data
     from msa_core.eval.muse import KNOWMEM_MAX_NEW_TOKENS, MINK_K, VERBMEM_MAX_NEW_TOKENS
-    from msa_core.eval.tofu import ROUGE_MAX_NEW_TOKENS
+    from msa_core.eval.tofu import MINK_K as TOFU_MINK_K
+    from msa_core.eval.tofu import OPEN_UNLEARNING_REF_AUC, ROUGE_MAX_NEW_TOKENS
 
     tofu = muse = None
     if "tofu" in benches:
         tofu = {"path": str(d.tofu), "signature": data_signature(d.tofu), "forget_split": d.forget_split,
-                "retain_split": d.retain_split, "rouge_max_new_tokens": ROUGE_MAX_NEW_TOKENS}
+                "retain_split": d.retain_split, "rouge_max_new_tokens": ROUGE_MAX_NEW_TOKENS,
+                "holdout_split": d.holdout_split, "mink_k": TOFU_MINK_K,
+                # forget quality's KS test reads every reference item, whatever the subset (open-unlearning)
+                "forget_quality_reference": "all items"}
     if "muse" in benches:
         muse = {"path": str(d.muse), "signature": data_signature(d.muse), "mink_k": MINK_K,
                 "verbmem_max_new_tokens": VERBMEM_MAX_NEW_TOKENS, "knowmem_max_new_tokens": KNOWMEM_MAX_NEW_TOKENS}
@@ -184,7 +198,7 @@ def eval_settings(
         benchmark=benchmark,
         benchmarks=tuple(benches),
         subset=None if subset is None else int(subset),
-        template="chat" if has_chat_template(tokenizer) else "plain",
+        template=format_name(tokenizer, experiment.prompt_format),
         vocab_size=len(tokenizer),
         max_length=max_length,
         tofu=tofu,
@@ -192,6 +206,8 @@ def eval_settings(
         reference_tr=ref.tr_source,
         reference_auc=ref.auc_source,
         model=None if model is None else dict(model),
+        conventions=experiment.metric_conventions,
+        reference_tofu_auc=(ref.tofu_auc_source or f"default:{OPEN_UNLEARNING_REF_AUC}") if tofu is not None else None,
     )
 
 
@@ -235,5 +251,8 @@ def lookup_settings(engine: Engine, *, tier: str = "fast", benchmark: str = "all
     benches = chosen_benchmarks(exp, benchmark)
     file = reference_file(exp, benches)
     ref = ReferenceStats() if file is None else ReferenceStats(tr_source=reference_file_source(file))
+    if file is None and exp.checkpoints.reference is not None and "tofu" in benches:
+        # the TOFU PrivLeak AUC will come from the reference model (its source leaves the lookup key)
+        ref = replace(ref, tofu_auc_source="model:")
     return eval_settings(exp, engine.tokenizer, tier=tier, benchmark=benchmark, subset=subset,
                          max_length=max_length_for(engine.model), reference=ref, model=engine.model_settings)

@@ -10,6 +10,10 @@ Named points: results of other methods' models on the same experiment (an import
 open-unlearning run, a gradient-based baseline's epoch) carry ``model = "method:<method>/<point>"``
 (:func:`method_model`) and are stored, like side models, under ``"<fingerprint>#method:<method>/<point>"``
 with α = β = 0; :meth:`ResultStore.method_grid` lists them as series for the trade-off plots.
+
+Runs: the points of one experiment stored under one settings key and tier (one sweep, or
+several sweeps with the same settings) form a run (:class:`StoredRun`); :meth:`ResultStore.runs`
+lists them and :meth:`ResultStore.delete_run` removes one (only rows this tool stored live here).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -71,6 +76,30 @@ def split_method_model(model: str) -> Optional[tuple[str, str]]:
         return None
     method, point = model[len(METHOD_PREFIX):].split("/", 1)
     return method, point
+
+
+@dataclass(frozen=True)
+class StoredRun:
+    """The points of one experiment stored under one (tier, settings key): a sweep's run."""
+
+    fingerprint: str
+    tier: str
+    settings_key: str
+    benchmark: str
+    subset: Optional[int]
+    points: int
+    alpha_range: tuple[float, float]
+    beta_range: tuple[float, float]
+    first: float  # time.time() of the oldest point
+    last: float  # … and of the newest
+
+    def label(self) -> str:
+        """A one-line description for a picker: tier, benchmark, items, points, α/β spans, when."""
+        items = "all items" if self.subset is None else f"first {self.subset} items"
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.last))
+        return (f"{self.tier} · {self.benchmark} · {items} · {self.points} points · "
+                f"α {self.alpha_range[0]:g}–{self.alpha_range[1]:g} · β {self.beta_range[0]:g}–{self.beta_range[1]:g}"
+                f" · last {when} · settings {self.settings_key[:8]}")
 
 
 def _coef(x: Optional[float]) -> float:
@@ -172,6 +201,49 @@ class ResultStore:
         with self._connect() as con:
             rows = con.execute(sql + " ORDER BY alpha, beta, tier, created", args).fetchall()
         return [EvalResult.from_json(json.loads(r[0]), where=str(self.path)) for r in rows]
+
+    def runs(self, fingerprint: str, *, tier: Optional[str] = None) -> list[StoredRun]:
+        """The runs stored for ``fingerprint`` (exactly: side models and named points, stored under
+        '<fingerprint>#…', are not included), newest first."""
+        sql = ("SELECT tier, settings_key, COUNT(*), MIN(alpha), MAX(alpha), MIN(beta), MAX(beta), MIN(created),"
+               " MAX(created) FROM results WHERE fingerprint=?")
+        args: list[Any] = [fingerprint]
+        if tier is not None:
+            sql += " AND tier=?"
+            args.append(tier)
+        with self._connect() as con:
+            groups = con.execute(sql + " GROUP BY tier, settings_key ORDER BY MAX(created) DESC", args).fetchall()
+            out = []
+            for tier_, key, n, a0, a1, b0, b1, first, last in groups:
+                bench, payload = con.execute(
+                    "SELECT benchmark, payload FROM results WHERE fingerprint=? AND tier=? AND settings_key=? LIMIT 1",
+                    (fingerprint, tier_, key)).fetchone()
+                subset = json.loads(payload).get("settings", {}).get("subset")
+                out.append(StoredRun(fingerprint, tier_, key, bench, subset, int(n), (a0, a1), (b0, b1), first, last))
+        return out
+
+    def delete_run(self, fingerprint: str, settings_key: str, *, tier: Optional[str] = None) -> int:
+        """Delete the rows of one run (``fingerprint`` exactly, one settings key, one tier or all
+        tiers) in one transaction; returns how many rows went. Side-model and named-point rows
+        (stored under '<fingerprint>#…') are never touched."""
+        sql = "DELETE FROM results WHERE fingerprint=? AND settings_key=?"
+        args: list[Any] = [fingerprint, settings_key]
+        if tier is not None:
+            sql += " AND tier=?"
+            args.append(tier)
+        with self._connect() as con:
+            try:
+                con.execute("BEGIN IMMEDIATE")
+                try:
+                    n = con.execute(sql, args).rowcount
+                    con.execute("COMMIT")
+                except BaseException:
+                    if con.in_transaction:
+                        con.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise OSError(f"results store {self.path}: cannot delete run {settings_key} ({exc})") from None
+        return int(n)
 
     def count(self, fingerprint: Optional[str] = None) -> int:
         """Number of stored rows (of one experiment when given)."""

@@ -1,16 +1,24 @@
-"""α/β grid sweeps through the live engine, resumable through the results store.
+"""α/β grid sweeps through the live engine, resumable through the results store, and
+where to sweep.
 
 :func:`run_sweep` resolves the reference once, then walks the grid in order: a point
 already in the store (same fingerprint, tier and settings) is skipped, every new point
-is written as soon as it is evaluated. An interrupted sweep (Ctrl-C, crash) therefore
-loses at most the point in flight, and a re-run neither repeats nor duplicates points.
+is written as soon as it is evaluated. An interrupted or stopped sweep (Ctrl-C, crash,
+``should_stop``) therefore loses at most the point in flight, and a re-run neither
+repeats nor duplicates points. Its progress messages carry an estimate of the time left.
+
+Where to sweep: :func:`default_grid` puts a first grid around where the trade-off
+happens (from the experiment's ranges and, once points are stored, from where utility
+collapses); :func:`refine_points` adds points where the Pareto front of forgetting vs
+utility bends.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from msa_core.eval.results import EvalResult
 from msa_core.eval.run import ReferenceCache, evaluate, resolve_reference
@@ -25,6 +33,17 @@ if TYPE_CHECKING:
 _DIGITS = 10
 # Slack when counting the points of start:stop:step, so 0:1:0.1 keeps its stop despite float error.
 _COUNT_SLACK = 1e-9
+# Where the trade-off happens before anything is stored: α = 1 subtracts the whole forget
+# fine-tune and β = 1 adds the whole retain fine-tune. On the demo (README's 5×3 sweep) and in
+# the MSA paper, forgetting is complete by α ≈ 1–1.5 and utility falls apart past α ≈ 2, while
+# β beyond 1 mostly costs forgetting; so the first grid spans α ∈ [0, 2], β ∈ [0, 1].
+NATURAL_ALPHA_SPAN = 2.0
+NATURAL_BETA_SPAN = 1.0
+# Utility has "collapsed" below this share of the corrupted model's (α = min) utility: the
+# default grid stops at the first α where every stored β is below it.
+COLLAPSE_SHARE = 0.5
+# Round steps: a grid step is the smallest of (1, 2, 2.5, 5) × 10^k that keeps the count.
+_NICE_STEPS = (1.0, 2.0, 2.5, 5.0)
 
 
 def _number(text: str, name: str, whole: str) -> float:
@@ -90,11 +109,140 @@ def grid_points(alphas: Iterable[float], betas: Iterable[float]) -> list[tuple[f
     return out
 
 
+def _nice_values(low: float, high: float, max_count: int) -> list[float]:
+    """low, low + step, …, high with a round step and at most ``max_count`` values (both ends kept)."""
+    if high <= low or max_count < 2:
+        return [float(f"{low:.{_DIGITS}g}")]
+    raw = (high - low) / (max_count - 1)
+    exp = math.floor(math.log10(raw))
+    step = next(m * 10.0 ** e for e in (exp, exp + 1) for m in _NICE_STEPS if m * 10.0 ** e >= raw * (1 - 1e-9))
+    count = math.floor((high - low) / step + _COUNT_SLACK) + 1
+    values = [low + i * step for i in range(count)]
+    if high - values[-1] > step * 1e-6:
+        values.append(high)
+    return sorted({float(f"{v:.{_DIGITS}g}") for v in values})
+
+
+def default_grid(
+    alpha_range: tuple[float, float],
+    beta_range: tuple[float, float],
+    stored: Sequence[tuple[float, float, float]] = (),
+    *,
+    n_alpha: int = 9,
+    n_beta: int = 3,
+) -> tuple[list[float], list[float]]:
+    """A first sweep grid (α values, β values) around where the trade-off happens.
+
+    Without ``stored`` points: α over [low, low + NATURAL_ALPHA_SPAN] and β over
+    [low, low + NATURAL_BETA_SPAN], clipped to the experiment's ranges. With ``stored``
+    (α, β, utility) triples of at least two α values: α runs up to the first α where the
+    best utility over β falls below COLLAPSE_SHARE × the utility at the smallest stored α
+    (so the collapse edge is in view, the collapsed region beyond is not), or, when utility
+    never collapses there, up to 1.5 × the largest stored α. Round steps, at most
+    ``n_alpha`` / ``n_beta`` values each."""
+    a_lo, a_hi = float(alpha_range[0]), float(alpha_range[1])
+    b_lo, b_hi = float(beta_range[0]), float(beta_range[1])
+    a_top = min(a_hi, a_lo + NATURAL_ALPHA_SPAN)
+    pts = [(float(a), float(b), float(u)) for a, b, u in stored if all(math.isfinite(float(v)) for v in (a, b, u))]
+    by_alpha: dict[float, float] = {}
+    for a, _b, u in pts:
+        by_alpha[a] = max(u, by_alpha.get(a, -math.inf))
+    if len(by_alpha) >= 2:
+        alphas = sorted(by_alpha)
+        base = by_alpha[alphas[0]]
+        collapsed = next((a for a in alphas[1:] if by_alpha[a] < COLLAPSE_SHARE * base), None) if base > 0 else None
+        a_top = collapsed if collapsed is not None else max(a_top, 1.5 * alphas[-1])
+        a_top = min(a_hi, max(a_top, a_lo))
+    b_top = min(b_hi, b_lo + NATURAL_BETA_SPAN)
+    return _nice_values(a_lo, a_top, n_alpha), _nice_values(b_lo, b_top, n_beta)
+
+
+def _front_indices(xs: Sequence[float], ys: Sequence[float]) -> list[int]:
+    """Indices of the points not dominated when x and y are both maximised, sorted by x."""
+    order = sorted(range(len(xs)), key=lambda i: (-xs[i], -ys[i]))
+    front, best_y = [], -math.inf
+    for i in order:
+        if ys[i] > best_y:
+            front.append(i)
+            best_y = ys[i]
+    return sorted(front, key=lambda i: xs[i])
+
+
+def _key(a: float, b: float) -> tuple[float, float]:
+    return float(f"{a:.{_DIGITS}g}"), float(f"{b:.{_DIGITS}g}")
+
+
+def refine_points(
+    rows: Sequence[tuple[float, float, float, float]],
+    *,
+    max_new: int = 6,
+    min_step: float = 0.01,
+) -> list[tuple[float, float]]:
+    """New (α, β) points where the Pareto front of stored points bends, most bent first.
+
+    ``rows`` are (α, β, x, y) with x and y both to be maximised (pass log10 forget quality
+    and utility, or a negated lower-is-better metric). The front is scaled to [0, 1] on both
+    axes; each interior front point's bend is the turning angle between its two front
+    segments, and the midpoints (in α, β) to both front neighbours of the most bent points
+    are proposed first, then the midpoints of the longest front segments. A midpoint already
+    stored, proposed, or closer than ``min_step`` in α and β to its ends is skipped."""
+    pts = [(float(a), float(b), float(x), float(y)) for a, b, x, y in rows
+           if all(math.isfinite(float(v)) for v in (a, b, x, y))]
+    existing = {_key(a, b) for a, b, _x, _y in pts}
+    front = [pts[i] for i in _front_indices([p[2] for p in pts], [p[3] for p in pts])]
+    if len(front) < 2:
+        return []
+    xs, ys = [p[2] for p in front], [p[3] for p in front]
+    span_x, span_y = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    norm = [((x - min(xs)) / span_x, (y - min(ys)) / span_y) for x, y in zip(xs, ys)]
+    bends = []
+    for i in range(1, len(front) - 1):
+        (x0, y0), (x1, y1), (x2, y2) = norm[i - 1], norm[i], norm[i + 1]
+        u, v = (x1 - x0, y1 - y0), (x2 - x1, y2 - y1)
+        bends.append((abs(math.atan2(u[0] * v[1] - u[1] * v[0], u[0] * v[0] + u[1] * v[1])), i))
+    pairs: list[tuple[int, int]] = []
+    for _angle, i in sorted(bends, reverse=True):
+        pairs += [(i - 1, i), (i, i + 1)]
+    segments = sorted(range(len(front) - 1), key=lambda i: -math.dist(norm[i], norm[i + 1]))
+    pairs += [(i, i + 1) for i in segments]
+    out: list[tuple[float, float]] = []
+    for i, j in pairs:
+        (a0, b0, *_), (a1, b1, *_) = front[i], front[j]
+        if abs(a1 - a0) < min_step and abs(b1 - b0) < min_step:
+            continue
+        mid = _key((a0 + a1) / 2, (b0 + b1) / 2)
+        if mid in existing:
+            continue
+        existing.add(mid)
+        out.append(mid)
+        if len(out) >= max_new:
+            break
+    return out
+
+
+def eta_text(seconds: float) -> str:
+    """'about 40 s left', 'about 3 min left' (for progress messages)."""
+    if seconds < 90:
+        return f"about {max(1, round(seconds))} s left"
+    return f"about {round(seconds / 60)} min left"
+
+
 def run_sweep(
     engine: Engine,
     store: ResultStore,
     alphas: Sequence[float],
     betas: Sequence[float],
+    **kwargs: Any,
+) -> list[EvalResult]:
+    """Evaluate every (α, β) of the grid ``alphas`` × ``betas`` not yet stored (row-major);
+    see :func:`run_points` for the keyword arguments and what is returned."""
+    return run_points(engine, store, grid_points(alphas, betas), **kwargs)
+
+
+def run_points(
+    engine: Engine,
+    store: ResultStore,
+    points: Sequence[tuple[float, float]],
     *,
     tier: str = "fast",
     benchmark: str = "all",
@@ -103,14 +251,19 @@ def run_sweep(
     on_point: Optional[Callable[[EvalResult, bool], None]] = None,
     batch_size: int = 16,
     reference_cache: Optional[ReferenceCache] = None,
+    should_stop: Optional[Callable[[], bool]] = None,
 ) -> list[EvalResult]:
-    """Evaluate every (α, β) of the grid not yet stored; returns all grid results in order.
+    """Evaluate every (α, β) of ``points`` (any set, e.g. :func:`refine_points`'s) not yet stored;
+    returns all their results in order.
 
     ``on_point(result, was_stored)`` is called for every point as it is done (``was_stored``
     is True for a point found in the store). Coefficients are validated before any work.
     The reference is resolved once per sweep (through ``reference_cache`` when given).
+    ``should_stop()`` is asked before each point: when it returns True the sweep stops and
+    returns the results so far (every evaluated point is already stored; a re-run resumes).
+    Progress messages estimate the time left from the mean time of the points evaluated so far.
     """
-    points = grid_points(alphas, betas)
+    points = list(dict.fromkeys(_key(float(a), float(b)) for a, b in points))  # in order, no duplicates
     if not points:
         raise ValueError("the sweep grid is empty")
     for a, b in points:
@@ -122,7 +275,13 @@ def run_sweep(
                              max_length=max_length_for(engine.model), reference=ref, model=engine.model_settings)
     key = settings.key
     results: list[EvalResult] = []
+    todo = sum(not store.has(engine.fingerprint, a, b, tier, key) for a, b in points)
+    spent, evaluated = 0.0, 0
     for n, (a, b) in enumerate(points):
+        if should_stop is not None and should_stop():
+            report(progress, 0.05 + 0.95 * n / len(points),
+                   f"sweep stopped after {n} of {len(points)} points (stored; run again to resume)")
+            return results
         lo, hi = 0.05 + 0.95 * n / len(points), 0.05 + 0.95 * (n + 1) / len(points)
         stored = store.get(engine.fingerprint, a, b, tier, key)
         if stored is not None:
@@ -131,11 +290,15 @@ def run_sweep(
             if on_point is not None:
                 on_point(stored, True)
             continue
+        started = time.perf_counter()
         res = evaluate(engine, a, b, tier=tier, benchmark=benchmark, subset=subset,
                        progress=sub_progress(progress, lo, hi), reference=ref, batch_size=batch_size)
         store.put(res)
+        spent, evaluated = spent + time.perf_counter() - started, evaluated + 1
         results.append(res)
-        report(progress, hi, f"α={a:g} β={b:g}: done ({n + 1}/{len(points)})")
+        left = todo - evaluated
+        eta = f", {eta_text(spent / evaluated * left)}" if left > 0 else ""
+        report(progress, hi, f"α={a:g} β={b:g}: done ({n + 1}/{len(points)}{eta})")
         if on_point is not None:
             on_point(res, False)
     report(progress, 1.0, f"sweep done: {len(points)} points")

@@ -7,6 +7,7 @@ and later the gradient-based baselines and the relearning attack).
 - :mod:`.trainer` — the ``transformers.Trainer`` subclass with the objective hook, callbacks.
 - :mod:`.train` — :class:`TrainConfig` (the reference recipe's defaults) and :func:`finetune`
   (fp32 master weights, atomic output with a card, reuse by fingerprint, resume after a kill).
+- :mod:`.in_memory` — :func:`train_model`: the same training on a model held in memory (no folders).
 """
 
 from msa_core.finetune.data import (
@@ -18,6 +19,7 @@ from msa_core.finetune.data import (
     retain_ft_indices,
     text_data,
 )
+from msa_core.finetune.in_memory import TrainedInMemory, train_model
 from msa_core.finetune.train import CARD, FinetuneOutOfMemory, FinetuneResult, TrainConfig, finetune, read_card
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
     "FinetuneOutOfMemory",
     "FinetuneResult",
     "TrainConfig",
+    "TrainedInMemory",
     "TrainingData",
     "finetune",
     "load_training_data",
@@ -34,4 +37,5 @@ __all__ = [
     "read_card",
     "retain_ft_indices",
     "text_data",
+    "train_model",
 ]

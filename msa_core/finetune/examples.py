@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
@@ -35,12 +35,12 @@ class Example:
 
 
 def qa_examples(
-    tokenizer: PreTrainedTokenizerBase, data: TrainingData, max_length: int
+    tokenizer: PreTrainedTokenizerBase, data: TrainingData, max_length: int, prompt_format: Optional[str] = None
 ) -> list[Example]:
-    """One example per QA pair: prompt masked, answer + EOS trained."""
+    """One example per QA pair in ``prompt_format`` (:mod:`msa_core.prompts`): prompt masked, answer + EOS trained."""
     out = []
     for i, (q, a) in enumerate(data.pairs):
-        p_ids, a_ids = encode_qa(tokenizer, q, a)
+        p_ids, a_ids = encode_qa(tokenizer, q, a, prompt_format)
         ids = p_ids + a_ids
         if len(ids) > max_length:
             raise ValueError(
@@ -69,12 +69,15 @@ def text_examples(
 
 
 def build_examples(
-    tokenizer: PreTrainedTokenizerBase, data: Sequence[TrainingData], max_length: int
+    tokenizer: PreTrainedTokenizerBase, data: Sequence[TrainingData], max_length: int,
+    prompt_format: Optional[str] = None,
 ) -> list[Example]:
-    """Every set of ``data`` as examples, in order (the Trainer's sampler shuffles them)."""
+    """Every set of ``data`` as examples, in order (the Trainer's sampler shuffles them); QA pairs in
+    ``prompt_format`` (default "auto")."""
     out: list[Example] = []
     for d in data:
-        out.extend(qa_examples(tokenizer, d, max_length) if d.kind == "qa" else text_examples(tokenizer, d, max_length))
+        out.extend(qa_examples(tokenizer, d, max_length, prompt_format) if d.kind == "qa"
+                   else text_examples(tokenizer, d, max_length))
     if not out:
         raise ValueError(f"no training examples in {', '.join(d.name for d in data) or 'the data'}")
     return out

@@ -235,6 +235,22 @@ def _oom_advice(config: TrainConfig) -> str:
 # ---------------------------------------------------------------- the run
 
 
+def uses_bf16_autocast(config: TrainConfig) -> bool:
+    """Whether forward/backward run under bf16 autocast: ``precision="bf16"``, or "auto" on a bf16 GPU."""
+    return config.precision == "bf16" or (
+        config.precision == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    )
+
+
+def schedule_steps(n_examples: int, config: TrainConfig, processes: int = 1) -> tuple[int, int]:
+    """(optimizer steps per epoch, warm-up steps) for ``n_examples`` examples under ``config``."""
+    batches = math.ceil(n_examples / (config.batch_size * processes))
+    # Optimizer steps per epoch, counted as the Trainer counts them (a short last accumulation counts).
+    steps_per_epoch = batches // config.grad_accum + int(batches % config.grad_accum > 0)
+    # The reference's warmup_steps = int(warmup_epochs × steps per epoch).
+    return steps_per_epoch, int(config.warmup_epochs * steps_per_epoch)
+
+
 def _training_args(work: Path, config: TrainConfig, warmup_steps: int, use_bf16: bool) -> Any:
     from transformers import TrainingArguments
 
@@ -308,15 +324,8 @@ def finetune(
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
     try:
-        use_bf16 = config.precision == "bf16" or (
-            config.precision == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        )
-        per_step = config.batch_size * state.num_processes
-        batches = math.ceil(len(examples) / per_step)
-        # Optimizer steps per epoch, counted as the Trainer counts them (a short last accumulation counts).
-        steps_per_epoch = batches // config.grad_accum + int(batches % config.grad_accum > 0)
-        # The reference's warmup_steps = int(warmup_epochs × steps per epoch).
-        warmup_steps = int(config.warmup_epochs * steps_per_epoch)
+        use_bf16 = uses_bf16_autocast(config)
+        steps_per_epoch, warmup_steps = schedule_steps(len(examples), config, state.num_processes)
         # Arguments before the model: under a DeepSpeed ZeRO-3 launch they make from_pretrained
         # load the weights partitioned instead of whole on every process.
         args = _training_args(work, config, warmup_steps, use_bf16)
