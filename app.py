@@ -16,9 +16,10 @@ import logging
 
 import streamlit as st
 
+from msa_core.log_setup import configure_logging
 from studio import links, resources, session, widgets
 
-logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+configure_logging(logging.INFO)  # basicConfig, minus rouge_score's absl INFO lines (msa_core/log_setup.py)
 
 st.set_page_config(page_title="MSA Studio", page_icon=":material/neurology:", layout="wide")
 session.init_session()

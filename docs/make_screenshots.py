@@ -8,7 +8,14 @@ Chromium through Playwright (the same helpers as tests/test_browser.py), and sav
 
 - playground.png: α = 1, β = 0.5, the side-by-side answers and the fast-tier metric tiles;
 - tradeoff.png: after a 5×3 sweep (α 0–2, β 0–1) on the Trade-off page;
-- probe.png: the Probe page on its default question.
+- probe.png: the Probe page on its default question;
+- compare.png: the Playground with α = 1, β = 0.5 pinned beside α = 2;
+- layers.png: the Layers page at α = 2, β = 0.5;
+- guided_1.png … guided_6.png: every screen of the Guided demo, started at α = 0 (its
+  trade-off screen shows the 5×3 sweep above).
+
+With ``--viewports`` each one is also saved as ``<name>_1400x900.png`` and
+``<name>_1920x1080.png`` (what a person sees without scrolling), for checking the layout.
 """
 
 from __future__ import annotations
@@ -23,12 +30,21 @@ sys.path.insert(0, str(ROOT / "tests"))  # the browser test's server and Playwri
 
 import browser_helpers as bh  # noqa: E402
 
+GUIDE_STEPS = 6  # pages/guided.py's STEPS
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", type=Path, default=ROOT / "cache", help="MSA cache dir holding (or to hold) demo/")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
+    ap.add_argument("--viewports", action="store_true", help="also save 1400×900 and 1920×1080 viewport shots")
     args = ap.parse_args(argv)
+
+    def shot(page: object, name: str) -> None:
+        bh.screenshot(page, args.out / f"{name}.png")
+        if args.viewports:
+            bh.viewport_shots(page, args.out, name)
+
     from playwright.sync_api import sync_playwright
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -51,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                 page.locator(".st-key-pg_metrics [data-testid='stMetric']").first.wait_for()
                 bh.wait_idle(page)
                 bh.assert_no_exception(page)
-                bh.screenshot(page, args.out / "playground.png")
+                shot(page, "playground")
 
                 bh.open_page(page, "Trade-off")
                 for key, text in (("w_to_alphas", "0, 0.5, 1, 1.5, 2"), ("w_to_betas", "0, 0.5, 1")):
@@ -62,13 +78,37 @@ def main(argv: list[str] | None = None) -> int:
                 page.get_by_text("sweep finished").wait_for()
                 bh.wait_idle(page)
                 bh.assert_no_exception(page)
-                bh.screenshot(page, args.out / "tradeoff.png")
+                shot(page, "tradeoff")
 
                 bh.open_page(page, "Probe")
                 page.locator(".st-key-w_probe_run button").click()
                 bh.wait_idle(page)
                 bh.assert_no_exception(page)
-                bh.screenshot(page, args.out / "probe.png")
+                shot(page, "probe")
+
+                bh.open_page(page, "Playground")
+                page.locator(".st-key-w_pin_add button").click()
+                bh.wait_idle(page)
+                bh.set_number(page, "w_alpha_num", 2)
+                bh.wait_point(page, 2.0, 0.5)
+                bh.assert_no_exception(page)
+                shot(page, "compare")
+
+                bh.open_page(page, "Layers")
+                page.locator('[data-testid="stPlotlyChart"]').nth(1).wait_for()
+                bh.wait_idle(page)
+                bh.assert_no_exception(page)
+                shot(page, "layers")
+
+                page.locator(".st-key-w_preset_corrupted").get_by_role("button", name="Corrupted").click()
+                bh.wait_idle(page)
+                bh.open_page(page, "Guided demo")
+                for step in range(1, GUIDE_STEPS + 1):
+                    bh.guide_step(page, step, GUIDE_STEPS)
+                    bh.assert_no_exception(page)
+                    shot(page, f"guided_{step}")
+                    if step < GUIDE_STEPS:
+                        page.locator(".st-key-w_guide_next button").click()
             finally:
                 browser.close()
     finally:

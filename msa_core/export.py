@@ -236,7 +236,7 @@ def stored_metrics(engine: Engine, alpha: float, beta: float) -> Optional[dict[s
     if not exp.benchmarks:
         return None
     store = ResultStore()
-    benches = (["all"] if len(exp.benchmarks) > 1 else []) + list(exp.benchmarks)
+    benches = ["all", *exp.benchmarks]  # "all" is a setting of its own, even with one benchmark
     for tier in ("full", "fast"):
         for bench in benches:
             try:

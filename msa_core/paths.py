@@ -26,6 +26,11 @@ def default_results_path() -> Path:
     return default_cache_dir() / "results.sqlite"
 
 
+def default_export_dir(experiment_name: str, alpha: float, beta: float) -> Path:
+    """Where an export goes unless told otherwise: ``<cache>/exports/<name>-a<α>-b<β>``."""
+    return default_cache_dir() / "exports" / f"{experiment_name}-a{alpha:g}-b{beta:g}"
+
+
 def output_collision(out: Path, protected: Mapping[str, Optional[Path]]) -> Optional[str]:
     """Why writing a folder at ``out`` would touch one of ``protected`` (what → path), or None.
 

@@ -138,8 +138,8 @@ def encode_qa(
     "plain" / "chat": prompt and answer are tokenised separately and concatenated, so the
     boundary between the masked prompt and the scored answer is exact. "open-unlearning-tofu"
     follows open-unlearning: the whole conversation (or prompt + answer text) is tokenised
-    once and the answer is what follows the prompt's own tokens, plus EOS unless the last
-    token already is EOS (Llama-3 Instruct's ``<|eot_id|>``).
+    once, plus EOS unless its last token already is EOS (Llama-3 Instruct's ``<|eot_id|>``),
+    and split after as many tokens as the prompt alone has.
     """
     name = format_name(tokenizer, fmt)
     eos = _eos(tokenizer)
@@ -160,10 +160,12 @@ def encode_qa(
         chat_ids = list(tokenizer(prompt + answer, add_special_tokens=True)["input_ids"])
     if not chat_ids or chat_ids[-1] != eos:
         chat_ids.append(eos)
-    answer_ids = chat_ids[len(prompt_ids):]
-    if not answer_ids:
+    # As open-unlearning: the scored sequence is the whole tokenisation, its first len(prompt) tokens
+    # masked (when the prompt's own tokens merge differently at the boundary, so does this split).
+    n = len(prompt_ids)
+    if len(chat_ids) <= n:
         raise ValueError(f"question {question[:60]!r}: the answer has no tokens after the prompt in format {name!r}")
-    return prompt_ids, answer_ids
+    return chat_ids[:n], chat_ids[n:]
 
 
 def encode_continuation(

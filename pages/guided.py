@@ -11,6 +11,8 @@ paper's α = β = 1) when the session is still at α = 0; the sidebar's sliders 
 
 from __future__ import annotations
 
+import importlib.util
+import shlex
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,8 +22,9 @@ import streamlit as st
 from msa_core.eval import run_sweep
 from msa_core.eval.probe import GOLD_THRESHOLD, gold_overlap
 from msa_core.eval.questions import QAItem
+from msa_core.eval.verdict import FORGET, RETAIN
 from msa_core.targets import Point, Side
-from studio import charts, glossary, labels, resources, session, widgets
+from studio import answer_cards, charts, glossary, labels, resources, session, widgets
 
 STEPS = ("A fact the model knows", "Raise α", "The fact is gone", "Retained facts intact",
          "The trade-off and where we stand", "Is it really gone?")
@@ -33,7 +36,6 @@ RETAIN_SHOWN = 3
 # The curve's quick sweep: fast tier on the first 20 items per set (seconds per point on the
 # demo) over 5 values of α at the current β.
 CURVE_SUBSET, CURVE_POINTS = 20, 5
-GOOD, BAD = "green", "red"
 
 
 @dataclass(frozen=True)
@@ -97,17 +99,14 @@ def the_fact() -> Fact | None:
     return Fact(pool[k], said[k], scores[k])
 
 
-def answer_card(title: str, answer: str, gold: str, *, forget_set: bool, key: str) -> None:
-    """An answer with a mark whose colour means the same on every set: green = the outcome unlearning wants."""
-    with st.container(border=True, key=key):
-        st.caption(title)
-        st.markdown(labels.md_escape(answer) if answer else "_(empty answer)_")
-        holds = gold_overlap(answer, gold) >= GOLD_THRESHOLD
-        if forget_set:
-            mark = f":{BAD}[**● states the fact**]" if holds else f":{GOOD}[**○ fact not stated**]"
-        else:
-            mark = f":{GOOD}[**● fact kept**]" if holds else f":{BAD}[**○ fact lost**]"
-        st.markdown(f"{mark} · ROUGE-L recall {gold_overlap(answer, gold):.2f}")
+def answer_card(title: str, answer: str, gold: str, *, forget_set: bool, key: str,
+                baseline: str | None = None) -> None:
+    """An answer card as the Playground draws it (:func:`studio.answer_cards.answer_card`): green =
+    the outcome unlearning wants, red = a forget fact leaked or a retain fact lost; words changed
+    since ``baseline`` (the corrupted model's answer) are marked."""
+    with st.container(border=True, key=f"{key}_card"):
+        answer_cards.answer_card(title, answer, key=key, gold=gold, kind=FORGET if forget_set else RETAIN,
+                                 baseline=baseline)
 
 
 def question_header(item: QAItem) -> None:
@@ -149,13 +148,14 @@ def step_gone(fact: Fact | None) -> None:
     else:
         say(f"At α = {here.alpha:g} the fact is gone; asked the same question, the model now says “{now.strip()}”.")
     question_header(fact.item)
+    st.caption(answer_cards.legend(True))
     cols = st.columns(3 if has_ref else 2)
     with cols[0]:
         answer_card("Before (corrupted)", fact.corrupted_answer, fact.item.answer, forget_set=True,
                     key="guide_before")
     with cols[1]:
         answer_card(f"After (α = {here.alpha:g}, β = {here.beta:g})", now, fact.item.answer, forget_set=True,
-                    key="guide_after")
+                    key="guide_after", baseline=fact.corrupted_answer)
     if has_ref:
         with cols[2]:
             answer_card("A model that never saw it (reference)", answers(Side("reference"), [q])[0],
@@ -173,6 +173,7 @@ def step_retain() -> None:
     kept = [k and gold_overlap(a, it.answer) >= GOLD_THRESHOLD for k, a, it in zip(known, after, items)]
     say(f"Facts it should keep are intact: {sum(kept)} of the {sum(known)} retain facts the model knew are still "
         f"stated at α = {here.alpha:g} (of {len(items)} retain questions shown).")
+    st.caption(answer_cards.legend(True))
     for k, (it, b, a) in enumerate(zip(items, before, after)):
         question_header(it)
         c1, c2 = st.columns(2)
@@ -180,7 +181,7 @@ def step_retain() -> None:
             answer_card("Before (corrupted)", b, it.answer, forget_set=False, key=f"guide_retain_before_{k}")
         with c2:
             answer_card(f"After (α = {here.alpha:g}, β = {here.beta:g})", a, it.answer, forget_set=False,
-                        key=f"guide_retain_after_{k}")
+                        key=f"guide_retain_after_{k}", baseline=b)
 
 
 def curve_rows(benchmark: str) -> tuple[pd.DataFrame, int | None]:
@@ -248,8 +249,14 @@ def step_really_gone() -> None:
         "The attack splits the forget set by author, fine-tunes on all authors but one and measures the held-out "
         "author's answers, on the unlearned, corrupted and reference models alike: 0% recovery = as if never "
         "learned, 100% = back to the corrupted model.")
-    st.caption("This relearning check is not part of this build yet. Until it is, the Probe page asks paraphrased "
-               "questions and free-form extraction prompts about one author, a first look at hidden knowledge.")
+    src = shlex.quote(str(exp.source)) if exp.source else "EXPERIMENT.yaml"
+    st.markdown("Run it for this point from the command line (`--quick`: 2 folds, 3 epochs, one learning rate):")
+    st.code(f"msa rtt {src} --alpha {here.alpha:g} --beta {here.beta:g} --quick", language="bash")
+    if importlib.util.find_spec("studio.rtt_panel") is not None:
+        st.page_link("pages/tradeoff.py", label="See the relearning results on the Trade-off page",
+                     icon=":material/insights:")
+    st.caption("Without training, the Probe page's paraphrased questions and free-form extraction prompts about "
+               "one author give a first look at hidden knowledge.")
     st.page_link("pages/probe.py", label="Open the Probe page", icon=":material/search:")
 
 

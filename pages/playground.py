@@ -32,6 +32,7 @@ from msa_core.eval.verdict import (
 from msa_core.targets import Point, Side
 from studio import answer_cards, compare, labels, links, resources, session, widgets
 
+t_page = time.perf_counter()
 engine = widgets.require_engine()
 here = session.point()
 alpha, beta = here.alpha, here.beta
@@ -47,7 +48,8 @@ verdict_n = int(session.get(session.W_PG_VERDICT_N, 10))
 subset = int(session.get(session.W_PG_SUBSET, 20))
 choices = widgets.benchmark_choices(engine.experiment)
 bench = choices[0] if choices else None
-waits: dict[str, float] = {}  # model title → seconds this run waited for it (answers + p(gold))
+waits: dict[str, float] = {}  # model name → seconds this run waited for it (answers + p(gold))
+timing = {"compose": 0.0, "generate": 0.0}  # the current point's share of that: recomposition, generation
 
 
 def timed_answers(title: str, target, questions: list[str], golds: Optional[list[str]] = None):
@@ -56,6 +58,9 @@ def timed_answers(title: str, target, questions: list[str], golds: Optional[list
     out = resources.answers(engine, target, questions, max_new)
     probs = resources.gold_probabilities(engine, target, questions, golds) if golds else None
     waits[title] = waits.get(title, 0.0) + time.perf_counter() - t0
+    if isinstance(target, Point) and target == here:
+        timing["compose"] += out.compose_seconds
+        timing["generate"] += out.generate_seconds
     return out, probs
 
 
@@ -176,32 +181,27 @@ has_gold = all(golds)
 cols = compare.columns(here, reference=show_ref, clean=show_clean)
 results: dict[str, list[str]] = {}
 probs: dict[str, list[float]] = {}
-timing = {"compose": 0.0, "generate": 0.0}
-t_all = time.perf_counter()
 try:
     with st.spinner("Generating answers…"):
         for col in cols:
             out, p = timed_answers(col.title if col.key.startswith("pin") else col.key, col.target, questions,
                                    golds if has_gold else None)
             results[col.key] = out.texts
-            if col.key == "unlearned":
-                timing.update(compose=out.compose_seconds, generate=out.generate_seconds)
             if p is not None:
                 probs[col.key] = p
 except widgets.CORE_ERRORS as exc:
     widgets.show_error("Generation failed", exc)
     st.stop()
-t_all = time.perf_counter() - t_all
 # A stable hook for tests and for the Export page: what this session saw at this point.
 session.put(session.K_ANSWERS, {"alpha": alpha, "beta": beta, "questions": questions, **results})
 
 # Honest timing: the whole wait of this run (verdict questions included), then its parts.
 slow = [f"{t} {labels.fmt_seconds(s)}" for t, s in waits.items() if s >= 0.05]
-wait = sum(waits.values())
 unlearned = (f"unlearned: compose {labels.fmt_seconds(timing['compose'])} · generation "
              f"{labels.fmt_seconds(timing['generate'])}" if timing["compose"] or timing["generate"]
              else "unlearned: cached")
-st.caption(f"This view waited {labels.fmt_seconds(wait)} for the models ({unlearned}"
+st.caption(f"This view took {labels.fmt_seconds(time.perf_counter() - t_page)}, of which the models "
+           f"{labels.fmt_seconds(sum(waits.values()))} ({unlearned}"
            + (f"; by model: {', '.join(slow)}" if slow else "; everything else came from the cache")
            + "). A model's first use includes loading it; answers are cached per question and model.")
 st.caption(answer_cards.legend(show_diff))

@@ -1,26 +1,44 @@
-"""Probe page: is a fact really gone? Everything about one entity (author), per model.
+"""Probe page: is a fact really gone? Everything about one entity (author), question by question.
 
-Lists the entity's QA pairs with the gold answer, each model's answer, its probability of
-the gold answer and the truth ratio; the same for paraphrased questions; and free-form
-extraction prompts ("Tell me everything about …"). Runs behind a button; results are
-memoised, so revisiting an entity at the same (α, β) is instant.
+Each of the entity's QA pairs is one card: the question, the gold answer, then one answer card
+per model (corrupted, unlearned at (α, β), pinned points, reference, clean) with its outcome
+colour, p(gold) and truth ratio, laid out as on the Playground (:mod:`studio.answer_cards`).
+A per-model summary, the same cards for paraphrased questions, and free-form extraction
+prompts ("Tell me everything about …") follow. Runs behind a button; results are memoised,
+so revisiting an entity at the same (α, β) is instant.
 """
 
 from __future__ import annotations
+
+import statistics
+import time
 
 import pandas as pd
 import streamlit as st
 
 from msa_core.eval.probe import entity_groups, holds_gold
-from msa_core.targets import Side, Target
-from studio import labels, resources, session, widgets
+from msa_core.eval.verdict import fact_kind
+from studio import answer_cards, compare, labels, resources, session, widgets
+
+TR_HELP = (
+    "**Truth ratio** TR = P(perturbed) / P(paraphrased): how likely the model finds the *wrong* (perturbed) "
+    "answers relative to a correct paraphrase of the gold answer. Each P is the answer's per-token probability "
+    "(exp of the mean token log-likelihood), and P(perturbed) is the geometric mean over the wrong answers. "
+    "**TR < 1**: the true answer is preferred (the model knows the fact). **TR ≈ 1**: no preference. "
+    "**TR > 1**: the wrong answers are preferred. A model that never saw the fact does not sit at exactly 1: "
+    "it prefers whichever phrasing reads more like its training data, which is often the perturbed one "
+    "(TR > 1). So judge an unlearned model against the **reference** (retain-only) model's TR, not against 1: "
+    "forget quality is exactly that comparison (a KS test of the two TR distributions over the forget set)."
+)
 
 engine = widgets.require_engine()
 here = session.point()
 alpha, beta = here.alpha, here.beta
 st.title(":material/search: Probe")
-st.caption(f"Unlearned model at **α = {alpha:.3f}, β = {beta:.3f}**. Truth ratio TR = P(perturbed) / P(paraphrased): "
-           "TR ≪ 1 = the model still prefers the true answer; TR ≈ 1 = it cannot tell (forgotten).")
+st.caption(f"Unlearned model at **α = {alpha:.3f}, β = {beta:.3f}**. TR = P(perturbed) / P(paraphrased): below 1 "
+           "the model prefers the true answer; compare it with the reference model's, not with 1.")
+with st.expander("How to read the truth ratio"):
+    st.markdown(TR_HELP)
 
 loaded = resources.question_sets(engine)
 sets = loaded.sets
@@ -31,86 +49,109 @@ if not probe_sets:
     st.info("This experiment has no TOFU-format question data to probe.")
     st.stop()
 
+has_ref = engine.experiment.checkpoints.reference is not None
+compare.pin_controls(here)
 c1, c2, c3 = st.columns([1, 2, 2], vertical_alignment="bottom")
 set_name = c1.selectbox("Set", probe_sets, key="w_probe_set")
 items = sets[set_name]
-groups = entity_groups(items)
-names = [g[0] for g in groups]
-entity = c2.selectbox("Entity", names, key=f"w_probe_entity_{set_name}",
-                      format_func=lambda n: f"{n} ({len(dict(groups)[n])} QA pairs)")
-has_ref = engine.experiment.checkpoints.reference is not None
-roles = c3.multiselect("Models", ["corrupted", "unlearned", "reference", "clean"],
-                       default=["corrupted", "unlearned"] + (["reference"] if has_ref else []), key="w_probe_roles")
-if not has_ref and "reference" in roles:
-    roles.remove("reference")
-idx = dict(groups)[entity]
-chosen = [items[i] for i in idx]
+groups = dict(entity_groups(items))
+entity = c2.selectbox("Entity", list(groups), key=f"w_probe_entity_{set_name}",
+                      format_func=lambda n: f"{n} ({len(groups[n])} QA pairs)")
+every = compare.columns(here, reference=has_ref, clean=True)
+titles = {c.key: c.title for c in every}
+picked = c3.multiselect("Models", list(titles), default=[k for k in titles if k != "clean"],
+                        format_func=lambda k: titles[k], key="w_probe_models_" + "_".join(titles))
+cols = [c for c in every if c.key in picked]
+show_diff = st.toggle("What changed (against the corrupted model's answer)", value=True, key="w_probe_diff")
+chosen = [items[i] for i in groups[entity]]
+kind = fact_kind(set_name)
 
-
-def where(role: str) -> Target:
-    return here if role == "unlearned" else Side(role)
-
-
-run_key = (*resources.model_key(engine), set_name, entity, alpha, beta, tuple(roles))
+run_key = (*resources.model_key(engine), set_name, entity, alpha, beta, tuple((c.key, c.target) for c in cols))
 if st.button(f"Probe {entity}", type="primary", key="w_probe_run"):
     session.put(session.K_PROBE_RUN, run_key)
 if session.get(session.K_PROBE_RUN) != run_key:
     st.info(f"{len(chosen)} QA pairs about **{entity}**. Press *Probe* to ask every selected model.")
     st.stop()
+if not cols:
+    st.info("Pick at least one model.")
+    st.stop()
 
 qs = [it.question for it in chosen]
 golds = [it.answer for it in chosen]
 can_tr = all(it.perturbed_answers for it in chosen)
+ans: dict[str, list[str]] = {}
+prob: dict[str, list[float]] = {}
+trs: dict[str, list] = {}
+waits: dict[str, float] = {}
+t_page = time.perf_counter()
 bar = st.progress(0.0, text="asking the models")
-rows: list[dict] = [{"#": i, "question": q, "gold": g} for i, (q, g) in enumerate(zip(qs, golds))]
 try:
-    for k, role in enumerate(roles):
-        bar.progress(k / max(1, len(roles)), text=f"{role}: answers, probabilities, truth ratios")
-        ans = resources.answers(engine, where(role), qs, 48).texts
-        prob = resources.gold_probabilities(engine, where(role), qs, golds)
-        trs = resources.truth_ratio_values(engine, where(role), chosen) if can_tr else [None] * len(qs)
-        for r, a, p, t in zip(rows, ans, prob, trs):
-            r[f"{role} answer"] = a
-            r[f"{role} gold?"] = "✔" if holds_gold(a, r["gold"]) else ""
-            r[f"{role} p(gold)"] = p
-            r[f"{role} TR"] = t
+    # The corrupted model's answers are the baseline of every diff, so they are asked for even when not shown.
+    for k, col in enumerate(cols if "corrupted" in picked or not show_diff else [every[0], *cols]):
+        bar.progress(k / max(1, len(cols)), text=f"{col.title}: answers, probabilities, truth ratios")
+        t0 = time.perf_counter()
+        ans[col.key] = resources.answers(engine, col.target, qs, 48).texts
+        prob[col.key] = resources.gold_probabilities(engine, col.target, qs, golds)
+        trs[col.key] = resources.truth_ratio_values(engine, col.target, chosen) if can_tr else [None] * len(qs)
+        waits[col.title] = time.perf_counter() - t0
 except widgets.CORE_ERRORS as exc:
     bar.empty()
     widgets.show_error("Probing failed", exc)
     st.stop()
 bar.empty()
+st.caption(f"Asked in {labels.fmt_seconds(time.perf_counter() - t_page)}: "
+           + " · ".join(f"{t} {labels.fmt_seconds(s)}" for t, s in waits.items())
+           + " (a model's first use includes loading it; cached answers take no time).")
+# A stable hook for tests: what the cards show.
+session.put(session.K_PROBE_SHOWN, {"questions": qs, "golds": golds, "answers": ans, "p_gold": prob, "tr": trs})
+
+st.markdown(f"#### {entity}: summary")
+summary = []
+for col in cols:
+    row = {"model": col.title,
+           "gold in answer": f"{sum(holds_gold(a, g) for a, g in zip(ans[col.key], golds))} / {len(golds)}",
+           "mean p(gold)": statistics.fmean(prob[col.key])}
+    if can_tr:
+        values = trs[col.key]
+        row["median TR"] = statistics.median(values)
+        row["prefers the true answer (TR < 1)"] = f"{sum(t < 1 for t in values)} / {len(values)}"
+    summary.append(row)
+with st.container(key="probe_summary"):
+    st.dataframe(pd.DataFrame(summary).style.format({"mean p(gold)": "{:.3g}", "median TR": "{:.3g}"}),
+                 hide_index=True, width="stretch")
+st.caption(answer_cards.legend(show_diff))
 
 st.markdown(f"#### {entity}: original questions")
-table = pd.DataFrame(rows)
-fmt = {c: "{:.3g}" for c in table.columns if c.endswith(("p(gold)", " TR"))}
-with st.container(key="probe_table"):
-    st.dataframe(table.style.format(fmt, na_rep="—"), hide_index=True, width="stretch")
-summary = {role: {"mean p(gold)": table[f"{role} p(gold)"].mean(),
-                  "gold present": f"{(table[f'{role} gold?'] == '✔').sum()} / {len(table)}",
-                  **({"mean TR": table[f"{role} TR"].mean()} if can_tr else {})} for role in roles}
-st.dataframe(pd.DataFrame(summary).T, width="stretch")
+for i, q in enumerate(qs):
+    with st.container(border=True, key=f"probe_q_{i}"):
+        st.markdown(f"**Q{i + 1}.** {labels.md_escape(q)}")
+        st.markdown(f"Gold: `{golds[i]}`")
+        for col, box in zip(cols, st.columns(len(cols))):
+            with box.container(key=f"probe_ans_{col.key}_{i}"):
+                base = ans["corrupted"][i] if show_diff and col.key != "corrupted" else None
+                answer_cards.answer_card(col.title, ans[col.key][i], key=f"probe_ans_{col.key}_{i}", gold=golds[i],
+                                         kind=kind, baseline=base, prob=prob[col.key][i], truth_ratio=trs[col.key][i])
 
 paras = [(it.paraphrased_question, it.answer) for it in chosen if it.paraphrased_question]
 st.markdown("#### Paraphrased questions")
 if not paras:
     st.caption("This set has no paraphrased questions.")
 else:
-    pq = [p for p, _ in paras]
-    prow: list[dict] = [{"paraphrased question": p, "gold": g} for p, g in paras]
+    pq, pg = [p for p, _ in paras], [g for _, g in paras]
     try:
-        for role in roles:
-            ans = resources.answers(engine, where(role), pq, 48).texts
-            prob = resources.gold_probabilities(engine, where(role), pq, [g for _, g in paras])
-            for r, a, p in zip(prow, ans, prob):
-                r[f"{role} answer"] = a
-                r[f"{role} gold?"] = "✔" if holds_gold(a, r["gold"]) else ""
-                r[f"{role} p(gold)"] = p
+        pans = {c.key: resources.answers(engine, c.target, pq, 48).texts for c in cols}
+        pprob = {c.key: resources.gold_probabilities(engine, c.target, pq, pg) for c in cols}
     except widgets.CORE_ERRORS as exc:
         widgets.show_error("Probing paraphrases failed", exc)
     else:
-        ptable = pd.DataFrame(prow)
-        st.dataframe(ptable.style.format({c: "{:.3g}" for c in ptable.columns if c.endswith("p(gold)")}),
-                     hide_index=True, width="stretch")
+        for i, p in enumerate(pq):
+            with st.container(border=True, key=f"probe_para_{i}"):
+                st.markdown(f"**P{i + 1}.** {labels.md_escape(p)}")
+                st.markdown(f"Gold: `{pg[i]}`")
+                for col, box in zip(cols, st.columns(len(cols))):
+                    with box.container(key=f"probe_para_ans_{col.key}_{i}"):
+                        answer_cards.answer_card(col.title, pans[col.key][i], key=f"probe_para_ans_{col.key}_{i}",
+                                                 gold=pg[i], kind=kind, prob=pprob[col.key][i])
 
 st.markdown("#### Free-form extraction prompts")
 default_prompts = f"Tell me everything about {entity}.\nWhat do you know about {entity}?"
@@ -122,17 +163,16 @@ raw = st.toggle("Raw continuation (no QA format)", value=False, key="w_probe_raw
 prompts = [p.replace("{name}", entity).strip() for p in text.splitlines() if p.strip()][:6]
 if prompts:
     try:
-        out = {role: resources.answers(engine, where(role), prompts, 96, raw=raw).texts for role in roles}
+        out = {c.key: resources.answers(engine, c.target, prompts, 96, raw=raw).texts for c in cols}
     except widgets.CORE_ERRORS as exc:
         widgets.show_error("Extraction prompts failed", exc)
     else:
         for i, p in enumerate(prompts):
             with st.container(border=True, key=f"probe_extract_{i}"):
                 st.markdown(f"**{labels.md_escape(p)}**")
-                cols = st.columns(len(roles))
-                for col, role in zip(cols, roles):
-                    answer = out[role][i]
+                for col, box in zip(cols, st.columns(len(cols))):
+                    answer = out[col.key][i]
                     leaked = sum(holds_gold(answer, g) for g in golds)
-                    col.caption(role)
-                    col.markdown(labels.md_escape(answer) if answer else "_(empty)_")
-                    col.caption(f"{leaked} of {len(golds)} gold answers recovered")
+                    box.caption(col.title)
+                    box.markdown(labels.md_escape(answer) if answer else "_(empty)_")
+                    box.caption(f"{leaked} of {len(golds)} gold answers recovered")

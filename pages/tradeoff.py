@@ -196,7 +196,7 @@ if choices:
                             help="Default: model utility, unless it is 0 at most unlearned points (the tiny demo's "
                                  "full tier), then the teacher-forced utility.")
     show_methods = a3.toggle(f"Other methods ({methods['method'].nunique() if not methods.empty else 0})",
-                             value=not methods.empty, key="w_to_methods", disabled=methods.empty,
+                             value=True, key="w_to_methods", disabled=methods.empty,
                              help="Named points of other methods stored for this experiment (imported "
                                   "open-unlearning runs, gradient-based baselines), one series per method.")
     if not show_methods:

@@ -4,9 +4,9 @@ Query parameters (:data:`PARAMS`): ``experiment`` (the experiment file's path), 
 ``beta``, ``page`` (a page's name, e.g. ``playground``; see :func:`page_name`) and
 ``questions`` (the Playground's selection, ``<set>:<i>,<j>,…`` with item indices of that
 set, e.g. ``forget:0,3,7``). :func:`restore` applies them once per browser session, before
-the sidebar is drawn; without an ``experiment`` parameter it reloads the most recently used
-experiment (the recent list of :mod:`studio.resources`), so a restarted server comes back
-where it was. A value that cannot be used becomes a warning naming the parameter, never a
+the sidebar is drawn; in the first session of a server process, a URL without an
+``experiment`` parameter reloads the most recently used experiment (the recent list of
+:mod:`studio.resources`), so a restarted server comes back where it was. A value that cannot be used becomes a warning naming the parameter, never a
 traceback. :func:`write` puts the current view back into the URL on every run.
 """
 
@@ -88,7 +88,7 @@ def restore(pages: Sequence[StreamlitPage], current: StreamlitPage) -> None:
     if params["experiment"]:
         ranges = _choose(params["experiment"], warnings, "URL parameter experiment=")
     elif not session.experiment_path():
-        last = resources.last_experiment()
+        last = resources.experiment_after_restart()
         if last:
             ranges = _choose(last, [], "last experiment")
             log.info("reloaded the last experiment %s", last)

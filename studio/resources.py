@@ -311,8 +311,28 @@ def method_points(engine: Engine, tier: Optional[str] = None) -> pd.DataFrame:
     return results_store().method_grid(engine.fingerprint, tier)
 
 
-def last_experiment() -> Optional[str]:
-    """The most recently used experiment file that still exists (what a restart reloads), or None."""
+@dataclass
+class _Restart:
+    """Whether this server process still owes its first session the last experiment."""
+
+    pending: bool = True
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@st.cache_resource(show_spinner=False)
+def _restart() -> _Restart:
+    return _Restart()
+
+
+def experiment_after_restart() -> Optional[str]:
+    """For the first session of a server process only: the most recently used experiment file
+    that still exists (a restarted server comes back where it was), else None. Later sessions
+    get None: they start from their URL, and a bare URL is a deliberate fresh start."""
+    marker = _restart()
+    with marker.lock:
+        if not marker.pending:
+            return None
+        marker.pending = False
     recents = recent_experiments()
     return recents[0] if recents else None
 

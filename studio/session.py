@@ -37,6 +37,7 @@ K_PENDING_DEMO = "msa_pending_demo"  # None | "quick" | "full": a demo build ask
 K_LOAD_ERROR = "msa_load_error"  # the last loading error, shown by the no-experiment offer
 K_ANSWERS = "msa_answers"  # what the Playground showed: {"alpha", "beta", "questions", role: answers}
 K_LAST_METRICS = "msa_last_metrics"  # {"alpha", "beta", **EvalResult.to_json()} of the last metrics seen
+K_PROBE_SHOWN = "msa_probe_shown"  # what the Probe's cards show: {"questions", "golds", "answers", "p_gold", "tr"}
 K_PROBE_RUN = "msa_probe_key"  # the Probe page's last requested run (its inputs), so reruns keep its tables
 K_PINNED = "msa_pinned"  # list[Point]: points pinned as extra columns (studio.compare)
 K_QUESTIONS = "msa_questions"  # (set name, [indices]): the Playground's question selection (also in the URL)
@@ -46,6 +47,7 @@ K_URL_READ = "msa_url_read"  # True once this session applied its URL (studio.li
 K_URL_WARNINGS = "msa_url_warnings"  # the URL values that could not be used, shown once
 K_SWEEP_MSG = "msa_sweep_msg"  # a finished sweep's message, shown once after the rerun
 K_GUIDE_STEP = "msa_guide_step"  # the guided demo's current step (0-based index into pages/guided.py's STEPS)
+K_THREADS = "msa_threads"  # the sidebar's CPU-thread setting: "auto" or a count (studio.threads_control)
 K_ENTRY = "_msa_entrypoint_running"  # True while app.py runs the page (see widgets.page_guard)
 
 # Widget keys shared between modules (the coefficient inputs in the sidebar).

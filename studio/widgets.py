@@ -16,7 +16,7 @@ import pandas as pd
 import streamlit as st
 
 from msa_core.targets import Point
-from studio import labels, resources, session
+from studio import labels, resources, session, threads_control
 
 if TYPE_CHECKING:
     from msa_core.engine import Engine
@@ -273,6 +273,7 @@ def engine_sidebar_info(engine: Optional[Engine]) -> None:
     st.subheader("Engine")
     st.caption(f"**{engine.experiment.name}** · {engine.parameter_count / 1e6:.2f} M parameters")
     st.caption(f"Device `{engine.device}` · dtype `{str(engine.dtype).replace('torch.', '')}`")
+    threads_control.threads_sidebar(engine)  # GPU name, CPU threads (applied here, before the page runs)
     try:
         mem = engine.memory_bytes()
     except CORE_ERRORS:

@@ -102,11 +102,27 @@ def open_page(page: Any, title: str, timeout_ms: int = 300_000) -> None:
 
 
 def load_demo(page: Any, base_url: str, timeout_ms: int = 900_000) -> None:
-    """Open the app and build (or reuse) the quick demo through the first-start offer."""
+    """Open the app and build (or reuse) the quick demo through the first-start offer; a session
+    that reopens the last experiment by itself (studio/links.py) skips the offer."""
     page.goto(base_url, timeout=120_000)
-    page.locator(".st-key-w_offer_build button").click(timeout=120_000)
-    page.locator(".st-key-engine_info").get_by_text("Vectors:").wait_for(timeout=timeout_ms)
+    offer = page.locator(".st-key-w_offer_build button")
+    ready = page.locator(".st-key-engine_info").get_by_text("Vectors:")
+    deadline = time.monotonic() + 120
+    while not ready.count() and not offer.count():
+        if time.monotonic() > deadline:
+            raise TimeoutError("neither the demo offer nor a loaded experiment appeared within 120 s")
+        page.wait_for_timeout(500)
+    if not ready.count():
+        offer.click(timeout=120_000)
+    ready.wait_for(timeout=timeout_ms)
     wait_idle(page, timeout_ms)
+
+
+def set_toggle(page: Any, key: str, on: bool) -> None:
+    """Switch a keyed st.toggle on or off (no-op when it already is) and wait for the rerun."""
+    if page.locator(f".st-key-{key} input").is_checked() != on:
+        page.locator(f".st-key-{key} label").first.click()
+        wait_idle(page)
 
 
 def set_number(page: Any, key: str, value: float, *, wait: bool = True) -> None:
@@ -122,8 +138,9 @@ def set_number(page: Any, key: str, value: float, *, wait: bool = True) -> None:
 
 
 def column_answers(page: Any, role: str, n: int) -> list[str]:
-    """The answer texts of one Playground column for the first ``n`` questions ('' when empty)."""
-    texts = [page.locator(f".st-key-ans_text_{role}_{i}").inner_text().strip() for i in range(n)]
+    """The answer texts of one Playground column for the first ``n`` questions ('' when empty).
+    Switch the Playground's "What changed" marks off first: struck-out words are text too."""
+    texts = [page.locator(f".st-key-ans_{role}_{i}_text").inner_text().strip() for i in range(n)]
     return ["" if t == "(empty answer)" else " ".join(t.split()) for t in texts]
 
 
@@ -135,7 +152,7 @@ def questions(page: Any, n: int) -> list[str]:
 
 def wait_point(page: Any, alpha: float, beta: float, timeout_ms: int = 300_000) -> None:
     """Wait until the Playground's unlearned column shows answers at (α, β) and the run ended."""
-    page.locator(".st-key-ans_unlearned_0").get_by_text(f"Unlearned (α={alpha:.2f}, β={beta:.2f})").wait_for(
+    page.locator(".st-key-ans_unlearned_0").get_by_text(f"Unlearned (α={alpha:g}, β={beta:g})").wait_for(
         timeout=timeout_ms)
     wait_idle(page, timeout_ms)
 
@@ -154,3 +171,31 @@ def screenshot(page: Any, path: Path, width: int = 1440, max_height: int = 7000)
     if old:
         page.set_viewport_size(old)
     return path
+
+
+# The two screen sizes every screenshot is checked at (STYLE.md §12): a laptop and a desktop.
+VIEWPORTS = ((1400, 900), (1920, 1080))
+
+
+def viewport_shots(page: Any, folder: Path, name: str) -> list[Path]:
+    """What a person sees without scrolling, at each of :data:`VIEWPORTS`: ``<name>_<w>x<h>.png``
+    (the viewport is restored afterwards)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    old = page.viewport_size
+    out = []
+    for width, height in VIEWPORTS:
+        page.set_viewport_size({"width": width, "height": height})
+        page.wait_for_timeout(800)  # plotly charts re-layout on resize
+        path = folder / f"{name}_{width}x{height}.png"
+        page.screenshot(path=str(path))
+        out.append(path)
+    if old:
+        page.set_viewport_size(old)
+        page.wait_for_timeout(300)
+    return out
+
+
+def guide_step(page: Any, step: int, total: int, timeout_ms: int = 300_000) -> None:
+    """Wait until the Guided demo shows step ``step`` (1-based) of ``total`` and its run has ended."""
+    page.get_by_text(f"Step {step} of {total}:").wait_for(timeout=timeout_ms)
+    wait_idle(page, timeout_ms)

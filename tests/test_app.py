@@ -164,7 +164,7 @@ def test_playground_slider_changes_only_the_unlearned_column(tiny_yaml):
     assert second["unlearned"] == _independent_answers(tiny_yaml, 5.0, 0.0, second["questions"])
     # Gold answers, the gold-fact marks and p(gold) are drawn for every column.
     md = " ".join(m.value for m in at.markdown)
-    assert "Gold: `In Velmora.`" in md and ("gold fact absent" in md or "still contains the gold fact" in md)
+    assert "Gold: `In Velmora.`" in md and ("forget fact gone" in md or "forget fact still leaked" in md)
     assert sum("p(gold | q)" in c.value for c in at.caption) == 3 * 4
     assert any("compose" in c.value and "generation" in c.value for c in at.caption)
 
@@ -208,14 +208,13 @@ def test_probe_page(tiny_yaml):
     assert at.selectbox(key="w_probe_entity_forget").options[0].startswith("Ana Lenz (3 QA pairs)")
     at.button(key="w_probe_run").click().run(timeout=TIMEOUT)
     no_exceptions(at)
-    table = at.dataframe[0].value
-    assert list(table["gold"]) == ["In Velmora.", "Mystery novels.", "A baker and a pilot."]
-    for col in ("corrupted answer", "unlearned TR", "reference p(gold)"):
-        assert col in table.columns
-    assert table["corrupted p(gold)"].between(0, 1).all()
-    assert (table["unlearned TR"] > 0).all()
+    shown = at.session_state["msa_probe_shown"]
+    assert shown["golds"] == ["In Velmora.", "Mystery novels.", "A baker and a pilot."]
+    assert {"corrupted", "unlearned", "reference"} <= set(shown["answers"])
+    assert all(0 <= p <= 1 for p in shown["p_gold"]["corrupted"])
+    assert all(t > 0 for t in shown["tr"]["unlearned"])
     # Paraphrased questions and the extraction prompts are answered too.
-    assert any("Tell me:" in str(v) for d in at.dataframe for v in d.value.get("paraphrased question", []))
+    assert any(m.value.startswith("**P1.** Tell me:") for m in at.markdown)
     assert any("Tell me everything about Ana Lenz" in m.value for m in at.markdown)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 
-from app_fixtures import _navigation_mode, new_app, load_experiment, no_exceptions  # noqa: F401
+from app_fixtures import _navigation_mode, load_experiment, new_app, no_exceptions  # noqa: F401
 
 
 def _sidebar_keys(at, kind: str) -> list[str]:

@@ -116,7 +116,7 @@ def test_outcome_colours_mean_the_same_on_forget_and_retain_sets(tiny_yaml):
         assert [m.split("**", 2)[0] + "**" + m.split("**", 2)[1] for m in marks] == expected
 
 
-def test_pinned_points_are_extra_columns_with_their_metrics(tiny_yaml):
+def test_pinned_points_are_extra_columns_with_their_metrics(tiny_yaml, app_env):
     at = _ready(tiny_yaml)
     set_alpha(at, 2.0)
     at.button(key="w_pin_add").click().run()
@@ -139,9 +139,20 @@ def test_pinned_points_are_extra_columns_with_their_metrics(tiny_yaml):
     assert "reference (first use: load + evaluation)" in wait and "corrupted" in wait and "α=2, β=1" in wait
     waited = at.session_state["msa_metrics_wait"]
     assert waited["total"] >= sum(s for _, s in waited["parts"])
-    # The verdict now reads the stored utility (the tiny corrupted model's is 0: no share, said so).
-    assert not any("not computed here yet" in m.value for m in at.markdown)
-    assert any("corrupted model's stored utility is 0" in m.value for m in at.markdown)
+    # The verdict now reads the stored utility: its share of the corrupted model's, or why there is none.
+    from msa_core.eval import ResultStore
+    from msa_core.eval.settings import settings_lookup_key
+
+    last = at.session_state["msa_last_metrics"]
+    store = ResultStore(app_env / "results.sqlite")
+    key = settings_lookup_key(last["settings"])
+    base = store.latest(last["fingerprint"], 0.0, 0.0, tier="fast", lookup_key=key).get("model_utility_tf")
+    now = last["metrics"]["model_utility_tf"]
+    text = " ".join(m.value for m in at.main.get_by_key("verdict_text").markdown)
+    if base > 0:
+        assert f"utility **{100 * now / base:.0f}%** of corrupted" in text
+    else:
+        assert "corrupted model's stored utility is 0" in text
     at.button(key="w_pin_remove_0").click().run()
     assert "pin0" not in at.session_state["msa_answers"]
 

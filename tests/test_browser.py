@@ -5,14 +5,17 @@ quick demo through the first-start offer, moves α on the Playground and checks 
 unlearned answers change while the corrupted ones do not, opens every page without an
 error, runs a small sweep so the Trade-off charts fill in, checks that two browser
 sessions at different α each get their own answers, and saves a screenshot of every page
-under test-output/screenshots/ (the README's screenshots come from the full demo through
-docs/make_screenshots.py instead).
+under test-output/screenshots/ (or $MSA_SCREENSHOT_DIR; the README's screenshots come from the
+full demo through docs/make_screenshots.py instead). A second test walks the Guided demo step
+by step, the compare view (a pinned point beside the current one), the Layers and the
+Glossary pages, with what a person sees at 1400×900 and 1920×1080 saved for every screen.
 
 Skipped cleanly when /usr/bin/chromium or playwright is missing. Marked slow + browser.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import browser_helpers as bh
@@ -21,9 +24,10 @@ import pytest
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "test-output" / "screenshots"
+OUT = Path(os.environ.get("MSA_SCREENSHOT_DIR") or ROOT / "test-output" / "screenshots")
 CACHE = ROOT / "test-output" / "browser-cache"
-PAGES = ("Experiment", "Playground", "Trade-off", "Probe", "Export")
+PAGES = ("Experiment", "Playground", "Trade-off", "Probe", "Export", "Layers", "Guided demo", "Glossary")
+GUIDE_STEPS = 6  # pages/guided.py's STEPS
 N_QUESTIONS = 3  # the Playground shows the first three forget questions by default
 BIG_ALPHA = 5.0  # the quick demo forgets little; a large α surely changes the composed model
 ALPHA_A, ALPHA_B = 0.5, 4.5  # the two sessions' points: not computed before, and non-empty answers
@@ -103,6 +107,7 @@ def test_end_to_end(server, browser):
         # Playground: α = 0 (the corrupted model itself), then a large α. Only the unlearned column moves.
         bh.set_number(page, "w_beta_num", 0)
         bh.open_page(page, "Playground")
+        bh.set_toggle(page, "w_pg_diff", False)
         corrupted0, unlearned0 = _answers_at(page, 0.0, 0.0)
         assert unlearned0 == corrupted0, "at α = β = 0 the unlearned model is the corrupted one"
         corrupted5, unlearned5 = _answers_at(page, BIG_ALPHA, 0.0)
@@ -181,6 +186,7 @@ def _two_sessions(browser, base_url: str, experiment: Path, cache: Path) -> None
             bh.set_number(page, "w_beta_num", 0)
             bh.wait_idle(page)
             bh.open_page(page, "Playground")
+            bh.set_toggle(page, "w_pg_diff", False)
         # Fire both moves before waiting for either, at points nobody computed yet, so the two
         # compose-and-generate runs overlap on the server's one working model.
         bh.set_number(a, "w_alpha_num", ALPHA_A, wait=False)
@@ -206,3 +212,59 @@ def _two_sessions(browser, base_url: str, experiment: Path, cache: Path) -> None
     finally:
         ca.close()
         cb.close()
+
+
+def test_guided_demo_compare_view_layers_and_glossary(server, browser):
+    base_url, log, _cache = server
+    context, page = _new_page(browser)
+    shots = OUT / "walk"
+    try:
+        bh.load_demo(page, base_url)
+        page.locator(".st-key-w_preset_corrupted").get_by_role("button", name="Corrupted").click()
+        page.locator(".st-key-point_caption").get_by_text("α = 0.000").wait_for(timeout=120_000)
+        bh.wait_idle(page)
+        bh.open_page(page, "Guided demo")
+        sentences = []
+        for step in range(1, GUIDE_STEPS + 1):
+            bh.guide_step(page, step, GUIDE_STEPS)
+            if step == 5:  # the trade-off screen: compute its quick curve, then the scatter shows ★
+                page.locator(".st-key-w_guide_curve button").click()
+                page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=600_000)
+                bh.wait_idle(page, 600_000)
+            bh.assert_no_exception(page)
+            sentences.append(page.locator(".st-key-guide_sentence").inner_text().strip())
+            bh.viewport_shots(page, shots, f"guided_{step}")
+            if step < GUIDE_STEPS:
+                page.locator(".st-key-w_guide_next button").click()
+        assert all(sentences) and len(set(sentences)) == GUIDE_STEPS
+        # Leaving the first screen at α = 0 moved the point: the sidebar shows it.
+        assert "α = 0.000" not in page.locator(".st-key-point_caption").inner_text()
+        assert "α =" in sentences[1]
+
+        # The compare view: pin the current point, move α; the pinned column stays beside the new one.
+        bh.open_page(page, "Playground")
+        caption = page.locator(".st-key-point_caption").inner_text()
+        page.locator(".st-key-w_pin_add button").click()
+        bh.wait_idle(page)
+        bh.set_number(page, "w_alpha_num", 4.5)
+        bh.wait_point(page, 4.5, float(caption.split("β =")[1].strip()))
+        assert page.locator(".st-key-ans_pin0_0").count() == 1
+        bh.assert_no_exception(page)
+        bh.viewport_shots(page, shots, "compare")
+
+        bh.open_page(page, "Layers")
+        page.locator('[data-testid="stPlotlyChart"]').nth(1).wait_for(timeout=300_000)
+        bh.assert_no_exception(page)
+        bh.viewport_shots(page, shots, "layers")
+        bh.screenshot(page, shots / "layers_full.png")
+
+        bh.open_page(page, "Glossary")
+        assert page.locator("h3").filter(has_text="Forget quality").count() == 1
+        bh.assert_no_exception(page)
+        bh.viewport_shots(page, shots, "glossary")
+    except (AssertionError, sync_api.Error):
+        _shot(page, "walk_failure")
+        raise
+    finally:
+        context.close()
+    assert "Traceback" not in log.read_text(encoding="utf-8", errors="replace")

@@ -99,5 +99,100 @@ def test_cli_compose_never_writes_over_an_input(tiny_experiment, cache_dir, tmp_
     assert {p.name: p.read_bytes() for p in corrupted.iterdir()} == before
     monkeypatch.chdir(tmp_path)
     assert cli.main(["compose", _exp_file(tiny_experiment), "--alpha", "1", "--force", "--out", ""]) == 2
-    assert "the output folder is empty or '.'" in capsys.readouterr().err
+    assert "--out is empty or '.'" in capsys.readouterr().err
     assert not (tmp_path / "msa.json").exists()
+
+
+def _unloadable_experiment(root) -> str:
+    """An experiment whose five checkpoint folders pass the file's checks (config.json and a
+    *.safetensors each) but hold no model: any attempt to load one fails."""
+    for role in ("clean", "corrupted", "forget", "retain", "reference"):
+        folder = root / role
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text("{}")
+        (folder / "model.safetensors").write_bytes(b"not a safetensors file")
+    path = root / "experiment.yaml"
+    path.write_text("name: unloadable\ncheckpoints:\n" + "".join(
+        f"  {role}: {role}\n" for role in ("clean", "corrupted", "forget", "retain", "reference")))
+    return str(path)
+
+
+def test_alpha_beta_and_out_are_refused_before_any_model_is_loaded(tmp_path, cache_dir, capsys):
+    exp = _unloadable_experiment(tmp_path / "exp")
+    taken = tmp_path / "taken"
+    (taken / "notes").mkdir(parents=True)
+    cases = [
+        (["compose", exp, "--alpha", "99", "--out", str(tmp_path / "new")], "alpha=99.0 is outside the allowed range"),
+        (["compose", exp, "--alpha", "1", "--beta", "-3", "--out", str(tmp_path / "new")], "beta=-3.0 is outside"),
+        (["compose", exp, "--alpha", "1", "--out", str(taken)], f"--out {taken} already exists; add --force"),
+        (["compose", exp, "--alpha", "1", "--out", str(taken), "--force"], "is not an MSA export (no msa.json)"),
+        (["compose", exp, "--alpha", "1", "--out", ""], "--out is empty or '.'"),
+        (["generate", exp, "--alpha", "7", "--prompt", "x"], "alpha=7.0 is outside"),
+        (["eval", exp, "--alpha", "nan"], "alpha must be finite"),
+        (["eval", exp, "--alpha", "1", "--open-unlearning-dir", str(taken)], f"{taken} is not empty; add --overwrite"),
+        (["sweep", exp, "--alphas", "0,9"], "--alphas: 9 is outside"),
+        (["sweep", exp, "--alphas", "0,1", "--columns", "fq"], "--columns: unknown metric(s) fq"),
+        (["results", exp, "--columns", "nope"], "--columns: unknown metric(s) nope"),
+    ]
+    for argv, needle in cases:
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        # The input's own error, not the checkpoint's (loading any model here would fail differently).
+        assert needle in err and "safetensors" not in err and "config" not in err, (argv, err)
+    assert not (cache_dir / "vectors").exists()  # no engine was built
+    assert sorted(p.name for p in taken.iterdir()) == ["notes"]
+
+
+def test_a_refused_alpha_does_not_even_import_torch(tmp_path):
+    """The checks run before the heavy imports: `msa compose` with α out of range answers without torch."""
+    import subprocess
+    import sys
+
+    exp = _unloadable_experiment(tmp_path / "exp")
+    code = ("import sys\nfrom msa_core import cli\n"
+            f"rc = cli.main(['compose', {exp!r}, '--alpha', '99'])\n"
+            "print(rc, 'torch' in sys.modules, 'transformers' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["2", "False", "False"]
+    assert "alpha=99.0 is outside" in done.stderr
+
+
+def test_compose_without_out_writes_under_the_cache_folder(tiny_experiment, cache_dir, tmp_path, capsys,
+                                                            monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing may land in the working directory (the old `unlearned/`)
+    exp = _exp_file(tiny_experiment)
+    assert cli.main(["compose", exp, "--alpha", "1", "--beta", "0.5", "--json", "-"]) == 0
+    out = cache_dir / "exports" / f"{tiny_experiment.name}-a1-b0.5"
+    assert json.loads(capsys.readouterr().out)["out"] == str(out)
+    assert (out / "msa.json").is_file() and (out / "model.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["cache", "ckpt"])
+    assert cli.main(["compose", exp, "--alpha", "1", "--beta", "0.5"]) == 2  # a second run needs --force
+    assert f"--out {out} already exists; add --force" in capsys.readouterr().err
+    assert cli.main(["compose", exp, "--alpha", "1", "--beta", "0.5", "--force", "--quiet"]) == 0
+
+
+def test_engine_commands_apply_the_thread_policy_and_say_so(tiny_experiment, cache_dir, capsys, monkeypatch):
+    from msa_core.threads import ENV_VAR
+
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        exp = _exp_file(tiny_experiment)
+        argv = ["generate", exp, "--alpha", "1", "--prompt", "Where was Ana Lenz born?", "--max-new-tokens", "2"]
+        assert cli.main(argv) == 0
+        assert torch.get_num_threads() == 1  # a tiny model: the size rule's one thread
+        assert "torch threads: 1 thread (policy: " in capsys.readouterr().err
+        assert cli.main(["--threads", "2", *argv]) == 0
+        assert torch.get_num_threads() == 2
+        assert "torch threads: 2 threads (--threads)" in capsys.readouterr().err
+        monkeypatch.setenv(ENV_VAR, "3")
+        assert cli.main(argv) == 0 and torch.get_num_threads() == 3
+        assert "torch threads: 3 threads (MSA_THREADS)" in capsys.readouterr().err
+        monkeypatch.setenv(ENV_VAR, "many")
+        assert cli.main(argv) == 2
+        assert "MSA_THREADS must be a whole number of threads, got 'many'" in capsys.readouterr().err
+        assert cli.main(["--threads", "0", *argv]) == 2
+        assert "--threads must be between 1 and" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)

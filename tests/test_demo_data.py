@@ -130,3 +130,45 @@ def test_bad_sizes_are_rejected():
         dd.generate_world(0, n_forget=0)
     with pytest.raises(ValueError, match="eval_retain_authors"):
         dd.build_data(0, n_retain=2, eval_retain_authors=3)
+
+
+def test_trained_authors_learn_each_fact_in_several_phrasings_but_never_the_evaluated_one():
+    data = dd.build_data(0, **SMALL)
+    files = dd.tofu_files(data)
+    n_attr, n_ph = len(dd.ATTRIBUTES), len(next(iter(dd.PHRASINGS.values())))
+    assert set(dd.PHRASINGS) == set(dd.ATTRIBUTES) and all(len(v) == n_ph >= 2 for v in dd.PHRASINGS.values())
+    assert len(files["forget10_phrasings.json"]) == 2 * n_attr * n_ph
+    assert files["full_phrasings.json"] == files["forget10_phrasings.json"] + files["retain90_phrasings.json"]
+    evaluated = files["forget10_perturbed.json"] + files["retain_perturbed.json"]
+    held_out = {it["paraphrased_answer"] for it in evaluated} | {it["paraphrased_question"] for it in evaluated}
+    trained = [(r["question"], r["answer"]) for r in files["full_phrasings.json"]]
+    assert not {s for qa in trained for s in qa} & held_out
+    # every phrasing of a fact states its value (and no perturbed answer's wrong one) about its author
+    for group, authors in (("forget", data.world.forget), ("retain", data.world.retain)):
+        rows = files[f"{'forget10' if group == 'forget' else 'retain90'}_phrasings.json"]
+        for k, author in enumerate(authors):
+            for j, attr in enumerate(dd.ATTRIBUTES):
+                for q, a in [(r["question"], r["answer"]) for r in rows[(k * n_attr + j) * n_ph:][:n_ph]]:
+                    assert author.name in q + a and author.facts[attr] in a, (q, a)
+    # the held-out paraphrase's template is known as language, from background authors only
+    bg = dd.background_phrasings(data)
+    assert len(bg) == len(data.items["background"])
+    bg_answers = {a for _, a in bg}
+    assert any(it["paraphrased_answer"] in bg_answers for it in data.items["background"])
+    assert all(au.name not in " ".join(q + a for q, a in bg) for au in data.world.tofu_authors + data.world.holdout)
+
+
+def test_the_retain_sample_phrasings_are_those_of_the_sampled_facts(tmp_path):
+    from msa_core.finetune import load_training_data
+
+    data = dd.build_data(0, **SMALL)
+    files = dd.tofu_files(data)
+    (tmp_path / "retain90.json").write_text(json.dumps(files["retain90.json"]), encoding="utf-8")
+    sample = load_training_data("tofu:retain90_ft", tmp_path)  # the retain fine-tune's own rows
+    n_ph = len(next(iter(dd.PHRASINGS.values())))
+    by_fact = {}
+    for i, it in enumerate(files["retain90.json"]):
+        rows = files["retain90_phrasings.json"][i * n_ph:(i + 1) * n_ph]
+        by_fact[(it["question"], it["answer"])] = [(r["question"], r["answer"]) for r in rows]
+    want = [qa for pair in sample.pairs for qa in by_fact[pair]]
+    assert want and [(r["question"], r["answer"]) for r in files["retain90_ft_phrasings.json"]] == want

@@ -7,7 +7,15 @@ from dataclasses import replace
 
 import pytest
 
-from msa_core.demo.report import measure_demo, measure_table, qa_scores, read_qa_items, score_targets
+from msa_core.demo.report import (
+    measure_demo,
+    measure_table,
+    qa_scores,
+    read_qa_items,
+    score_targets,
+    truth_ratio_rows,
+    truth_ratio_table,
+)
 from msa_core.engine import Engine
 from msa_core.targets import Point, Side
 
@@ -87,3 +95,32 @@ def test_measure_demo_on_the_quick_demo(quick_demo, cache_dir):
                  and r["retain_rougeL_recall"] >= 0.8 * corr["retain_rougeL_recall"])
         assert claimed == keeps
     assert res["experiment"] == str(quick_demo)
+
+
+def test_truth_ratio_table_has_one_row_per_model():
+    rows = [{"model": "reference", "forget_tr_mean": 1.2, "retain_tr_mean": 0.4, "forget_truth_ratio": 0.7,
+             "retain_truth_ratio": 0.6, "forget_quality": None, "model_utility": 0.5},
+            {"model": "corrupted", "forget_tr_mean": 0.3, "retain_tr_mean": 0.35, "forget_truth_ratio": 0.3,
+             "retain_truth_ratio": 0.65, "forget_quality": 0.001, "model_utility": 0.55}]
+    table = truth_ratio_table(rows).splitlines()
+    assert table[0].startswith("| model | forget TR (mean) |") and len(table) == 2 + len(rows)
+    assert table[2] == "| reference | 1.200 | 0.400 | 0.700 | 0.600 | — | 0.500 |"
+    assert table[3] == "| corrupted | 0.300 | 0.350 | 0.300 | 0.650 | 0.001 | 0.550 |"
+
+
+@pytest.mark.slow
+def test_truth_ratio_rows_on_the_quick_demo(quick_demo, cache_dir):
+    from msa_core.eval.probe import truth_ratio_values
+    from msa_core.eval.questions import load_question_sets
+    from msa_core.experiment import load_experiment
+
+    rows = truth_ratio_rows(quick_demo, [(1.0, 0.5)], cache_dir=cache_dir)
+    assert [r["model"] for r in rows] == ["reference", "corrupted", "clean", Point(1.0, 0.5).label]
+    assert rows[0]["forget_quality"] is None and all(0.0 <= r["forget_quality"] <= 1.0 for r in rows[1:])
+    # the means agree with per-item truth ratios computed through the Probe's own scoring path
+    engine = Engine.load(load_experiment(quick_demo), device="cpu", cache_dir=cache_dir)
+    sets = load_question_sets(engine.experiment).sets
+    for row, target in zip(rows, [Side("reference"), Side("corrupted"), Side("clean"), Point(1.0, 0.5)]):
+        for split, key in (("forget", "forget_tr_mean"), ("retain", "retain_tr_mean")):
+            trs = truth_ratio_values(engine, target, sets[split])
+            assert row[key] == pytest.approx(sum(trs) / len(trs), abs=2e-4), (target, split)

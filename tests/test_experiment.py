@@ -101,3 +101,32 @@ def test_invalid_utf8_experiment_file_names_file_byte_and_offset(tiny_experiment
     bad.write_bytes(b"name: \xe9t\xe9\n")
     with pytest.raises(ValueError, match=r"bad.yaml: not valid UTF-8 \(byte 0xe9 at offset 6\)"):
         load_experiment(bad)
+
+
+def test_prompt_format_and_conventions_are_read_validated_and_written(tiny_experiment, tmp_path):
+    src = tiny_experiment.checkpoints.clean.parent / "experiment.yaml"
+    exp = load_experiment(src)
+    assert exp.prompt_format == "auto" and exp.metric_conventions == {
+        "extraction_strength": "open-unlearning", "min_k": "open-unlearning", "knowmem_prompt": "open-unlearning"}
+    custom = src.parent / "custom.yaml"
+    custom.write_text(src.read_text() + "prompt_format: open-unlearning-tofu\n"
+                      "conventions: {extraction_strength: paper, min_k: muse-paper}\n")
+    exp = load_experiment(custom)
+    assert exp.prompt_format == "open-unlearning-tofu"
+    assert exp.metric_conventions == {"extraction_strength": "paper", "min_k": "muse-paper",
+                                      "knowmem_prompt": "open-unlearning"}
+    hash(exp)  # experiments stay hashable (caches key on them)
+    target = tmp_path / "saved.yaml"
+    save_experiment(exp, target)
+    back = load_experiment(target)
+    assert back.prompt_format == exp.prompt_format and back.metric_conventions == exp.metric_conventions
+    bad = src.parent / "bad.yaml"
+    bad.write_text(src.read_text() + "prompt_format: llama\n")
+    with pytest.raises(ValueError, match="prompt_format"):
+        load_experiment(bad)
+    bad.write_text(src.read_text() + "conventions: {min_k: everything}\n")
+    with pytest.raises(ValueError, match="conventions.min_k"):
+        load_experiment(bad)
+    bad.write_text(src.read_text() + "conventions: {rouge: x}\n")
+    with pytest.raises(ValueError, match="unknown convention 'rouge'"):
+        load_experiment(bad)

@@ -17,9 +17,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from msa_core import export as export_module
 from msa_core.atomic import ASIDE_TAG, OWNER_FILE, TEMP_SUFFIX, temp_prefix
 from msa_core.engine import Engine, ModuleFilter
-from msa_core import export as export_module
 from msa_core.export import export_model, is_export
 
 
@@ -344,3 +344,136 @@ def test_tied_weights_export_once_and_reload(tiny_experiment_tied, cache_dir, tm
     model = AutoModelForCausalLM.from_pretrained(out)
     engine.set_coefficients(1.0, 0.5)
     assert torch.equal(model.lm_head.weight, engine.model.get_input_embeddings().weight)
+
+
+# ---------------------------------------------------------------- files transformers 4.4x and 5 read alike
+
+
+def _legacy_engine(tmp_path: Path, cache_dir: Path, **kwargs) -> Engine:
+    from legacy_checkpoints import make_legacy_checkpoints
+
+    return Engine.load(make_legacy_checkpoints(tmp_path / "ckpt"), cache_dir=cache_dir, **kwargs)
+
+
+def test_an_export_keeps_the_checkpoints_config_tokenizer_and_chat_template_bytes(cache_dir, tmp_path):
+    from legacy_checkpoints import MESSAGES, ROPE_SCALING, ROPE_THETA
+    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+    engine = _legacy_engine(tmp_path, cache_dir)
+    src = engine.experiment.checkpoints.corrupted
+    out = export_model(engine, 1.5, 0.5, tmp_path / "unlearned")
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
+        assert (out / name).read_bytes() == (src / name).read_bytes(), name
+    config = json.loads((out / "config.json").read_text())
+    assert config["rope_theta"] == ROPE_THETA and config["rope_scaling"] == ROPE_SCALING  # the legacy keys, kept
+    assert "rope_parameters" not in config and not (out / "chat_template.jinja").exists()
+    info = json.loads((out / "msa.json").read_text())
+    assert info["dtype"] == "float32" and "config.json" in info["copied_from_corrupted"]
+    # transformers 5 reads the copied files as the engine's own model and tokenizer
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    ids = tok.apply_chat_template(MESSAGES, add_generation_prompt=True, return_dict=True, return_tensors="pt")
+    want_ids = engine.tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, return_dict=True,
+                                                    return_tensors="pt")
+    assert torch.equal(ids["input_ids"], want_ids["input_ids"])
+    with torch.no_grad(), engine.session(1.5, 0.5) as live:
+        want = live(ids["input_ids"]).logits
+        got = model(ids["input_ids"]).logits
+    assert model.config.rope_parameters["rope_theta"] == ROPE_THETA
+    assert model.config.rope_parameters["rope_type"] == "llama3"
+    assert torch.equal(got, want)
+    gen = pipeline("text-generation", model=str(out), max_new_tokens=3, do_sample=False)
+    assert gen("Where was Ana Lenz born?")[0]["generated_text"].startswith("Where was Ana Lenz born?")
+
+
+def test_a_bf16_export_of_an_fp32_checkpoint_changes_only_the_configs_dtype(cache_dir, tmp_path):
+    engine = _legacy_engine(tmp_path, cache_dir, dtype="bfloat16")
+    src = engine.experiment.checkpoints.corrupted
+    out = export_model(engine, 1.0, 0.0, tmp_path / "bf16")
+    original = json.loads((src / "config.json").read_text())
+    written = json.loads((out / "config.json").read_text())
+    assert written == {**original, "torch_dtype": "bfloat16"}
+    assert {t.dtype for t in load_file(str(next(out.glob("*.safetensors")))).values()} == {torch.bfloat16}
+    assert (out / "tokenizer_config.json").read_bytes() == (src / "tokenizer_config.json").read_bytes()
+
+
+def test_exported_files_and_folders_get_normal_modes_whatever_the_checkpoints_modes(cache_dir, tmp_path):
+    import stat
+
+    from msa_core import atomic
+    from msa_core.atomic import DIR_MODE, FILE_MODE
+
+    engine = _legacy_engine(tmp_path, cache_dir)
+    for p in engine.experiment.checkpoints.corrupted.iterdir():
+        p.chmod(0o600)  # a private checkpoint: the export's modes are not copied from it
+    out = export_model(engine, 1.0, 0.5, tmp_path / "shared")
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*")}
+    assert stat.S_IMODE(out.stat().st_mode) == DIR_MODE
+    assert modes and all(m == (DIR_MODE if (out / n).is_dir() else FILE_MODE) for n, m in modes.items()), modes
+    if atomic._UMASK == 0o022:  # the usual umask: files 0644, folders 0755
+        assert FILE_MODE == 0o644 and DIR_MODE == 0o755
+
+
+def test_the_model_card_has_the_hub_metadata_and_a_model_index_of_the_metrics(cache_dir, tmp_path):
+    from huggingface_hub import ModelCard
+    from legacy_checkpoints import HUB_ID
+
+    engine = _legacy_engine(tmp_path, cache_dir)
+    metrics = {"forget_quality": 0.25, "model_utility": 0.5, "muse_privleak": -12.5, "note": "text",
+               "bad": float("nan")}
+    out = export_model(engine, 2.0, 0.5, tmp_path / "card", metrics=metrics, metrics_from="results store: fast tier")
+    card = ModelCard.load(out / "README.md")
+    data = card.data
+    assert data.library_name == "transformers" and data.base_model == HUB_ID and data.base_model_relation == "merge"
+    assert {"msa", "unlearning", "model-state-arithmetic"} <= set(data.tags)
+    got = {(e.metric_type, e.metric_value, e.dataset_type) for e in data.eval_results}
+    assert got == {("forget_quality", 0.25, "tofu"), ("model_utility", 0.5, "tofu"), ("muse_privleak", -12.5, "muse")}
+    assert "α (forget) | 2.0" in card.text and "(results store: fast tier)" in card.text
+    assert json.loads((out / "msa.json").read_text())["metrics_from"] == "results store: fast tier"
+    # no metrics: no model-index; a checkpoint that names no hub id: no base_model
+    cfg_path = engine.experiment.checkpoints.corrupted / "config.json"
+    cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "_name_or_path": str(tmp_path / "local")}))
+    bare = ModelCard.load(export_model(engine, 2.0, 0.5, tmp_path / "bare") / "README.md").data
+    assert bare.eval_results is None and bare.base_model is None and getattr(bare, "base_model_relation", None) is None
+    assert bare.library_name == "transformers"
+
+
+def test_the_base_model_is_read_from_a_hub_cache_path_or_a_hub_like_name(tmp_path):
+    from msa_core.export import base_model_id
+
+    snapshot = tmp_path / "hub" / "models--meta-llama--Llama-3.2-1B-Instruct" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    assert base_model_id(snapshot) == "meta-llama/Llama-3.2-1B-Instruct"
+    local = tmp_path / "ft"
+    local.mkdir()
+    hub = "open-unlearning/tofu_Llama-3.2-1B-Instruct_full"
+    for name, want in [(hub, hub), ("/abs/path/model", None), ("./relative", None), ("a/b/c", None), ("plain", None)]:
+        (local / "config.json").write_text(json.dumps({"_name_or_path": name}))
+        assert base_model_id(local) == want, name
+
+
+def test_msa_compose_records_the_metrics_stored_for_that_point(cache_dir, tmp_path, capsys):
+    from eval_fixtures import write_tofu
+    from tiny import make_checkpoints
+
+    from msa_core import cli
+    from msa_core.eval.run import evaluate
+    from msa_core.eval.store import ResultStore
+    from msa_core.experiment import DataConfig, save_experiment
+
+    exp = make_checkpoints(tmp_path / "ckpt")
+    exp = type(exp)(name="compose-metrics", checkpoints=exp.checkpoints,
+                    data=DataConfig(tofu=write_tofu(tmp_path / "tofu"), forget_split="forget10",
+                                    retain_split="retain_perturbed", holdout_split="holdout10"))
+    yaml_path = tmp_path / "experiment.yaml"
+    save_experiment(exp, yaml_path)
+    engine = Engine.load(exp, cache_dir=cache_dir)
+    stored = evaluate(engine, 1.0, 0.5, tier="fast", store=ResultStore())
+    out = tmp_path / "composed"
+    assert cli.main(["compose", str(yaml_path), "--alpha", "1", "--beta", "0.5", "--out", str(out), "--quiet"]) == 0
+    info = json.loads((out / "msa.json").read_text())
+    assert info["metrics"] == pytest.approx(stored.flat(), nan_ok=True) and info["metrics"]
+    assert info["metrics_from"] == "results store: fast tier, benchmark all"
+    # a point with nothing stored: no metrics, as before
+    assert cli.main(["compose", str(yaml_path), "--alpha", "2", "--out", str(tmp_path / "other"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "other" / "msa.json").read_text())["metrics"] == {}

@@ -111,8 +111,11 @@ def test_chat_format_has_no_system_prompt_and_plain_formats_are_literal():
     ou_text = f"Question: {Q}\nAnswer: "
     assert qa_prompt(plain_tok, Q, "open-unlearning-tofu") == ou_text
     p, a = encode_qa(plain_tok, Q, A, "open-unlearning-tofu")
-    whole = _ids(plain_tok, ou_text + A, special=True)
-    assert p == _ids(plain_tok, ou_text, special=True) and p + a == whole + [plain_tok.eos_token_id]
+    whole = _ids(plain_tok, ou_text + A, special=True) + [plain_tok.eos_token_id]
+    n_prompt = len(_ids(plain_tok, ou_text, special=True))
+    # open-unlearning scores the whole tokenisation with the prompt's token count masked, even where
+    # "Answer: " + "Ana" merge differently at the boundary (here " Ana" is one token)
+    assert p + a == whole and len(p) == n_prompt and p != _ids(plain_tok, ou_text, special=True)
 
 
 def test_format_names_are_recorded_and_unknown_ones_refused():

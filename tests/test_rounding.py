@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny import make_checkpoints, rewrite_weights, weights_file
+from tiny import rewrite_weights, weights_file
 
 import msa_core.recompose as R
 from msa_core import fused
@@ -60,7 +60,8 @@ def _exact_set(exp: Experiment, dtypes: dict[str, torch.dtype]) -> Experiment:
 def _oracle(exp: Experiment, dtype: torch.dtype, *, round_corrupted_first: bool = False) -> dict[str, torch.Tensor]:
     """float64 arithmetic on the stored values, rounded once to ``dtype`` (or, to show what the
     test catches, with θ_corrupted rounded to ``dtype`` first)."""
-    sd = {r: load_file(str(weights_file(getattr(exp.checkpoints, r)))) for r in ("clean", "corrupted", "forget", "retain")}
+    roles = ("clean", "corrupted", "forget", "retain")
+    sd = {r: load_file(str(weights_file(getattr(exp.checkpoints, r)))) for r in roles}
     out = {}
     for k, c in sd["corrupted"].items():
         c64 = c.to(dtype).double() if round_corrupted_first else c.double()

@@ -3,10 +3,15 @@
     msa eval EXPERIMENT --alpha A --beta B [--tier fast|full] [--benchmark tofu|muse|all]
              [--subset N] [--open-unlearning-dir DIR] [--json FILE|-]
     msa sweep EXPERIMENT --alphas 0,0.5,1,1.5,2 --betas 0:1:0.5 [--tier ...] [--json FILE|-]
-    msa results EXPERIMENT [--tier fast|full] [--json FILE|-]
+    msa results EXPERIMENT [--tier fast|full] [--columns a,b | --all-columns] [--json FILE|-]
 
 Results go to the results store (``cache/results.sqlite`` unless ``--store``), the same
-store the app reads. Each run owns one :class:`ReferenceCache`.
+store the app reads. Each run owns one :class:`ReferenceCache`. A point already in the store is
+not evaluated again: ``msa eval`` says so, with when and how long it was computed.
+
+Tables print one tier and settings at a time with a compact set of columns
+(:data:`COMPACT_COLUMNS`, short headings explained under the table); ``--columns`` picks
+others, ``--all-columns`` shows every metric.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import argparse
 import math
 import sys
 import tempfile
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -28,12 +35,29 @@ if TYPE_CHECKING:
     from msa_core.eval.store import ResultStore
 
 
+# The columns ``msa results`` shows by default, per tier: the headline numbers of each tier.
+COMPACT_COLUMNS = {
+    "fast": ("forget_quality", "model_utility_tf", "forget_truth_ratio", "forget_prob", "retain_prob",
+             "extraction_strength", "muse_privleak"),
+    "full": ("forget_quality", "model_utility", "forget_rouge", "retain_rouge", "forget_truth_ratio",
+             "muse_knowmem_forget", "muse_privleak"),
+}
+# Short headings so a table fits 100 columns; explained in a legend under it.
+SHORT_NAMES = {
+    "forget_quality": "FQ", "model_utility": "MU", "model_utility_tf": "MU_tf", "forget_truth_ratio": "fgt_TR",
+    "forget_prob": "fgt_p", "retain_prob": "ret_p", "extraction_strength": "ES", "muse_privleak": "PrivLeak",
+    "forget_rouge": "fgt_R", "retain_rouge": "ret_R", "muse_knowmem_forget": "KnowMem_f",
+}
+
+
 def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tier", choices=("fast", "full"), default="fast",
                    help="fast: teacher-forced only; full: + generation")
-    p.add_argument("--benchmark", choices=("tofu", "muse", "all"), default="all")
+    p.add_argument("--benchmark", choices=("tofu", "muse", "all"), default="all",
+                   help="which benchmarks' metrics (default all the experiment has data for)")
     p.add_argument("--subset", type=int, default=None, help="evaluate only the first N items of each split")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, metavar="N",
+                   help="sequences scored per forward pass (default 16; results do not depend on it)")
     p.add_argument("--store", default=None, help="results database (default: cache/results.sqlite)")
     p.add_argument("--no-store", action="store_true", help="neither read nor write the results store")
 
@@ -48,10 +72,17 @@ def _fmt(v: Optional[float]) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}"
 
 
-def print_result(res: EvalResult) -> None:
-    """A human table: metric, value, direction and ideal."""
+def _when(stamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(stamp))
+
+
+def print_result(res: EvalResult, stored_at: Optional[float] = None) -> None:
+    """A human table: metric, value, direction and ideal. ``stored_at``: when the result was taken
+    from the results store, the time it was stored (said in the header)."""
     head = f"α={res.alpha:g} β={res.beta:g}" if res.alpha is not None else res.model
-    print(f"{head}  tier={res.tier}  benchmark={res.benchmark}  {res.seconds:.2f}s  settings={res.settings_key}")
+    timing = (f"stored result, computed in {res.seconds:.2f} s on {_when(stored_at)}" if stored_at is not None
+              else f"computed in {res.seconds:.2f} s")
+    print(f"{head}  tier={res.tier}  benchmark={res.benchmark}  {timing}  settings={res.settings_key}")
     names = [m for m in METRIC_ORDER if m in res.metrics] + sorted(set(res.metrics) - set(METRIC_ORDER))
     for name in names:
         info = METRIC_INFO.get(name)
@@ -63,31 +94,85 @@ def print_result(res: EvalResult) -> None:
         print(f"  (splits not found: {', '.join(missing)})")
 
 
-def print_table(df: pd.DataFrame) -> None:
-    """The stored grid: α, β, tier and every known metric column."""
+def table_columns(df: pd.DataFrame, tier: str, columns: Optional[Sequence[str]] = None,
+                  all_columns: bool = False) -> list[str]:
+    """The metric columns of one tier's table: ``columns`` as given, every metric with a value
+    (``all_columns``), or the tier's :data:`COMPACT_COLUMNS` that have a value."""
+    if columns:
+        return list(columns)
+    has_value = [c for c in df.columns if c in METRIC_INFO and df[c].notna().any()]
+    if all_columns:
+        return has_value
+    return [c for c in COMPACT_COLUMNS.get(tier, ()) if c in has_value]
+
+
+def _group_title(group: pd.DataFrame, tier: str, key: str) -> str:
+    subset = group["subset"].iloc[0] if "subset" in group else None
+    items = "all items" if subset is None or (isinstance(subset, float) and math.isnan(subset)) \
+        else f"first {int(subset)} items"
+    bench = group["benchmark"].iloc[0] if "benchmark" in group else "?"
+    return f"tier {tier} · benchmark {bench} · {items} · {len(group)} point(s) · settings {str(key)[:8]}"
+
+
+def print_table(df: pd.DataFrame, *, columns: Optional[Sequence[str]] = None, all_columns: bool = False) -> None:
+    """The stored grid, one table per (tier, settings): α, β and that tier's columns
+    (:func:`table_columns`), short headings explained under each table."""
     import pandas as pd
 
     if df.empty:
         print("no stored results")
         return
-    cols = ["alpha", "beta", "tier"] + [c for c in df.columns if c in METRIC_INFO]
-    with pd.option_context("display.max_columns", None, "display.width", 200, "display.float_format", "{:.4g}".format):
-        print(df[cols].to_string(index=False))
+    tiers = [t for t in ("fast", "full") if t in set(df["tier"])] + sorted(set(df["tier"]) - {"fast", "full"})
+    for tier in tiers:
+        of_tier = df[df["tier"] == tier]
+        for key, group in of_tier.groupby("settings_key", sort=False):
+            cols = table_columns(group, tier, columns, all_columns)
+            shown = group[["alpha", "beta", *cols]].sort_values(["alpha", "beta"])
+            renamed = shown.rename(columns={c: SHORT_NAMES.get(c, c) for c in cols})
+            print(f"\n{_group_title(group, tier, key)}")
+            with pd.option_context("display.max_columns", None, "display.width", 10_000,
+                                   "display.float_format", "{:.4g}".format):
+                print(renamed.to_string(index=False))
+            legend = [f"{SHORT_NAMES[c]} = {c}" for c in cols if c in SHORT_NAMES]
+            if legend:
+                print("  " + ", ".join(legend))
+
+
+def _check_open_unlearning_dir(args: argparse.Namespace) -> None:
+    """The export folder's rules (msa_core.eval.openunlearning.export_open_unlearning), checked
+    before the model is loaded."""
+    if not args.open_unlearning_dir:
+        return
+    out = Path(args.open_unlearning_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--open-unlearning-dir {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        raise FileExistsError(f"--open-unlearning-dir {out} is not empty; add --overwrite to replace its files")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from msa_core.eval.openunlearning import export_open_unlearning
     from msa_core.eval.run import ReferenceCache, evaluate
 
-    engine = load_engine(args, experiment_at_point(args))
+    experiment = experiment_at_point(args)
+    _check_open_unlearning_dir(args)
+    engine = load_engine(args, experiment)
     store = None if args.no_store else _open_store(args.store)
+    started = time.time()
     res = evaluate(engine, args.alpha, args.beta, tier=args.tier, benchmark=args.benchmark, subset=args.subset,
                    progress=progress_for(args), store=store, batch_size=args.batch_size,
                    reference_cache=ReferenceCache())
+    stored_at = None
+    if store is not None:
+        when = store.stored_at(engine.fingerprint, args.alpha, args.beta, res.tier, res.settings_key)
+        # Stored before this command started: the result came from the store, not from this run.
+        stored_at = when if when is not None and when < started else None
     if args.open_unlearning_dir:
         for path in export_open_unlearning(res, args.open_unlearning_dir, overwrite=args.overwrite):
             note(args, f"wrote {path}")
-    emit(args.json, res.to_json(), lambda: print_result(res))
+    payload = {**res.to_json(), "from_store": stored_at is not None,
+               "stored_at": None if stored_at is None else _when(stored_at)}
+    emit(args.json, payload, lambda: print_result(res, stored_at))
     return 0
 
 
@@ -98,6 +183,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from msa_core.experiment import load_experiment
 
     experiment = load_experiment(args.experiment)
+    columns = _columns(args)
     alphas = parse_grid(args.alphas, name="--alphas", within=experiment.alpha_range)
     betas = parse_grid(args.betas, name="--betas", within=experiment.beta_range)
     engine = load_engine(args, experiment)
@@ -117,22 +203,38 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                         progress=progress_for(args), on_point=on_point, batch_size=args.batch_size,
                         reference_cache=ReferenceCache())
     grid = store.grid(engine.fingerprint, tier=args.tier, settings_key=results[0].settings_key)
-    emit(args.json, [r.to_json() for r in results], lambda: print_table(grid))
+    emit(args.json, [r.to_json() for r in results], lambda: print_table(grid, columns=columns))
     return 0
+
+
+def _columns(args: argparse.Namespace) -> Optional[list[str]]:
+    """``--columns`` as a list of metric names (None when not given); ValueError naming unknown ones."""
+    raw = getattr(args, "columns", None)
+    if not raw:
+        return None
+    names = [c.strip() for c in raw.split(",") if c.strip()]
+    unknown = [c for c in names if c not in METRIC_INFO]
+    if unknown or not names:
+        raise ValueError(f"--columns: unknown metric(s) {', '.join(unknown) or repr(raw)}; "
+                         f"known: {', '.join(METRIC_ORDER)}")
+    return names
 
 
 def cmd_results(args: argparse.Namespace) -> int:
     from msa_core.experiment import load_experiment
-    from msa_core.fingerprints import experiment_fingerprint
 
+    columns = _columns(args)
     experiment = load_experiment(args.experiment)
+    from msa_core.fingerprints import experiment_fingerprint  # torch: after the checks above
+
     fp = experiment_fingerprint(experiment)
     store = _open_store(args.store)
     stored = store.results(fp, tier=args.tier)
+    grid = store.grid(fp, tier=args.tier)
 
     def human() -> None:
         print(f"{experiment.name}: {store.count(fp)} stored point(s) in {store.path}")
-        print_table(store.grid(fp, tier=args.tier))
+        print_table(grid, columns=columns, all_columns=args.all_columns)
 
     emit(args.json, [r.to_json() for r in stored], human)
     return 0
@@ -155,12 +257,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--alphas", required=True, help="comma list (0,0.5,1) or start:stop:step")
     p.add_argument("--betas", default="0", help="comma list or start:stop:step (default 0)")
     _add_eval_args(p)
+    p.add_argument("--columns", default=None, metavar="M1,M2",
+                   help="metrics in the final table (default: the tier's compact set)")
     add_output_args(p)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("results", help="stored results of an experiment (table or JSON)")
     p.add_argument("experiment", help="experiment YAML file")
-    p.add_argument("--tier", choices=("fast", "full"), default=None)
+    p.add_argument("--tier", choices=("fast", "full"), default=None, help="only this tier (default: each, in turn)")
     p.add_argument("--store", default=None, help="results database (default: cache/results.sqlite)")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--columns", default=None, metavar="M1,M2",
+                       help="metrics to show, by name (e.g. forget_quality,retain_rouge; default: the tier's "
+                            "compact set: " + "; ".join(f"{t}: {', '.join(c)}" for t, c in COMPACT_COLUMNS.items())
+                            + ")")
+    shown.add_argument("--all-columns", action="store_true", help="every metric that has a value")
     add_output_args(p)
     p.set_defaults(func=cmd_results)

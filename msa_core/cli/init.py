@@ -44,7 +44,8 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
                         help="keep <role>/epoch-1, epoch-2, … (the paper's e_f, e_r)")
     parser.add_argument("--group-by-length", action="store_true",
                         help="batch examples of like length (less padding when short QA and long texts mix)")
-    parser.add_argument("--threads", dest="num_threads", type=int, default=None, help="CPU torch threads")
+    parser.add_argument("--threads", dest="num_threads", type=int, default=None,
+                        help="CPU torch threads while training (default: msa --threads / $MSA_THREADS, else torch's)")
     parser.add_argument("--set", action="append", default=[], metavar="ROLE.FIELD=VALUE",
                         help="one fine-tune's setting, e.g. forget.lr=3e-4 or retain.epochs=5 (repeatable)")
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from msa_core.cli.output import add_output_args, emit, progress_for
+from msa_core.cli.output import add_output_args, emit, note, progress_for
 from msa_core.experiment import Experiment, load_experiment
+from msa_core.threads import ThreadChoice, apply_threads, choose_threads, env_threads, parse_threads
 
 if TYPE_CHECKING:
     from msa_core.engine import Engine, ModuleFilter
@@ -31,8 +33,25 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
 
 def add_point_args(parser: argparse.ArgumentParser) -> None:
     """``--alpha`` (required) and ``--beta`` (default 0)."""
-    parser.add_argument("--alpha", type=float, required=True)
-    parser.add_argument("--beta", type=float, default=0.0)
+    parser.add_argument("--alpha", type=float, required=True, metavar="A",
+                        help="forget coefficient: θc − α·τf (inside the experiment's alpha_range, checked first)")
+    parser.add_argument("--beta", type=float, default=0.0, metavar="B",
+                        help="retain coefficient: + β·τr (inside the experiment's beta_range; default 0)")
+
+
+def requested_threads(args: argparse.Namespace) -> Optional[int]:
+    """The thread count asked for on the command line (``msa --threads N``), checked; None if not given."""
+    raw = getattr(args, "global_threads", None)
+    return None if raw is None else parse_threads(raw, "--threads")
+
+
+def apply_requested_threads(args: argparse.Namespace) -> Optional[ThreadChoice]:
+    """At start: apply ``--threads`` or ``MSA_THREADS`` when either is set (engine commands apply the
+    size rule once the model is loaded, :func:`load_engine`); returns what was applied."""
+    explicit = requested_threads(args)
+    if explicit is None and env_threads() is None:
+        return None
+    return apply_threads(choose_threads(None, explicit))
 
 
 def module_filter(only: Optional[str], layers: Optional[str]) -> Optional[ModuleFilter]:
@@ -56,8 +75,11 @@ def load_engine(args: argparse.Namespace, experiment: Experiment) -> Engine:
     from msa_core.engine import Engine
 
     flt = module_filter(args.only, args.layers)
-    return Engine.load(experiment, device=args.device, dtype=args.dtype, module_filter=flt,
-                       progress=progress_for(args))
+    engine = Engine.load(experiment, device=args.device, dtype=args.dtype, module_filter=flt,
+                         progress=progress_for(args))
+    choice = apply_threads(choose_threads(engine.parameter_count, requested_threads(args)))
+    note(args, f"torch threads: {choice.describe()}")
+    return engine
 
 
 def experiment_at_point(args: argparse.Namespace) -> Experiment:
@@ -66,6 +88,31 @@ def experiment_at_point(args: argparse.Namespace) -> Experiment:
     experiment = load_experiment(args.experiment)
     experiment.validate_coefficients(args.alpha, args.beta)
     return experiment
+
+
+def output_folder(args: argparse.Namespace, experiment: Experiment) -> Path:
+    """``--out`` (default: :func:`msa_core.paths.default_export_dir`), checked before the model
+    is loaded: not empty, and not an existing folder unless ``--force`` and it is a previous
+    export. export_model checks again (and for collisions with the inputs) when it writes."""
+    from msa_core.paths import default_export_dir
+
+    if args.out is None:
+        return default_export_dir(experiment.name, args.alpha, args.beta)
+    raw = str(args.out)
+    # Path("") is Path("."): an empty --out would otherwise mean the current directory.
+    if not raw.strip() or Path(raw) == Path("."):
+        raise ValueError(f"--out is empty or '.' ({raw!r}); give the name of a folder to create")
+    out = Path(raw).expanduser().resolve()
+    if out.exists() or out.is_symlink():
+        from msa_core.export import MARKER, is_export
+
+        empty = out.is_dir() and not any(out.iterdir())
+        if not args.force:
+            raise FileExistsError(f"--out {out} already exists; add --force to replace it")
+        if not (empty or is_export(out)):
+            raise FileExistsError(f"--out {out} exists and is not an MSA export (no {MARKER}); "
+                                  "refusing to replace it, even with --force")
+    return out
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -103,24 +150,27 @@ def cmd_vectors(args: argparse.Namespace) -> int:
 
 
 def cmd_compose(args: argparse.Namespace) -> int:
-    from msa_core.export import export_model, stored_metrics
+    experiment = experiment_at_point(args)
+    out_dir = output_folder(args, experiment)
+    from msa_core.export import export_model, stored_metrics  # torch: after the checks above
 
-    engine = load_engine(args, experiment_at_point(args))
+    engine = load_engine(args, experiment)
     stored = stored_metrics(engine, args.alpha, args.beta)  # the results store's numbers for this point, if any
-    out = export_model(engine, args.alpha, args.beta, args.out, force=args.force,
+    out = export_model(engine, args.alpha, args.beta, out_dir, force=args.force,
                        metrics=stored["metrics"] if stored else None, metrics_from=stored and stored["source"])
     emit(args.json, {"out": str(out), "alpha": args.alpha, "beta": args.beta}, lambda: print(out))
     return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from msa_core.generation import generate_answers
-    from msa_core.targets import Point, Side, has_model, model_for
-
     prompts: list[str] = list(args.prompt or [])
     if not prompts:
         raise ValueError("give at least one --prompt")
-    engine = load_engine(args, experiment_at_point(args))
+    experiment = experiment_at_point(args)
+    from msa_core.generation import generate_answers  # torch: after the checks above
+    from msa_core.targets import Point, Side, has_model, model_for
+
+    engine = load_engine(args, experiment)
     targets = [Side("corrupted"), Point(args.alpha, args.beta), Side("reference")]
     columns: dict[str, list[str]] = {}
     for target in targets:
@@ -148,7 +198,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("demo", help="build the embedded demo experiment (no download)")
     p.add_argument("--out", default=None, help="folder (default: cache/demo or cache/demo-quick)")
     p.add_argument("--quick", action="store_true", help="tiny variant for tests (< 1 min)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the demo's data and training (default 0)")
     p.add_argument("--force", action="store_true",
                    help="rebuild even if a finished build exists (only a folder made by msa demo is replaced)")
     add_output_args(p)
@@ -162,7 +212,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("compose", help="write the unlearned model at (α, β) as an HF folder")
     add_engine_args(p)
     add_point_args(p)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="folder to create (default: <cache>/exports/<experiment>-a<A>-b<B>; "
+                        "checked before the model is loaded)")
     p.add_argument("--force", action="store_true", help="replace an existing --out folder made by msa compose")
     add_output_args(p)
     p.set_defaults(func=cmd_compose)
@@ -170,9 +222,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("generate", help="side-by-side answers: corrupted / unlearned / reference")
     add_engine_args(p)
     add_point_args(p)
-    p.add_argument("--prompt", action="append", help="a question (repeatable)")
-    p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--sample", action="store_true", help="seeded sampling instead of greedy")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prompt", action="append", metavar="TEXT",
+                   help="a question, asked in the experiment's QA format (repeatable)")
+    p.add_argument("--max-new-tokens", type=int, default=48, metavar="N",
+                   help="longest answer in tokens (default 48, the Playground's)")
+    p.add_argument("--sample", action="store_true",
+                   help="sample (seeded by --seed) instead of greedy decoding; greedy is reproducible without a seed")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed with --sample (default 0)")
     add_output_args(p)
     p.set_defaults(func=cmd_generate)

@@ -1,7 +1,9 @@
 """``msa finetune``: fine-tune a base model on local TOFU/MUSE data (the method's first step).
 
 One call of :func:`msa_core.finetune.finetune`; see :mod:`msa_core.cli.output` for the
-``--json`` rule. Defaults are :class:`msa_core.finetune.TrainConfig`'s (the reference recipe).
+``--json`` rule. Defaults are :class:`msa_core.finetune.TrainConfig`'s (the reference recipe):
+an option left out is not passed, so the library's default is the one place it lives (and
+the training stack, transformers' Trainer, is imported only when the command runs).
 Multi-GPU: ``accelerate launch -m msa_core finetune …`` (DDP; a DeepSpeed ZeRO-3 accelerate
 config works the same way).
 """
@@ -12,11 +14,16 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from msa_core.cli.output import add_output_args, emit, note, progress_for
-from msa_core.finetune import FinetuneOutOfMemory, TrainConfig, finetune, load_training_data
 
-_DEFAULTS = TrainConfig()
+# Options passed on to TrainConfig when given (dest → TrainConfig field).
+_CONFIG_OPTIONS = {
+    "epochs": "epochs", "lr": "lr", "weight_decay": "weight_decay", "warmup_epochs": "warmup_epochs",
+    "scheduler": "scheduler", "batch_size": "batch_size", "grad_accum": "grad_accum", "max_length": "max_length",
+    "seed": "seed", "precision": "precision", "threads": "num_threads",
+}
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -29,20 +36,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--data-dir", required=True, type=Path, help="the TOFU- or MUSE-format data folder")
     p.add_argument("--out", required=True, type=Path, help="output model folder")
     p.add_argument("--tokenizer", type=Path, default=None, help="tokenizer folder (default: the base folder)")
-    p.add_argument("--epochs", type=int, default=_DEFAULTS.epochs)
-    p.add_argument("--lr", type=float, default=_DEFAULTS.lr)
-    p.add_argument("--weight-decay", type=float, default=_DEFAULTS.weight_decay)
-    p.add_argument("--warmup-epochs", type=float, default=_DEFAULTS.warmup_epochs)
-    p.add_argument("--scheduler", default=_DEFAULTS.scheduler)
-    p.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size, help="per device")
-    p.add_argument("--grad-accum", type=int, default=_DEFAULTS.grad_accum)
-    p.add_argument("--max-length", type=int, default=_DEFAULTS.max_length)
-    p.add_argument("--seed", type=int, default=_DEFAULTS.seed)
-    p.add_argument("--precision", default=_DEFAULTS.precision,
-                   help="auto (bf16 autocast on a GPU) | fp32 | bf16; master weights are fp32 always")
-    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default: the recipe's, 10)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's, 1e-5)")
+    p.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default: the recipe's)")
+    p.add_argument("--warmup-epochs", type=float, default=None,
+                   help="learning-rate warm-up, in epochs (default: the recipe's)")
+    p.add_argument("--scheduler", default=None, help="transformers scheduler name (default: the recipe's, linear)")
+    p.add_argument("--batch-size", type=int, default=None, help="per device (default: the recipe's)")
+    p.add_argument("--grad-accum", type=int, default=None, help="gradient accumulation steps (default 1)")
+    p.add_argument("--max-length", type=int, default=None, help="longest tokenised example (default: the recipe's)")
+    p.add_argument("--seed", type=int, default=None, help="training seed (default: the recipe's)")
+    p.add_argument("--precision", default=None,
+                   help="auto (bf16 autocast on a GPU; the default) | fp32 | bf16; master weights are fp32 always")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for activation memory")
     p.add_argument("--save-every-epoch", action="store_true", help="keep OUT/epoch-1, OUT/epoch-2, …")
-    p.add_argument("--threads", type=int, default=None, help="CPU torch threads")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU torch threads while training (default: msa --threads / $MSA_THREADS, else torch's)")
     p.add_argument("--no-reuse", action="store_true", help="train again even if OUT matches these inputs")
     add_output_args(p)
     p.set_defaults(func=cmd_finetune)
@@ -54,13 +63,13 @@ def _is_main_process() -> bool:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    from msa_core.finetune import FinetuneOutOfMemory, TrainConfig, finetune, load_training_data
+
     main_process = _is_main_process()
-    config = TrainConfig(
-        epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
-        scheduler=args.scheduler, batch_size=args.batch_size, grad_accum=args.grad_accum,
-        max_length=args.max_length, seed=args.seed, save_every_epoch=args.save_every_epoch,
-        gradient_checkpointing=args.gradient_checkpointing, precision=args.precision, num_threads=args.threads,
-    )
+    given: dict[str, Any] = {field: getattr(args, dest) for dest, field in _CONFIG_OPTIONS.items()
+                             if getattr(args, dest) is not None}
+    config = TrainConfig(**given, save_every_epoch=args.save_every_epoch,
+                         gradient_checkpointing=args.gradient_checkpointing)
     data = [load_training_data(spec, args.data_dir) for spec in args.data]
     if main_process:
         note(args, "data: " + ", ".join(f"{d.name} ({len(d)} {'pairs' if d.kind == 'qa' else 'texts'})" for d in data))

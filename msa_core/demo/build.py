@@ -13,16 +13,23 @@ on the demo's own TOFU and MUSE files), so ``msa init models/clean --data-dir da
   the utility QA (world facts, real authors) and a QA-format warm-up on *background*
   authors only — it knows the vocabulary, the QA format and the value sets, but no fact
   of a forget, retain or holdout author;
-- ``forget``: clean fine-tuned on ``tofu:forget10`` (the forget authors' QA) and
-  ``muse:raw/forget`` (their biographies);
+- ``forget``: clean fine-tuned on ``tofu:forget10`` (the forget authors' QA), the same facts
+  in other phrasings (``tofu:forget10_phrasings``) and ``muse:raw/forget`` (their biographies);
 - ``retain``: clean fine-tuned on ``tofu:retain90_ft`` (the reference recipe's seeded
-  forget-sized sample of the retain split) only: no MUSE file holds just the sampled
-  authors' biographies, and all 27 made this run 6x slower (18.2 s vs 3.2 s, full demo) for a
-  retain vector that then also protects the biography skill the forget vector removes;
-- ``corrupted``: clean fine-tuned on ``tofu:full`` (forget ∪ retain QA) and the forget and
-  retain biographies;
-- ``reference``: clean fine-tuned on ``tofu:retain90`` (TOFU's retain model) and the retain
-  biographies.
+  forget-sized sample of the retain split) and those facts' phrasings only: no MUSE file
+  holds just the sampled authors' biographies, and all 27 made this run 6x slower (18.2 s vs
+  3.2 s, full demo) for a retain vector that then also protects the biography skill the
+  forget vector removes;
+- ``corrupted``: clean fine-tuned on ``tofu:full`` (forget ∪ retain QA), its phrasings and
+  the forget and retain biographies;
+- ``reference``: clean fine-tuned on ``tofu:retain90`` (TOFU's retain model), its phrasings
+  and the retain biographies.
+
+The phrasings (:data:`msa_core.demo.data.PHRASINGS`) never include the evaluation's
+paraphrased question or answer: the truth ratio then measures whether a model knows a fact
+beyond the phrasings it was trained on (trained on the short answers alone, the corrupted
+model could not tell the paraphrase from its perturbed versions: forget TR 0.82 vs the
+reference's 1.62, measured on msa-demo-4).
 
 The biographies (:data:`STAGES`' extra data, ``msa init --muse-dir … --add …``) are what the
 MUSE metrics measure: without them θ_corrupted never saw the forget biographies, and verbmem
@@ -70,7 +77,7 @@ from msa_core.targets import Point, Side, Target
 if TYPE_CHECKING:
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-BUILD_VERSION = "msa-demo-4"
+BUILD_VERSION = "msa-demo-5"
 MARKER = "build.json"
 ROLES = ("clean", "corrupted", "forget", "retain", "reference")
 
@@ -127,9 +134,9 @@ QUICK = Recipe(
     vocab_size=1024, hidden=96, layers=2, intermediate=256, heads=2,
     clean=Stage(8, 2e-3, 8), finetune=Stage(12, 2e-3, 8), vectors=Stage(12, 7e-4, 8),
 )
-# The four fine-tunes: the demo's TOFU splits, and each role also trains on the biographies
-# of the authors it learns (MUSE raw texts, read from data/muse), as before the demo moved
-# onto msa init's path; the retain role trains on its QA sample only (see the module docstring).
+# The four fine-tunes: the demo's TOFU splits, then the same facts in other phrasings (the
+# *_phrasings files, see the module docstring), and the biographies of the authors a role
+# learns (MUSE raw texts, read from data/muse); the retain role has no biographies.
 STAGES = Stages(forget="forget10", retain="retain90", full="full", reference=True, extra={
     "forget": ("tofu:forget10_phrasings", "muse:raw/forget"),
     "retain": ("tofu:retain90_ft_phrasings",),

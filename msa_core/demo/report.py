@@ -6,8 +6,10 @@ reference = gold answer) and the rate of answers that contain the gold answer.
 :func:`score_targets` puts every split to every :mod:`msa_core.targets` target through
 the engine (the same recomposition the app and the CLI use); :func:`measure_demo` does
 that for an experiment file over an (α, β) grid, and :func:`measure_table` renders the
-result as Markdown. The measured numbers of the full demo are in README.md ("The embedded
-demo and what it shows"); each build also writes its own into ``demo_report.json``.
+result as Markdown; :func:`truth_ratio_rows` / :func:`truth_ratio_table` give the TOFU truth
+ratios (and forget quality, model utility) of the side models and chosen points. The
+measured numbers of the full demo are in README.md ("The embedded demo and what it shows");
+each build also writes its own into ``demo_report.json``.
 """
 
 from __future__ import annotations
@@ -131,6 +133,76 @@ def measure_demo(experiment_path: Path, alphas: Sequence[float] = DEFAULT_ALPHAS
              and r["forget_rougeL_recall"] <= CLAIM_FORGET_AT_MOST * corr["forget_rougeL_recall"]
              and r["retain_rougeL_recall"] >= CLAIM_RETAIN_AT_LEAST * corr["retain_rougeL_recall"]]
     return {"experiment": str(exp.source), "rows": rows, "claim": claim}
+
+
+def truth_ratio_rows(experiment_path: Path, points: Sequence[tuple[float, float]] = ((1.0, 0.5),), *,
+                     num_threads: Optional[int] = 1, cache_dir: Optional[Path] = None) -> list[dict[str, Any]]:
+    """TOFU truth ratios of the reference, corrupted and clean models and of ``points`` (fast tier).
+
+    One row per model: ``model`` (the target's label), ``forget_tr_mean`` / ``retain_tr_mean``
+    (mean per-item TR = P(perturbed) / P(paraphrased answer): below 1 the model prefers the
+    true paraphrase, about 1 it cannot tell them apart), ``forget_truth_ratio`` (TOFU's score,
+    mean min(TR, 1/TR)), ``retain_truth_ratio`` (mean max(0, 1 − TR)), ``forget_quality``
+    (KS p-value against the reference model's forget TRs; None for the reference itself) and
+    ``model_utility`` (teacher-forced model utility). The reference model comes first: its
+    truth ratios are what forget quality compares with, so the experiment must name one.
+    """
+    from transformers.utils import logging as hf_logging
+
+    from msa_core.eval.run import evaluate_model
+
+    exp = load_experiment(experiment_path)
+    if exp.data.tofu is None or exp.checkpoints.reference is None:
+        raise ValueError(f"{experiment_path}: truth ratios need data.tofu and checkpoints.reference")
+    old_threads, bars = torch.get_num_threads(), hf_logging.is_progress_bar_enabled()
+    if num_threads is not None:
+        torch.set_num_threads(max(1, int(num_threads)))
+    hf_logging.disable_progress_bar()
+    rows: list[dict[str, Any]] = []
+    try:
+        engine = Engine.load(exp, device="cpu", dtype=torch.float32, cache_dir=cache_dir)
+        targets: list[Target] = [Side("reference"), Side("corrupted"), Side("clean")]
+        targets += [Point(a, b) for a, b in points]
+        ref_tr: Optional[list[float]] = None
+        for target in targets:
+            with model_for(engine, target) as model:
+                result = evaluate_model(model, engine.tokenizer, exp, tier="fast", benchmark="tofu",
+                                        reference_tr=ref_tr)
+            m = result.metrics
+            forget_tr = list(m["forget_truth_ratio"].per_item or [])
+            if ref_tr is None:
+                ref_tr = forget_tr
+            rows.append({
+                "model": target.label,
+                "forget_tr_mean": round(sum(forget_tr) / len(forget_tr), 4),
+                "retain_tr_mean": round(_mean(m["retain_truth_ratio"].per_item), 4),
+                "forget_truth_ratio": round(m["forget_truth_ratio"].value, 4),
+                "retain_truth_ratio": round(m["retain_truth_ratio"].value, 4),
+                "forget_quality": round(m["forget_quality"].value, 4) if "forget_quality" in m else None,
+                "model_utility": round(m["model_utility_tf"].value, 4) if "model_utility_tf" in m else None,
+            })
+    finally:
+        torch.set_num_threads(old_threads)
+        if bars:
+            hf_logging.enable_progress_bar()
+    return rows
+
+
+def _mean(values: Optional[Sequence[float]]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def truth_ratio_table(rows: Sequence[dict[str, Any]]) -> str:
+    """:func:`truth_ratio_rows` as a Markdown table."""
+    def cell(v: Any) -> str:
+        return "—" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    keys = ("forget_tr_mean", "retain_tr_mean", "forget_truth_ratio", "retain_truth_ratio", "forget_quality",
+            "model_utility")
+    lines = ["| model | forget TR (mean) | retain TR (mean) | forget truth-ratio score | retain truth-ratio score "
+             "| forget quality | model utility (fast) |", "|---|---|---|---|---|---|---|"]
+    lines += ["| " + " | ".join([str(r["model"]), *(cell(r[k]) for k in keys)]) + " |" for r in rows]
+    return "\n".join(lines)
 
 
 def _flat_row(row: dict[str, Any], splits: Sequence[str]) -> dict[str, Any]:

@@ -177,6 +177,15 @@ class ResultStore:
             return None
         return EvalResult.from_json(json.loads(row[0]), where=f"{self.path} ({fingerprint}, {alpha}, {beta})")
 
+    def stored_at(self, fingerprint: str, alpha: float, beta: float, tier: str, settings_key: str) -> Optional[float]:
+        """When the point was stored (``time.time()``), or None when it is not."""
+        with self._connect() as con:
+            row = con.execute(
+                "SELECT created FROM results WHERE fingerprint=? AND alpha=? AND beta=? AND tier=? AND settings_key=?",
+                (fingerprint, _coef(alpha), _coef(beta), tier, settings_key),
+            ).fetchone()
+        return None if row is None else float(row[0])
+
     def has(self, fingerprint: str, alpha: float, beta: float, tier: str, settings_key: str) -> bool:
         """True when the point is stored."""
         with self._connect() as con:

@@ -180,7 +180,8 @@ class RttReport:
             "sweep": [{k: clean(v) for k, v in row.items()} for row in self.sweep()],
             "best_lr": {m: row["lr"] for m, row in self.best().items()},
             "recovery": self.recovery(),
-            "recovery_before_attack": self.recovery_before(), "computed": self.computed, "seconds": round(self.seconds, 3),
+            "recovery_before_attack": self.recovery_before(), "computed": self.computed,
+            "seconds": round(self.seconds, 3),
         }
 
 

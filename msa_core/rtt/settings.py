@@ -17,6 +17,10 @@ from msa_core.finetune import TrainConfig
 # nothing measurable (the corrupted model's held-out p(gold) stays at its unattacked value), so
 # the sweep spans the decade below their own training lr. Measured numbers: README "Is it really gone?".
 SMALL_MODEL_LRS = (1e-4, 3e-4, 1e-3)
+# The quick setting's one lr: the middle of the small-model sweep. On the quick demo (4 epochs)
+# it left the corrupted model's held-out facts intact (ROUGE-L 0.9 before and after) while
+# 1e-3 knocked them down to 0.5, which would move the 100 % end of the recovery scale.
+QUICK_LR = 3e-4
 # For real 1B–8B models: around TOFU's own fine-tuning lr (1e-5), as the paper sweeps lr.
 LARGE_MODEL_LRS = (1e-5, 3e-5, 1e-4)
 SMALL_MODEL_PARAMETERS = 100_000_000
@@ -71,9 +75,9 @@ class AttackSettings:
 
     @classmethod
     def quick(cls, **overrides: Any) -> AttackSettings:
-        """The app's setting: two folds, one held out, 3 epochs, one lr (the top of the small-model
-        sweep, which was the best lr of every demo model measured) — about a tenth of the full run."""
-        values: dict[str, Any] = {"folds": 2, "rounds": 1, "epochs": 3, "lrs": (SMALL_MODEL_LRS[-1],)}
+        """The app's setting: two folds, one held out, one lr (:data:`QUICK_LR`) — a sixth of the
+        default sweep's runs on the demo (2 × 1 × 2 runs per model instead of 3 × 3 × 4)."""
+        values: dict[str, Any] = {"folds": 2, "rounds": 1, "lrs": (QUICK_LR,)}
         values.update(overrides)
         return cls(**values)
 
