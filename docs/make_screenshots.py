@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                 shot(page, "probe")
 
                 bh.open_page(page, "Playground")
-                page.locator(".st-key-w_pin_add button").click()
+                bh.click(page, "w_pin_add")
                 bh.wait_idle(page)
                 bh.set_number(page, "w_alpha_num", 2)
                 bh.wait_point(page, 2.0, 0.5)
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                 bh.assert_no_exception(page)
                 shot(page, "layers")
 
-                page.locator(".st-key-w_preset_corrupted").get_by_role("button", name="Corrupted").click()
+                bh.click(page, "w_preset_corrupted")
                 bh.wait_idle(page)
                 bh.open_page(page, "Guided demo")
                 for step in range(1, GUIDE_STEPS + 1):
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                     bh.assert_no_exception(page)
                     shot(page, f"guided_{step}")
                     if step < GUIDE_STEPS:
-                        page.locator(".st-key-w_guide_next button").click()
+                        bh.click(page, "w_guide_next")
             finally:
                 browser.close()
     finally:

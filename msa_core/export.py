@@ -18,16 +18,17 @@ What it guarantees (RELIABILITY.md, cases 2, 3 and 12):
 
 What it writes (so that transformers 4.4x and 5 both read the same model): only the weights
 are new. ``config.json``, ``generation_config.json``, the tokenizer and chat-template files
-are the corrupted checkpoint's own, copied byte for byte (:func:`original_files`), because
+are the corrupted checkpoint's own, copied (:func:`original_files`), because
 transformers 5's ``save_pretrained`` writes formats 4.45 misreads without an error: the
 config's ``rope_theta`` / ``rope_scaling`` move into ``rope_parameters`` (4.45 then uses its
 default rope_theta and no Llama-3 scaling), and the tokenizer's class becomes
 ``TokenizersBackend`` with the chat template in ``chat_template.jinja`` (4.45 fails on the
-first and ignores the second). The one key changed in the copied config is the dtype
-(``torch_dtype`` / ``dtype``) when the weights are written in another dtype than the
-checkpoint's. The README is a Hugging Face model card (:func:`model_card`). Files and
-folders get the modes a plain ``open``/``mkdir`` gives (0644 / 0755 under the usual umask):
-an export is meant to be shared, unlike a private temp file.
+first and ignores the second). A checkpoint written by transformers 4.x stays byte for byte,
+except the config's ``torch_dtype`` when the weights are written in another dtype; files of a
+checkpoint written by transformers 5 get the legacy keys added (:func:`legacy_config`,
+:func:`legacy_tokenizer_config`), which 5 reads the same way. The README is a Hugging Face
+model card (:func:`model_card`). Files and folders get the modes a plain ``open``/``mkdir``
+gives (0644 / 0755 under the usual umask): an export is meant to be shared, unlike a temp file.
 """
 
 from __future__ import annotations
@@ -233,7 +234,7 @@ def stored_metrics(engine: Engine, alpha: float, beta: float) -> Optional[dict[s
     from msa_core.eval.store import ResultStore
 
     exp = engine.experiment
-    if not exp.benchmarks:
+    if not exp.benchmarks or not default_results_path().is_file():  # nothing stored: do not create a store
         return None
     store = ResultStore()
     benches = ["all", *exp.benchmarks]  # "all" is a setting of its own, even with one benchmark
@@ -343,20 +344,76 @@ def _out_path(out_dir: str | os.PathLike[str]) -> Path:
     return Path(raw).expanduser().resolve()
 
 
-def _align_config_dtype(config: Path, dtype: torch.dtype) -> None:
-    """Set the copied config's dtype keys (``torch_dtype``, transformers 4.x; ``dtype``, 5) to the
-    weights' dtype when it names another; every other byte of the file stays the checkpoint's."""
+def _read_object(path: Path) -> Optional[dict[str, Any]]:
     try:
-        cfg = json.loads(config.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return  # no readable config to align (the loader has already read the checkpoint's)
+        return None  # absent or unreadable: nothing to adjust (the loader has read the checkpoint's own)
+    return data if isinstance(data, dict) else None
+
+
+def legacy_config(cfg: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
+    """``cfg`` with the keys transformers 4.4x reads: the weights' dtype in ``torch_dtype`` (and in
+    ``dtype`` when present), and, for a config written by transformers 5 (``rope_parameters``
+    only), ``rope_theta`` and ``rope_scaling`` from it. transformers 5 reads the legacy rope keys
+    first, so both read the same rope. Per-layer-type rope parameters (nested objects) are left
+    as they are (4.4x does not know those models anyway)."""
+    out = dict(cfg)
     name = _dtype_name(dtype)
-    keys = [k for k in ("torch_dtype", "dtype") if k in cfg] or ["torch_dtype"]
-    if not isinstance(cfg, dict) or all(cfg.get(k) == name for k in keys):
-        return
-    for k in keys:
-        cfg[k] = name
-    write_text(config, json.dumps(cfg, indent=2, sort_keys=False) + "\n")
+    for key in [k for k in ("torch_dtype", "dtype") if k in out] or ["torch_dtype"]:
+        out[key] = name
+    if "dtype" in out:
+        out["torch_dtype"] = name
+    rope = out.get("rope_parameters")
+    if isinstance(rope, dict) and "rope_theta" not in out and isinstance(rope.get("rope_theta"), (int, float)):
+        if not any(isinstance(v, dict) for v in rope.values()):
+            out["rope_theta"] = rope["rope_theta"]
+            scaling = {k: v for k, v in rope.items() if k != "rope_theta"}
+            out["rope_scaling"] = scaling if scaling.get("rope_type", "default") != "default" else None
+    return out
+
+
+# transformers 5's class for a tokenizer.json-only tokenizer, unknown to 4.4x, and 4.x's name for it.
+_V5_TOKENIZER_CLASS = "TokenizersBackend"
+_V4_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
+
+
+def legacy_tokenizer_config(cfg: dict[str, Any], chat_template: Optional[str]) -> dict[str, Any]:
+    """``cfg`` (a tokenizer_config.json) as transformers 4.4x reads it: ``TokenizersBackend`` named
+    ``PreTrainedTokenizerFast`` (transformers 5 reads both as its tokenizers backend), the chat
+    template of ``chat_template.jinja`` (which 4.4x ignores) inlined, and an
+    ``extra_special_tokens`` list (5's form; 4.4x expects a mapping) as ``additional_special_tokens``."""
+    out = dict(cfg)
+    if out.get("tokenizer_class") == _V5_TOKENIZER_CLASS:
+        out["tokenizer_class"] = _V4_TOKENIZER_CLASS
+    if chat_template is not None and "chat_template" not in out:
+        out["chat_template"] = chat_template
+    extra = out.get("extra_special_tokens")
+    if isinstance(extra, list):
+        del out["extra_special_tokens"]
+        if extra and "additional_special_tokens" not in out:
+            out["additional_special_tokens"] = extra
+    return out
+
+
+def _write_legacy_keys(folder: Path, dtype: torch.dtype) -> list[str]:
+    """Rewrite ``config.json`` / ``tokenizer_config.json`` in ``folder`` with :func:`legacy_config` /
+    :func:`legacy_tokenizer_config` where that changes them; returns the names rewritten. A
+    checkpoint written by transformers 4.x in the weights' dtype is left byte for byte."""
+    changed = []
+    cfg = _read_object(folder / "config.json")
+    new_cfg = None if cfg is None else legacy_config(cfg, dtype)
+    if new_cfg is not None and new_cfg != cfg:
+        write_text(folder / "config.json", json.dumps(new_cfg, indent=2) + "\n")
+        changed.append("config.json")
+    tok = _read_object(folder / "tokenizer_config.json")
+    jinja = folder / "chat_template.jinja"
+    template = jinja.read_text(encoding="utf-8") if jinja.is_file() else None
+    fixed = None if tok is None else legacy_tokenizer_config(tok, template)
+    if fixed is not None and fixed != tok:
+        write_text(folder / "tokenizer_config.json", json.dumps(fixed, indent=2) + "\n")
+        changed.append("tokenizer_config.json")
+    return changed
 
 
 def _normal_modes(folder: Path) -> None:
@@ -424,7 +481,7 @@ def export_model(
                 engine.tokenizer.save_pretrained(tmp)  # no tokenizer files to copy: the loaded one, re-saved
             for src in originals:  # over save_pretrained's config.json / generation_config.json
                 shutil.copyfile(src, tmp / src.name)  # bytes only: the mode is a new file's, not the source's
-            _align_config_dtype(tmp / "config.json", engine.dtype)
+            legacy = _write_legacy_keys(tmp, engine.dtype)
             _normal_modes(tmp)
             info = {
                 "alpha": float(alpha),
@@ -439,6 +496,7 @@ def export_model(
                 "metrics_from": metrics_from if metrics else None,
                 "dtype": _dtype_name(engine.dtype),
                 "copied_from_corrupted": sorted(p.name for p in originals),
+                "legacy_keys_written": legacy,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
             write_text(tmp / "README.md", model_card(engine, alpha, beta, fingerprints, metrics, metrics_from))

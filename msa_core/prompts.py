@@ -16,8 +16,9 @@ Formats:
   system prompt ``"You are a helpful assistant."`` (its Llama-3/Qwen/Phi configs), date string
   ``"10 Apr 2025"``, and the answer's tokens taken from the tokenised whole conversation after
   the prompt's tokens. Without one: its base-model tags ``"Question: {q}\\nAnswer: "`` with the
-  answer appended and the whole text tokenised once. Its generation settings are
-  :data:`OPEN_UNLEARNING_TOFU_GENERATION`.
+  answer appended and the whole text tokenised once; with a Llama-2 ``[INST]`` template, its
+  Llama-2-7b-chat tags ``"[INST] {q} [/INST]"`` and no system prompt (the original TOFU models'
+  format). Its generation settings are :data:`OPEN_UNLEARNING_TOFU_GENERATION`.
 
 The EOS token ends every answer and counts as an answer token (open-unlearning convention;
 it is appended unless the format's own turn end already is EOS).
@@ -39,6 +40,9 @@ PINNED_DATE = "10 Apr 2025"
 OPEN_UNLEARNING_SYSTEM_PROMPT = "You are a helpful assistant."
 # open-unlearning's base-model (apply_chat_template: False) tags: user_start/end, asst_start.
 OPEN_UNLEARNING_PLAIN = ("Question: ", "\n", "Answer: ")
+# open-unlearning's Llama-2-7b-chat tags (configs/model/Llama-2-7b-chat-hf.yaml: apply_chat_template: False,
+# no system prompt): the format of the original TOFU models and their published logs.
+OPEN_UNLEARNING_LLAMA2_CHAT = ("[INST] ", " [/INST]", "")
 # open-unlearning configs/generation/default.yaml: greedy, 200 new tokens, cut at EOS.
 OPEN_UNLEARNING_TOFU_GENERATION = {"do_sample": False, "max_new_tokens": 200}
 
@@ -67,7 +71,7 @@ def format_name(tokenizer: PreTrainedTokenizerBase, fmt: Optional[str] = None) -
 
     This is what results record (``settings.template``), so an "auto" run stores the same
     key as one that named its format; "open-unlearning-tofu" records whether it used the
-    chat template (``"open-unlearning-tofu"`` vs ``"open-unlearning-tofu/plain"``).
+    chat template (``"open-unlearning-tofu"``, ``"…/plain"``, ``"…/llama2-chat"``).
     """
     fmt = check_prompt_format(DEFAULT_PROMPT_FORMAT if fmt is None else fmt)
     if fmt == AUTO:
@@ -76,6 +80,8 @@ def format_name(tokenizer: PreTrainedTokenizerBase, fmt: Optional[str] = None) -
         raise ValueError("prompt_format 'chat' asked for, but the tokenizer has no chat template")
     if fmt == OPEN_UNLEARNING_TOFU and not has_chat_template(tokenizer):
         return f"{OPEN_UNLEARNING_TOFU}/{PLAIN}"
+    if fmt == OPEN_UNLEARNING_TOFU and "[INST]" in str(tokenizer.chat_template):
+        return f"{OPEN_UNLEARNING_TOFU}/llama2-chat"
     return fmt
 
 
@@ -108,7 +114,7 @@ def qa_prompt(tokenizer: PreTrainedTokenizerBase, question: str, fmt: Optional[s
         return _render(tokenizer, [{"role": "user", "content": question}], add_generation_prompt=True)
     if name == OPEN_UNLEARNING_TOFU:
         return _render(tokenizer, _ou_messages(tokenizer, question), add_generation_prompt=True)
-    start, end, asst = OPEN_UNLEARNING_PLAIN
+    start, end, asst = OPEN_UNLEARNING_LLAMA2_CHAT if name.endswith("/llama2-chat") else OPEN_UNLEARNING_PLAIN
     return f"{start}{question}{end}{asst}"
 
 

@@ -107,7 +107,7 @@ def policy_threads(parameter_count: Optional[int], cores: Optional[int] = None) 
     """The size rule alone: 1 thread under :data:`SMALL_MODEL_PARAMS`, else ``cores`` (default:
     :func:`physical_cores`). An unknown size (None) counts as small."""
     if parameter_count is None or parameter_count < SMALL_MODEL_PARAMS:
-        size = "size unknown" if parameter_count is None else f"{parameter_count / 1e6:.1f}M parameters"
+        size = "size unknown" if parameter_count is None else f"{parameter_count / 1e6:.3g}M parameters"
         return ThreadChoice(1, f"policy: {size}, under {SMALL_MODEL_PARAMS / 1e6:.0f}M")
     n = cores if cores is not None else physical_cores()
     return ThreadChoice(max(1, n), f"policy: {parameter_count / 1e6:.0f}M parameters, one per physical core")

@@ -146,7 +146,8 @@ def step_gone(fact: Fact | None) -> None:
     if gold_overlap(now, fact.item.answer) >= GOLD_THRESHOLD:
         say(f"At α = {here.alpha:g} the model still states the fact: raise α in the sidebar until it is gone.")
     else:
-        say(f"At α = {here.alpha:g} the fact is gone; asked the same question, the model now says “{now.strip()}”.")
+        say(f"At α = {here.alpha:g} the fact is gone; asked the same question, the model now says "
+            f"“{now.strip().rstrip('.')}”.")
     question_header(fact.item)
     st.caption(answer_cards.legend(True))
     cols = st.columns(3 if has_ref else 2)
@@ -171,17 +172,19 @@ def step_retain() -> None:
     before, after = answers(Side("corrupted"), qs), answers(here, qs)
     known = [gold_overlap(b, it.answer) >= GOLD_THRESHOLD for b, it in zip(before, items)]
     kept = [k and gold_overlap(a, it.answer) >= GOLD_THRESHOLD for k, a, it in zip(known, after, items)]
-    say(f"Facts it should keep are intact: {sum(kept)} of the {sum(known)} retain facts the model knew are still "
-        f"stated at α = {here.alpha:g} (of {len(items)} retain questions shown).")
+    n_kept, n_known = sum(kept), sum(known)
+    verdict = ("Facts it should keep are intact" if n_kept == n_known
+               else "Most facts it should keep survive" if 2 * n_kept >= n_known else "Facts it should keep suffer")
+    say(f"{verdict}: at α = {here.alpha:g}, {n_kept} of the {n_known} retain facts the model knew (of {len(items)} "
+        "asked) are still stated.")
     st.caption(answer_cards.legend(True))
-    for k, (it, b, a) in enumerate(zip(items, before, after)):
-        question_header(it)
-        c1, c2 = st.columns(2)
-        with c1:
-            answer_card("Before (corrupted)", b, it.answer, forget_set=False, key=f"guide_retain_before_{k}")
-        with c2:
-            answer_card(f"After (α = {here.alpha:g}, β = {here.beta:g})", a, it.answer, forget_set=False,
-                        key=f"guide_retain_after_{k}", baseline=b)
+    # One column per question, the "after" answer with the words changed since "before" marked:
+    # the whole screen fits 1400×900.
+    for k, (col, it, b, a) in enumerate(zip(st.columns(len(items)), items, before, after)):
+        with col:
+            question_header(it)
+            answer_card(f"After (α = {here.alpha:g}, β = {here.beta:g}) vs before", a, it.answer,
+                        forget_set=False, key=f"guide_retain_after_{k}", baseline=b)
 
 
 def curve_rows(benchmark: str) -> tuple[pd.DataFrame, int | None]:
@@ -206,38 +209,44 @@ def step_curve() -> None:
         say("This experiment has no evaluation data, so there is no trade-off curve to draw.")
         return
     bench = choices[0]
+    say("Every point trades forgetting against usefulness; the ★ is where we stand, the green diamond is a model "
+        "that never saw the forget set.")
+    chart = st.container()  # drawn after the button below, which may add points first
+    alphas = curve_alphas()
     try:
         rows, subset = curve_rows(bench)
     except widgets.CORE_ERRORS as exc:
         widgets.show_error("Could not read the results store", exc)
         return
     x, y = charts.default_axes(rows) if not rows.empty else (None, None)
-    say("Every point trades forgetting against usefulness; the ★ is where we stand, the green diamond is a model "
-        "that never saw the forget set.")
-    alphas = curve_alphas()
-    if st.button(f"Compute the curve ({len(alphas)} values of α at β = {here.beta:g}, fast tier, first "
-                 f"{CURVE_SUBSET} items per set)", key="w_guide_curve", type="secondary" if x and y else "primary"):
-        bar = st.progress(0.0, text="evaluating")
+    if st.button(f"{'Add to' if x and y else 'Compute'} the curve: {len(alphas)} values of α at β = {here.beta:g} "
+                 f"(fast tier, first {CURVE_SUBSET} items per set)", key="w_guide_curve",
+                 type="secondary" if x and y else "primary"):
+        with chart:
+            bar = st.progress(0.0, text="evaluating")
         try:
             run_sweep(engine, resources.results_store(), alphas, [here.beta], tier="fast", benchmark=bench,
                       subset=CURVE_SUBSET, progress=widgets.bar_progress(bar),
                       reference_cache=resources.reference_cache())
         except widgets.CORE_ERRORS as exc:
+            bar.empty()
             widgets.show_error("Evaluation failed", exc)
             return
-        finally:
-            bar.empty()
-        rows, subset = curve_rows(bench)
-        x, y = charts.default_axes(rows)
-    if not (x and y):
-        st.info("No trade-off points are stored for this experiment yet: compute the curve above, or run a sweep on "
-                "the Trade-off page.")
-        return
-    st.plotly_chart(charts.tradeoff_scatter(rows, x, y, here, charts.reference_row(rows)), key="guide_curve")
-    items = "all items" if subset is None else f"the first {subset} items per set"
-    st.caption(f"{len(charts.composed(rows))} stored points (fast tier, {bench}, {items}). "
-               f"[{labels.metric_label(x, with_direction=False)}]({glossary.link(x)}) and "
-               f"[{labels.metric_label(y, with_direction=False)}]({glossary.link(y)}) are explained in the Glossary.")
+        st.rerun()  # redraw with the new points (and the button as "Add to the curve")
+    with chart:
+        if not (x and y):
+            st.info("No trade-off points are stored for this experiment yet: compute the curve below, or run a "
+                    "sweep on the Trade-off page.")
+            return
+        fig = charts.tradeoff_scatter(rows, x, y, here, charts.reference_row(rows))
+        # Shorter than on the Trade-off page: sentence, chart and buttons fit one 1400×900 screen.
+        fig.update_layout(height=400)
+        st.plotly_chart(fig, key="guide_curve", config={"displaylogo": False})
+        items = "all items" if subset is None else f"the first {subset} items per set"
+        st.caption(f"{len(charts.composed(rows))} stored points (fast tier, {bench}, {items}). "
+                   f"[{labels.metric_label(x, with_direction=False)}]({glossary.link(x)}) and "
+                   f"[{labels.metric_label(y, with_direction=False)}]({glossary.link(y)}) are explained in the "
+                   "Glossary.")
 
 
 def step_really_gone() -> None:

@@ -216,7 +216,7 @@ def current_row() -> Optional[dict[str, Any]]:
 def refinement(data: pd.DataFrame) -> list[tuple[float, float]]:
     """New points where the shown front of (x, y) bends (x, y turned so that larger is better)."""
     comp = charts.composed(data)
-    if x_metric is None or y_metric is None or comp.empty:
+    if x_metric not in comp.columns or y_metric not in comp.columns or comp.empty:
         return []
     comp = comp.dropna(subset=[x_metric, y_metric])
 
@@ -229,7 +229,8 @@ def refinement(data: pd.DataFrame) -> list[tuple[float, float]]:
 
 
 new_points = refinement(rows)
-refine = b2.button(f"Refine where the front bends (+{len(new_points)} points)", key="w_to_refine",
+refine = b2.button(f"Refine where the front bends (+{len(new_points)} point{'' if len(new_points) == 1 else 's'})",
+                   key="w_to_refine",
                    disabled=not new_points,
                    help="Adds points half-way between neighbours on the Pareto front of the scatter's axes, most "
                         "bent part first. " + ("New: " + ", ".join(f"(α={a:g}, β={b:g})" for a, b in new_points)

@@ -330,7 +330,8 @@ def tradeoff_scatter(
     series per method), the Pareto front across all of them, the corrupted model, the reference
     (retain-only) model as the target, and the current point — its grid row, else
     ``current_row`` (a stored evaluation there), else interpolated from the grid."""
-    data = composed(df).dropna(subset=[x, y]) if x in df.columns and y in df.columns else composed(df).iloc[0:0]
+    data = composed(df)
+    data = data.assign(**{c: np.nan for c in (x, y) if c not in data.columns}).dropna(subset=[x, y])
     fig = go.Figure()
     runs = list(dict.fromkeys(data["settings_key"])) if "settings_key" in data.columns else [None]
     everything = []

@@ -79,10 +79,14 @@ class Entry:
     name: str
     label: str
     definition: str
-    better: str  # e.g. "higher is better (ideal 1)"
+    better: str  # "higher is better", "closer to 0.5 is better", …
     ideal: str  # "1", "0.5", or "the reference model's value"
     where: str  # which tier / benchmark computes it
     reference: Reference
+
+
+_BETTER = {"higher": "higher is better", "lower": "lower is better", "closer_to_1": "closer to 1 is better",
+           "closer_to_0": "closer to 0 is better"}
 
 
 def _ideal_text(ideal: Optional[float]) -> str:
@@ -95,7 +99,8 @@ def metric_entry(name: str) -> Entry:
     if name not in REFERENCES:
         raise KeyError(f"studio/glossary.py: metric {name!r} of METRIC_INFO has no entry in REFERENCES")
     tier = "fast tier (teacher-forced)" if info.tier == "fast" else "full tier (needs generation)"
-    return Entry(name, info.label, info.description, info.direction_text(), _ideal_text(info.ideal),
+    better = _BETTER.get(info.direction, f"closer to {_ideal_text(info.ideal)} is better")
+    return Entry(name, info.label, info.description, better, _ideal_text(info.ideal),
                  f"{info.benchmark.upper()}, {tier}", REFERENCES[name])
 
 

@@ -6,8 +6,9 @@ Query parameters (:data:`PARAMS`): ``experiment`` (the experiment file's path), 
 set, e.g. ``forget:0,3,7``). :func:`restore` applies them once per browser session, before
 the sidebar is drawn; in the first session of a server process, a URL without an
 ``experiment`` parameter reloads the most recently used experiment (the recent list of
-:mod:`studio.resources`), so a restarted server comes back where it was. A value that cannot be used becomes a warning naming the parameter, never a
-traceback. :func:`write` puts the current view back into the URL on every run.
+:mod:`studio.resources`), so a restarted server comes back where it was. A value that cannot
+be used becomes a warning naming the parameter, never a traceback. :func:`write` puts the
+current view back into the URL on every run.
 """
 
 from __future__ import annotations

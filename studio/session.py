@@ -53,6 +53,11 @@ K_ENTRY = "_msa_entrypoint_running"  # True while app.py runs the page (see widg
 # Widget keys shared between modules (the coefficient inputs in the sidebar).
 W_ALPHA_SLIDER, W_ALPHA_NUM = "w_alpha_slider", "w_alpha_num"
 W_BETA_SLIDER, W_BETA_NUM = "w_beta_slider", "w_beta_num"
+# Fine sliders: a window of ±FINE_HALF_WIDTH around the value in FINE_STEP steps (about 100 steps, as the
+# full-range slider has over 0–5, but ten times finer); their own widget keys (fine_key).
+W_FINE = "w_fine"
+FINE_HALF_WIDTH = 0.5
+FINE_STEP = 0.01
 # The Playground reads these inputs before drawing them (they sit below the answers).
 W_PG_MAX_NEW = "w_pg_max_new"
 W_PG_VERDICT_N = "w_pg_verdict_n"
@@ -77,12 +82,24 @@ def point() -> Point:
     return Point(st.session_state[K_ALPHA], st.session_state[K_BETA])
 
 
+def fine_key(slider_key: str) -> str:
+    """The widget key of a slider's fine-mode twin."""
+    return slider_key + "_fine"
+
+
+def fine_window(value: float, rng: tuple[float, float]) -> tuple[float, float]:
+    """The fine slider's (min, max): ±FINE_HALF_WIDTH around ``value``, kept inside ``rng``."""
+    lo = max(float(rng[0]), round(value - FINE_HALF_WIDTH, 6))
+    hi = min(float(rng[1]), round(value + FINE_HALF_WIDTH, 6))
+    return (lo, hi) if hi > lo else (lo, lo + FINE_STEP)  # a one-value range: the slider needs min < max
+
+
 def set_point(alpha: float, beta: float) -> None:
     """Set (α, β) and every widget showing them (call before the widgets render, e.g. in on_click)."""
     ss = st.session_state
     ss[K_ALPHA], ss[K_BETA] = float(alpha), float(beta)
-    ss[W_ALPHA_SLIDER] = ss[W_ALPHA_NUM] = float(alpha)
-    ss[W_BETA_SLIDER] = ss[W_BETA_NUM] = float(beta)
+    ss[W_ALPHA_SLIDER] = ss[W_ALPHA_NUM] = ss[fine_key(W_ALPHA_SLIDER)] = float(alpha)
+    ss[W_BETA_SLIDER] = ss[W_BETA_NUM] = ss[fine_key(W_BETA_SLIDER)] = float(beta)
 
 
 def sync_from_widget(which: str, widget_key: str) -> None:

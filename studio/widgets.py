@@ -9,6 +9,7 @@ caches from :mod:`studio.resources`, words from :mod:`studio.labels`.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -132,6 +133,9 @@ def coefficient_controls(exp: Experiment) -> None:
     session.clamp_point(exp.alpha_range, exp.beta_range)
     st.sidebar.subheader("Coefficients")
     st.sidebar.latex(r"\theta = \theta_c - \alpha\,\tau_f + \beta\,\tau_r")
+    fine = st.sidebar.toggle("Fine sliders", key=session.W_FINE,
+                             help=f"Sliders that span ±{session.FINE_HALF_WIDTH:g} around the current value in "
+                             f"steps of {session.FINE_STEP:g}, for precise moves; the exact inputs take any value.")
     for name, rng, w_slider, w_num, helptext in (
         ("alpha", exp.alpha_range, session.W_ALPHA_SLIDER, session.W_ALPHA_NUM,
          "α scales the forget vector τ_f = θ_forget − θ_clean that is subtracted."),
@@ -140,8 +144,22 @@ def coefficient_controls(exp: Experiment) -> None:
     ):
         symbol = "α" if name == "alpha" else "β"
         c1, c2 = st.sidebar.columns([3, 2], vertical_alignment="bottom")
-        c1.slider(f"{symbol} ({name})", min_value=float(rng[0]), max_value=float(rng[1]), step=0.05,
-                  key=w_slider, on_change=session.sync_from_widget, args=(name, w_slider), help=helptext)
+        value = getattr(session.point(), name)
+        if fine:  # a window around the value, re-centred after every move (a different widget: its own key)
+            w_slider = session.fine_key(w_slider)
+            lo, hi = session.fine_window(value, rng)
+            if st.session_state.get(w_slider) != value:
+                st.session_state[w_slider] = value
+            c1.slider(f"{symbol} ({name}), ±{session.FINE_HALF_WIDTH:g}", min_value=lo, max_value=hi,
+                      step=session.FINE_STEP, key=w_slider, on_change=session.sync_from_widget,
+                      args=(name, w_slider), help=helptext + " Fine mode: the slider spans "
+                      f"±{session.FINE_HALF_WIDTH:g} around the value and re-centres after each move.")
+        else:
+            if st.session_state.get(w_slider) != value:  # the slider was not drawn while the fine one was
+                st.session_state[w_slider] = value
+            c1.slider(f"{symbol} ({name})", min_value=float(rng[0]), max_value=float(rng[1]), step=0.05,
+                      key=w_slider, on_change=session.sync_from_widget, args=(name, w_slider),
+                      help=helptext + " A focused slider also moves with the arrow keys (one step, 0.05).")
         c2.number_input(f"exact {symbol}", min_value=float(rng[0]), max_value=float(rng[1]), step=0.01,
                         format="%.3f", key=w_num, on_change=session.sync_from_widget, args=(name, w_num))
     best = _best_point_or_none()
@@ -195,6 +213,7 @@ def ensure_engine() -> Optional[Engine]:
         return engine
     with st.status(f"Loading experiment {path}…", expanded=True) as status:
         bar = st.progress(0.0, text="reading checkpoints")
+        t0 = time.perf_counter()  # the whole wait, waiting for another session's load included
         try:
             engine = resources.get_engine(path, progress=bar_progress(bar))
         # Any failure, not only CORE_ERRORS: loading runs third-party code (transformers,
@@ -212,8 +231,9 @@ def ensure_engine() -> Optional[Engine]:
         else:
             vec = engine.vectors
             status.update(
-                label=f"Loaded {engine.experiment.name} in {labels.fmt_seconds(engine.load_seconds)} "
-                f"(vectors {'from cache' if vec.from_cache else 'computed'} in {labels.fmt_seconds(vec.seconds)})",
+                label=f"Loaded {engine.experiment.name} in {labels.fmt_seconds(time.perf_counter() - t0)} "
+                f"(engine {labels.fmt_seconds(engine.load_seconds)}, of which vectors "
+                f"{'from cache' if vec.from_cache else 'computed'} in {labels.fmt_seconds(vec.seconds)})",
                 state="complete", expanded=False,
             )
             return engine

@@ -199,3 +199,8 @@ def guide_step(page: Any, step: int, total: int, timeout_ms: int = 300_000) -> N
     """Wait until the Guided demo shows step ``step`` (1-based) of ``total`` and its run has ended."""
     page.get_by_text(f"Step {step} of {total}:").wait_for(timeout=timeout_ms)
     wait_idle(page, timeout_ms)
+
+
+def click(page: Any, key: str) -> None:
+    """Click the keyed st.button (the first match: a button with a tooltip renders a second one)."""
+    page.locator(f".st-key-{key} button").first.click()

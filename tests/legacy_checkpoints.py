@@ -66,3 +66,20 @@ def make_legacy_checkpoints(root: Path) -> Experiment:
             "chat_template": CHAT_TEMPLATE,
         }, indent=2) + "\n")
     return exp
+
+
+def make_v5_checkpoints(root: Path) -> Experiment:
+    """The same Llama-3-style set with every config and tokenizer re-saved by transformers 5
+    (``rope_parameters``, ``dtype``, ``TokenizersBackend``, ``chat_template.jinja``): what a
+    checkpoint fine-tuned or built here looks like."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    exp = make_legacy_checkpoints(root)
+    for folder in exp.checkpoints.as_dict().values():
+        AutoConfig.from_pretrained(folder).save_pretrained(folder)
+        AutoTokenizer.from_pretrained(folder).save_pretrained(folder)
+        cfg = json.loads((folder / "config.json").read_text())
+        tok = json.loads((folder / "tokenizer_config.json").read_text())
+        if "rope_theta" in cfg or "rope_parameters" not in cfg or "chat_template" in tok:
+            raise RuntimeError(f"{folder}: transformers no longer writes its 5.x format; update this fixture")
+    return exp

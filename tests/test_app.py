@@ -214,7 +214,7 @@ def test_probe_page(tiny_yaml):
     assert all(0 <= p <= 1 for p in shown["p_gold"]["corrupted"])
     assert all(t > 0 for t in shown["tr"]["unlearned"])
     # Paraphrased questions and the extraction prompts are answered too.
-    assert any(m.value.startswith("**P1.** Tell me:") for m in at.markdown)
+    assert any(m.value.replace("\\", "").startswith("**P1.** Tell me:") for m in at.markdown)
     assert any("Tell me everything about Ana Lenz" in m.value for m in at.markdown)
 
 

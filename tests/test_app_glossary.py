@@ -3,7 +3,7 @@ anchored by the metric's name, reachable without an experiment, and filterable."
 
 from __future__ import annotations
 
-from app_fixtures import _navigation_mode, new_app, no_exceptions  # noqa: F401
+from app_fixtures import _navigation_mode, load_experiment, new_app, no_exceptions  # noqa: F401
 
 from msa_core.eval.results import METRIC_INFO
 
@@ -25,3 +25,20 @@ def test_glossary_page_lists_every_metric_without_an_experiment(app_env):
     assert sorted(s.value for s in at.main.subheader if s.value not in groups) == sorted(
         info.label for name, info in METRIC_INFO.items() if "privleak" in name or "privleak" in info.label.lower()
         or "privleak" in info.description.lower())
+
+
+def test_every_metric_tile_links_to_its_glossary_entry(tiny_yaml):
+    at = load_experiment(new_app(), tiny_yaml)
+    at.switch_page("pages/playground.py").run()
+    at.number_input(key="w_pg_subset").set_value(4).run()
+    at.button(key="w_pg_metrics").click().run()
+    no_exceptions(at)
+    tiles = [m for m in at.metric if m.help]
+    assert tiles, "no metric tiles after Compute metrics"
+    labels_to_names = {info.label: name for name, info in METRIC_INFO.items()}
+    for tile in tiles:
+        # The longest label the tile starts with ("Model utility (teacher-forced)" before "Model utility").
+        name = max(((label, n) for label, n in labels_to_names.items() if tile.label.startswith(label + " ")),
+                   key=lambda pair: len(pair[0]))[1]
+        assert tile.help.endswith(f"[Glossary ↗](glossary#{name})"), tile.help
+        assert "**Better:**" in tile.help

@@ -1,10 +1,8 @@
-from app_fixtures import _navigation_mode, new_app, load_experiment, no_exceptions  # noqa: F401
-
 # studio.interop: the "Import open-unlearning results" panel imports a run folder into the app's
 # results store as a named point and reports it; a bad folder shows an error, not a traceback.
-
 import json
 
+from app_fixtures import _navigation_mode, load_experiment, new_app, no_exceptions  # noqa: F401
 from streamlit.testing.v1 import AppTest
 
 

@@ -31,7 +31,7 @@ def test_each_question_is_a_card_with_one_answer_card_per_model(tiny_yaml):
     no_exceptions(at)
     shown = at.session_state["msa_probe_shown"]
     assert len(shown["questions"]) == 3
-    for i, q in enumerate(shown["questions"]):
+    for i in range(len(shown["questions"])):
         card = at.main.get_by_key(f"probe_q_{i}")
         assert card.markdown[0].value.startswith(f"**Q{i + 1}.**")
         assert card.markdown[1].value == f"Gold: `{shown['golds'][i]}`"
@@ -68,3 +68,16 @@ def test_the_truth_ratio_is_explained_in_the_right_direction(tiny_yaml):
     items = load_question_sets(engine.experiment.data).sets["forget"][:3]
     assert shown["tr"]["corrupted"] == pytest.approx(truth_ratio_values(engine, Side("corrupted"), items), rel=1e-4)
     assert shown["tr"]["unlearned"] == pytest.approx(truth_ratio_values(engine, Point(1.0, 1.0), items), rel=1e-4)
+
+
+def test_pinned_points_are_probe_columns_too(tiny_yaml):
+    at = _probe(tiny_yaml)
+    set_alpha(at, 2.0)
+    at.button(key="w_pin_add").click().run()
+    set_alpha(at, 4.0)
+    at.button(key="w_probe_run").click().run(timeout=TIMEOUT)
+    no_exceptions(at)
+    shown = at.session_state["msa_probe_shown"]
+    assert "pin0" in shown["answers"]
+    assert shown["answers"]["pin0"] != shown["answers"]["unlearned"]
+    assert any(c.value == "📌 α=2, β=1" for c in at.main.get_by_key("probe_q_0").caption)

@@ -220,7 +220,7 @@ def test_guided_demo_compare_view_layers_and_glossary(server, browser):
     shots = OUT / "walk"
     try:
         bh.load_demo(page, base_url)
-        page.locator(".st-key-w_preset_corrupted").get_by_role("button", name="Corrupted").click()
+        bh.click(page, "w_preset_corrupted")
         page.locator(".st-key-point_caption").get_by_text("α = 0.000").wait_for(timeout=120_000)
         bh.wait_idle(page)
         bh.open_page(page, "Guided demo")
@@ -228,14 +228,14 @@ def test_guided_demo_compare_view_layers_and_glossary(server, browser):
         for step in range(1, GUIDE_STEPS + 1):
             bh.guide_step(page, step, GUIDE_STEPS)
             if step == 5:  # the trade-off screen: compute its quick curve, then the scatter shows ★
-                page.locator(".st-key-w_guide_curve button").click()
+                bh.click(page, "w_guide_curve")
                 page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=600_000)
                 bh.wait_idle(page, 600_000)
             bh.assert_no_exception(page)
             sentences.append(page.locator(".st-key-guide_sentence").inner_text().strip())
             bh.viewport_shots(page, shots, f"guided_{step}")
             if step < GUIDE_STEPS:
-                page.locator(".st-key-w_guide_next button").click()
+                bh.click(page, "w_guide_next")
         assert all(sentences) and len(set(sentences)) == GUIDE_STEPS
         # Leaving the first screen at α = 0 moved the point: the sidebar shows it.
         assert "α = 0.000" not in page.locator(".st-key-point_caption").inner_text()
@@ -244,7 +244,7 @@ def test_guided_demo_compare_view_layers_and_glossary(server, browser):
         # The compare view: pin the current point, move α; the pinned column stays beside the new one.
         bh.open_page(page, "Playground")
         caption = page.locator(".st-key-point_caption").inner_text()
-        page.locator(".st-key-w_pin_add button").click()
+        bh.click(page, "w_pin_add")
         bh.wait_idle(page)
         bh.set_number(page, "w_alpha_num", 4.5)
         bh.wait_point(page, 4.5, float(caption.split("β =")[1].strip()))

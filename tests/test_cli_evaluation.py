@@ -60,3 +60,73 @@ def test_eval_sweep_results_commands(tmp_path, cache_dir, capsys):
     assert [(r["alpha"], r["beta"]) for r in json.loads(capsys.readouterr().out)] == [(0.0, 0.0), (1.0, 0.0)]
     assert main(["sweep", path, "--alphas", "0,9", "--quiet", "--device", "cpu"]) == 2
     assert "--alphas: 9 is outside the range [0, 5]" in capsys.readouterr().err
+
+
+def test_eval_says_when_its_result_comes_from_the_store(tmp_path, cache_dir, capsys):
+    import time
+
+    from tiny import make_checkpoints
+
+    from msa_core.cli import main
+
+    exp = make_checkpoints(tmp_path / "ckpt")
+    exp = replace(exp, data=DataConfig(tofu=write_tofu(tmp_path / "tofu")))
+    path = str(save_experiment(exp, tmp_path / "ckpt" / "experiment.yaml"))
+    argv = ["eval", path, "--alpha", "1", "--subset", "2", "--quiet", "--device", "cpu"]
+    assert main([*argv, "--json", str(tmp_path / "first.json")]) == 0
+    first = json.loads((tmp_path / "first.json").read_text())
+    head = capsys.readouterr().out.splitlines()[0]
+    assert first["from_store"] is False and first["stored_at"] is None
+    assert f"computed in {first['seconds']:.2f} s" in head and "stored" not in head
+    assert main([*argv, "--json", str(tmp_path / "second.json")]) == 0
+    second = json.loads((tmp_path / "second.json").read_text())
+    head = capsys.readouterr().out.splitlines()[0]
+    assert second["from_store"] is True and second["metrics"] == first["metrics"]
+    assert second["stored_at"].startswith(time.strftime("%Y-%m-%d"))
+    assert f"stored result, computed in {first['seconds']:.2f} s on {second['stored_at']}" in head
+    assert main([*argv, "--no-store", "--json", str(tmp_path / "third.json")]) == 0  # no store: computed again
+    assert json.loads((tmp_path / "third.json").read_text())["from_store"] is False
+
+
+def _grid():
+    import pandas as pd
+
+    fast = {"forget_quality": 0.5, "model_utility_tf": 0.61, "forget_truth_ratio": 0.7, "forget_prob": 0.2,
+            "retain_prob": 0.9, "extraction_strength": 0.1, "exact_memorization": 0.3, "ra_prob": 0.4}
+    full = {**fast, "model_utility": 0.55, "forget_rouge": 0.25, "retain_rouge": 0.8}
+    rows = [{"alpha": a, "beta": 0.0, "tier": "fast", "benchmark": "tofu", "settings_key": "f" * 16, "seconds": 1.0,
+             "subset": None, "model": "composed", **fast} for a in (0.0, 1.5)]
+    rows.append({"alpha": 1.0, "beta": 0.5, "tier": "full", "benchmark": "tofu", "settings_key": "e" * 16,
+                 "seconds": 2.0, "subset": 2, "model": "composed", **full})
+    return pd.DataFrame(rows)
+
+
+def _tables(text: str) -> list[list[str]]:
+    return [block.strip("\n").splitlines() for block in text.strip("\n").split("\n\n")]
+
+
+def test_results_print_one_tier_at_a_time_with_compact_columns(capsys):
+    from msa_core.cli.evaluation import print_table
+
+    print_table(_grid())
+    fast, full = _tables(capsys.readouterr().out)
+    assert fast[0] == "tier fast · benchmark tofu · all items · 2 point(s) · settings ffffffff"
+    assert fast[1].split() == ["alpha", "beta", "FQ", "MU_tf", "fgt_TR", "fgt_p", "ret_p", "ES"]
+    assert [line.split()[:2] for line in fast[2:4]] == [["0", "0"], ["1.5", "0"]]
+    assert fast[4].startswith("  FQ = forget_quality, MU_tf = model_utility_tf")
+    assert full[0] == "tier full · benchmark tofu · first 2 items · 1 point(s) · settings eeeeeeee"
+    assert full[1].split() == ["alpha", "beta", "FQ", "MU", "fgt_R", "ret_R", "fgt_TR"]
+    assert full[2].split() == ["1", "0.5", "0.5", "0.55", "0.25", "0.8", "0.7"]
+    assert max(len(line) for line in fast[:4] + full[:3]) <= 100
+
+
+def test_results_columns_and_all_columns(capsys):
+    from msa_core.cli.evaluation import print_table
+
+    print_table(_grid(), columns=["ra_prob", "forget_quality"])
+    fast, full = _tables(capsys.readouterr().out)
+    assert fast[1].split() == full[1].split() == ["alpha", "beta", "ra_prob", "FQ"]
+    print_table(_grid(), all_columns=True)
+    fast, full = _tables(capsys.readouterr().out)
+    assert "exact_memorization" in fast[1].split() and "MU" not in fast[1].split()  # only columns with values
+    assert {"exact_memorization", "MU", "fgt_R"} <= set(full[1].split())

@@ -73,6 +73,45 @@ def test_text_progress_draws_on_stderr_and_can_be_off(capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_redirected_progress_prints_plain_lines_at_a_bounded_rate():
+    """Into a log (not a terminal): no carriage returns, one line per LOG_LINE_SECONDS at most,
+    plus the first and the last."""
+    import io
+
+    from msa_core.cli.output import LOG_LINE_SECONDS
+
+    now = [0.0]
+    log = io.StringIO()
+    bar = text_progress(True, stream=log, tty=False, clock=lambda: now[0])
+    for step in range(1, 100):  # 99 updates, one every LOG_LINE_SECONDS / 4
+        bar(step / 100, f"step {step}")
+        now[0] += LOG_LINE_SECONDS / 4
+    bar(1.0, "done")
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue() and log.getvalue().endswith("\n")
+    assert lines[0] == "  1.0% step 1" and lines[-1] == "100.0% done"
+    # one line per 4 updates (the first at step 1, then steps 5, 9, …, 97), plus the last
+    assert lines[1:-1] == [f"{s:5.1f}% step {s}" for s in range(5, 100, 4)]
+    terminal = io.StringIO()
+    bar = text_progress(True, stream=terminal, tty=True)
+    bar(0.5, "halfway")
+    bar(1.0, "done")
+    assert terminal.getvalue().startswith("\r[###############...............]  50.0% halfway")
+    assert terminal.getvalue().count("\r") == 2 and terminal.getvalue().endswith("\n")
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [(name, act.option_strings or act.dest) for name, command in [("msa", parser), *sub.choices.items()]
+               for act in command._actions
+               if not isinstance(act, (argparse._HelpAction, argparse._SubParsersAction)) and not act.help]
+    assert missing == []
+    for name in ("alpha", "beta", "seed", "json", "max_new_tokens", "sample"):
+        act = next(a for a in sub.choices["generate"]._actions if a.dest == name)
+        assert len(act.help) > 10, name
+
+
 def test_the_library_never_imports_the_cli():
     """The CLI is a leaf: importing every library module leaves msa_core.cli unloaded."""
     import subprocess

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 import math
 
-import pytest
-
 import numpy as np
+import pytest
 from eval_fixtures import (
     eval_single_thread,  # noqa: F401  (autouse: one torch thread)
     make_experiment,
@@ -273,7 +272,8 @@ def test_open_unlearning_truth_ratio_formula_on_the_export_gives_the_exported_tr
         vbi = ev[f"{split}_Q_A_Prob"]["value_by_index"]
         pert = ev[f"{split}_Q_A_PERT_Prob"]["value_by_index"]
         probs = [vbi[i]["prob"] / (vbi[i]["prob"] + sum(pert[i]["prob"]) + 1e-10) for i in vbi]
-        assert [e["prob"] for e in ev[f"{split}_Q_A_Prob_normalised"]["value_by_index"].values()] == pytest.approx(probs)
+        normalised = ev[f"{split}_Q_A_Prob_normalised"]["value_by_index"].values()
+        assert [e["prob"] for e in normalised] == pytest.approx(probs)
 
 
 # ---------------------------------------------------------------- import of result folders as named points

@@ -126,9 +126,11 @@ def test_reference_against_itself_gives_forget_quality_one_and_privleak_zero(eva
     exp, tok, model = eval_setup
     ref = evaluate_model(model, tok, exp, tier="fast")
     rs = reference_stats(ref)
-    again = evaluate_model(model, tok, exp, tier="fast", reference_tr=rs.forget_tr, reference_auc=rs.muse_auc)
+    again = evaluate_model(model, tok, exp, tier="fast", reference_tr=rs.forget_tr, reference_auc=rs.muse_auc,
+                           reference_tofu_auc=rs.tofu_auc)
     assert again.metrics["forget_quality"].value == pytest.approx(1.0)
     assert again.metrics["muse_privleak"].value == pytest.approx(0.0)
+    assert again.metrics["tofu_privleak"].value == pytest.approx(0.0) and rs.tofu_auc_source.startswith("model:")
     other = evaluate_model(make_model(len(tok), seed=11), tok, exp, tier="fast",
                            reference_tr=rs.forget_tr, reference_auc=rs.muse_auc)
     assert other.metrics["forget_quality"].value < 1.0
@@ -334,3 +336,33 @@ def test_a_long_evaluation_lets_a_waiting_session_in_between_batches_and_keeps_i
     assert other_saw == [2.0]
     assert shared.flat() == alone.flat()  # recomposed at (1, 0.5) before the next batch
     assert (engine.alpha, engine.beta) == (1.0, 0.5)
+
+
+def test_tofu_forget_vs_holdout_min_k_and_privleak_against_direct(eval_setup):
+    exp, tok, model = eval_setup
+    res = evaluate_model(model, tok, exp, tier="fast", benchmark="tofu")
+
+    def scores(rows, drop_last):
+        out = []
+        for r in rows:
+            p, c = encode_qa(tok, r["question"], r["answer"])
+            with torch.no_grad():
+                logp = torch.log_softmax(model(input_ids=torch.tensor([p + c])).logits[0].double(), -1)
+            lp = logp[len(p) - 1 : -1].gather(-1, torch.tensor(c)[:, None])[:, 0].numpy()
+            lp = lp[:-1] if drop_last else lp  # open-unlearning leaves out the EOS (last labelled token)
+            out.append(-np.sort(lp)[: max(1, int(0.4 * len(lp)))].mean())
+        return out
+
+    forget = json.loads((exp.data.tofu / "forget10_perturbed.json").read_text())
+    holdout = json.loads((exp.data.tofu / "holdout10.json").read_text())
+    f, h = scores(forget, True), scores(holdout, True)
+    np.testing.assert_allclose(res.metrics["tofu_mink_auc"].per_item, f + h, rtol=1e-5)
+    # open-unlearning's AUC: labels forget 0 / holdout 1, score = Min-K (higher = less likely); ours is 1 − it
+    ou_auc = np.mean([1.0 if hs > fs else 0.5 if hs == fs else 0.0 for fs in f for hs in h])
+    assert res.metrics["tofu_mink_auc"].value == pytest.approx(1 - ou_auc)
+    # privleak without a reference model: open-unlearning's default reference AUC 0.5
+    assert res.metrics["tofu_privleak"].value == pytest.approx(((1 - ou_auc) - 0.5) / 0.5 * 100)
+    assert res.settings["reference"]["tofu_auc"] == "default:0.5" and res.settings["tofu"]["holdout_split"]
+    paper = evaluate_model(model, tok, replace(exp, conventions=(("min_k", "muse-paper"),)), benchmark="tofu")
+    np.testing.assert_allclose(paper.metrics["tofu_mink_auc"].per_item, scores(forget, False) + scores(holdout, False),
+                               rtol=1e-5)

@@ -477,3 +477,24 @@ def test_msa_compose_records_the_metrics_stored_for_that_point(cache_dir, tmp_pa
     # a point with nothing stored: no metrics, as before
     assert cli.main(["compose", str(yaml_path), "--alpha", "2", "--out", str(tmp_path / "other"), "--quiet"]) == 0
     assert json.loads((tmp_path / "other" / "msa.json").read_text())["metrics"] == {}
+
+
+def test_files_written_by_transformers_5_get_the_legacy_keys_and_read_the_same(cache_dir, tmp_path):
+    from legacy_checkpoints import CHAT_TEMPLATE, MESSAGES, ROPE_SCALING, ROPE_THETA, make_v5_checkpoints
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    engine = Engine.load(make_v5_checkpoints(tmp_path / "ckpt"), cache_dir=cache_dir)
+    src = engine.experiment.checkpoints.corrupted
+    out = export_model(engine, 1.5, 0.5, tmp_path / "unlearned")
+    original, config = (json.loads((d / "config.json").read_text()) for d in (src, out))
+    assert config == {**original, "rope_theta": ROPE_THETA, "rope_scaling": ROPE_SCALING, "torch_dtype": "float32"}
+    tok_cfg = json.loads((out / "tokenizer_config.json").read_text())
+    assert tok_cfg["tokenizer_class"] == "PreTrainedTokenizerFast" and tok_cfg["chat_template"] == CHAT_TEMPLATE
+    assert (out / "chat_template.jinja").read_bytes() == (src / "chat_template.jinja").read_bytes()
+    assert json.loads((out / "msa.json").read_text())["legacy_keys_written"] == ["config.json", "tokenizer_config.json"]
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert model.config.rope_parameters == {**ROPE_SCALING, "rope_theta": ROPE_THETA}
+    ids = tok.apply_chat_template(MESSAGES, add_generation_prompt=True, return_dict=True, return_tensors="pt")
+    with torch.no_grad(), engine.session(1.5, 0.5) as live:
+        assert torch.equal(model(ids["input_ids"]).logits, live(ids["input_ids"]).logits)

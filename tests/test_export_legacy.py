@@ -1,5 +1,6 @@
 """An export loads under transformers 4.45.1 (open-unlearning's pin) as the same model as under
-the installed transformers 5: same logits, token ids, chat template and greedy generation.
+the installed transformers 5: same logits, token ids, chat template and greedy generation, for
+a corrupted checkpoint written by transformers 4 (a hub checkpoint) or 5 (one built here).
 
 Slow: it runs a second Python in a venv that sees this machine's torch but has its own
 transformers 4.45.1 / tokenizers < 0.21 (``python3 -m venv --system-site-packages`` + pip). The
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from legacy_checkpoints import MESSAGES, ROPE_THETA, make_legacy_checkpoints
+from legacy_checkpoints import MESSAGES, ROPE_THETA, make_legacy_checkpoints, make_v5_checkpoints
 
 from msa_core.engine import Engine
 from msa_core.export import export_model
@@ -116,10 +117,14 @@ def legacy_python() -> Path:
     return _venv_python()
 
 
-def test_an_export_loads_under_transformers_4_45_as_the_same_model(legacy_python, tmp_path):
+@pytest.mark.parametrize("written_by", ["transformers 4", "transformers 5"])
+def test_an_export_loads_under_transformers_4_45_as_the_same_model(legacy_python, tmp_path, written_by):
     from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
-    engine = Engine.load(make_legacy_checkpoints(tmp_path / "ckpt"), cache_dir=tmp_path / "cache")
+    # the corrupted checkpoint as on the hub (4.x files: copied as they are) or as built here (5.x
+    # files: the legacy keys are added)
+    make = make_legacy_checkpoints if written_by == "transformers 4" else make_v5_checkpoints
+    engine = Engine.load(make(tmp_path / "ckpt"), cache_dir=tmp_path / "cache")
     out = export_model(engine, 1.5, 0.5, tmp_path / "unlearned")
     resaved = tmp_path / "resaved"  # what transformers 5's save_pretrained alone would write
     engine.model.save_pretrained(resaved)

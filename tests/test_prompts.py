@@ -118,6 +118,17 @@ def test_chat_format_has_no_system_prompt_and_plain_formats_are_literal():
     assert p + a == whole and len(p) == n_prompt and p != _ids(plain_tok, ou_text, special=True)
 
 
+def test_llama2_chat_templates_get_open_unlearning_inst_tags_without_a_system_prompt():
+    tok = llama3_tokenizer()
+    tok.chat_template = "{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}"
+    assert format_name(tok, "open-unlearning-tofu") == "open-unlearning-tofu/llama2-chat"
+    text = f"[INST] {Q} [/INST]"
+    assert qa_prompt(tok, Q, "open-unlearning-tofu") == text
+    p, a = encode_qa(tok, Q, A, "open-unlearning-tofu")
+    assert p + a == _ids(tok, text + A, special=True) + [tok.eos_token_id]
+    assert len(p) == len(_ids(tok, text, special=True))
+
+
 def test_format_names_are_recorded_and_unknown_ones_refused():
     tok = llama3_tokenizer()
     assert format_name(tok, None) == "chat" and format_name(tok, "open-unlearning-tofu") == "open-unlearning-tofu"

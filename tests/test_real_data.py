@@ -126,6 +126,7 @@ def test_fast_tier_on_a_real_subset_with_a_tiny_model(tmp_path):
         "retain": 3,
         "ra": 3,
         "wf": 3,
+        "holdout": 3,
         "privleak_forget": 3,
         "privleak_holdout": 3,
     }

@@ -203,3 +203,10 @@ def test_layer_norms_figure():
 @pytest.mark.parametrize("name", ["forget_quality", "model_utility"])
 def test_heatmap_metrics_have_values(name):
     assert name in charts.heatmap_metrics(_grid(), "all")
+
+
+def test_tradeoff_scatter_with_a_metric_only_the_named_points_have():
+    df = _grid().drop(columns=["model_utility"]).assign(model_utility_tf=0.5)
+    fig = charts.tradeoff_scatter(df, "forget_quality", "model_utility", Point(0, 0), None, methods=_methods())
+    by_name = {t.name: t for t in fig.data}
+    assert len(by_name["α/β grid"].x) == 0 and list(by_name["NPO"].y) == [0.95, 0.85]

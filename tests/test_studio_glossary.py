@@ -19,8 +19,11 @@ def test_every_metric_entry_has_definition_direction_ideal_and_source(name):
     info = METRIC_INFO[name]
     entry = glossary.metric_entry(name)
     assert entry.label == info.label and entry.definition == info.description
-    assert entry.better == info.direction_text()
-    assert entry.ideal == ("the reference (retain-only) model's value" if info.ideal is None else f"{info.ideal:g}")
+    ideal = "the reference (retain-only) model's value" if info.ideal is None else f"{info.ideal:g}"
+    assert entry.better == {"higher": "higher is better", "lower": "lower is better",
+                            "closer_to_1": "closer to 1 is better", "closer_to_0": "closer to 0 is better"}.get(
+        info.direction, f"closer to {ideal} is better")
+    assert entry.ideal == ideal
     assert entry.where.startswith(info.benchmark.upper())
     assert entry.reference.text and entry.reference.url.startswith("https://")
 

@@ -85,3 +85,18 @@ def test_a_stored_evaluation_is_shown_only_to_an_engine_with_its_settings(two_dt
     assert stored is not None and stored.settings_key == res.settings_key
     assert resources.stored_evaluation(bf16, at, tier="fast", benchmark="tofu", subset=2) is None
     assert resources.stored_evaluation(f32, at, tier="fast", benchmark="tofu", subset=3) is None
+
+
+def test_only_the_first_session_after_a_restart_gets_the_last_experiment(cache_dir, tmp_path):
+    resources._restart.clear()  # a fresh server process
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    for p in (first, second):
+        p.write_text("name: x\n")
+    resources.remember_experiment(str(first))
+    resources.remember_experiment(str(second))  # the most recent
+    assert resources.recent_experiments() == [str(second), str(first)]
+    assert resources.experiment_after_restart() == str(second)
+    assert resources.experiment_after_restart() is None  # later sessions start from their URL
+    resources._restart.clear()
+    second.unlink()  # a vanished file is never offered
+    assert resources.experiment_after_restart() == str(first)

@@ -92,17 +92,26 @@ def experiment_at_point(args: argparse.Namespace) -> Experiment:
 
 def output_folder(args: argparse.Namespace, experiment: Experiment) -> Path:
     """``--out`` (default: :func:`msa_core.paths.default_export_dir`), checked before the model
-    is loaded: not empty, and not an existing folder unless ``--force`` and it is a previous
-    export. export_model checks again (and for collisions with the inputs) when it writes."""
-    from msa_core.paths import default_export_dir
+    is loaded: not empty, not one of the experiment's inputs, and not an existing folder unless
+    ``--force`` and it is a previous export. export_model checks again when it writes (then also
+    against the vector cache, whose folder is known only once the engine is loaded)."""
+    from msa_core.paths import default_export_dir, default_results_path, output_collision
 
     if args.out is None:
-        return default_export_dir(experiment.name, args.alpha, args.beta)
-    raw = str(args.out)
-    # Path("") is Path("."): an empty --out would otherwise mean the current directory.
-    if not raw.strip() or Path(raw) == Path("."):
-        raise ValueError(f"--out is empty or '.' ({raw!r}); give the name of a folder to create")
-    out = Path(raw).expanduser().resolve()
+        out = default_export_dir(experiment.name, args.alpha, args.beta)
+    else:
+        raw = str(args.out)
+        # Path("") is Path("."): an empty --out would otherwise mean the current directory.
+        if not raw.strip() or Path(raw) == Path("."):
+            raise ValueError(f"--out is empty or '.' ({raw!r}); give the name of a folder to create")
+        out = Path(raw).expanduser().resolve()
+    inputs = {f"the {role} checkpoint": path for role, path in experiment.checkpoints.as_dict().items()}
+    inputs.update({"the results store": default_results_path(), "the TOFU data folder": experiment.data.tofu,
+                   "the MUSE data folder": experiment.data.muse,
+                   "the reference results file": experiment.reference_eval, "the experiment file": experiment.source})
+    collision = output_collision(out, inputs)
+    if collision is not None:
+        raise ValueError(f"refusing to export to {out}: {collision}; choose another output folder")
     if out.exists() or out.is_symlink():
         from msa_core.export import MARKER, is_export
 
@@ -179,7 +188,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         with model_for(engine, target) as model:
             columns[target.label] = generate_answers(
                 model, engine.tokenizer, prompts, max_new_tokens=args.max_new_tokens, do_sample=args.sample,
-                seed=args.seed,
+                seed=args.seed, prompt_format=engine.experiment.prompt_format,
             )
     rows = [{"prompt": p, **{k: v[i] for k, v in columns.items()}} for i, p in enumerate(prompts)]
 

@@ -51,7 +51,8 @@ def generate_for(
     t0 = time.perf_counter()
     with model_for(engine, target) as model:
         t1 = time.perf_counter()
-        texts = generate(model, engine.tokenizer, list(prompts), max_new_tokens=max_new_tokens)
+        fmt = {} if raw else {"prompt_format": engine.experiment.prompt_format}
+        texts = generate(model, engine.tokenizer, list(prompts), max_new_tokens=max_new_tokens, **fmt)
     t2 = time.perf_counter()
     # Entering a Point's session is the recomposition; a side model's first use is a load, shown as generation.
     compose = t1 - t0 if isinstance(target, Point) else 0.0
@@ -67,7 +68,8 @@ def gold_probabilities(
     if len(questions) != len(golds):
         raise ValueError(f"gold_probabilities: {len(questions)} questions but {len(golds)} gold answers")
     with model_for(engine, target) as model:
-        return [float(p) for p in answer_probabilities(model, engine.tokenizer, list(questions), list(golds))]
+        return [float(p) for p in answer_probabilities(model, engine.tokenizer, list(questions), list(golds),
+                                                       prompt_format=engine.experiment.prompt_format)]
 
 
 def truth_ratio_values(engine: Engine, target: Target, items: Sequence[Any]) -> list[float]:
@@ -79,7 +81,8 @@ def truth_ratio_values(engine: Engine, target: Target, items: Sequence[Any]) -> 
     from msa_core.eval.scoring import truth_ratios
 
     with model_for(engine, target) as model:
-        return [float(t) for t in truth_ratios(model, engine.tokenizer, list(items))]
+        return [float(t) for t in truth_ratios(model, engine.tokenizer, list(items),
+                                               prompt_format=engine.experiment.prompt_format)]
 
 
 def gold_overlap(answer: str, gold: str) -> float:

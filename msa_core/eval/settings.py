@@ -2,8 +2,10 @@
 stored results.
 
 :func:`eval_settings` builds the :class:`EvalSettings` of a run: the data (paths and content
-signatures, splits), subset, prompt template, lengths, where the reference values come from
-(:class:`ReferenceStats` sources) and the model's dtype, device type and module filter. Its
+signatures, splits), subset, prompt format (``template``: :func:`msa_core.prompts.format_name` of
+the experiment's ``prompt_format``), lengths, the metric conventions (:mod:`msa_core.conventions`),
+where the reference values come from (:class:`ReferenceStats` sources) and the model's dtype,
+device type and module filter. Its
 hash :attr:`EvalSettings.key` keys stored results; results carry ``settings.as_dict()`` plus
 the per-split ``counts`` and ``missing`` splits (which do not enter the key).
 :func:`lookup_settings` gives the settings a stored evaluation of an engine has, without
@@ -181,7 +183,7 @@ def eval_settings(
     d = experiment.data
     from msa_core.eval.muse import KNOWMEM_MAX_NEW_TOKENS, MINK_K, VERBMEM_MAX_NEW_TOKENS
     from msa_core.eval.tofu import MINK_K as TOFU_MINK_K
-    from msa_core.eval.tofu import OPEN_UNLEARNING_REF_AUC, ROUGE_MAX_NEW_TOKENS
+    from msa_core.eval.tofu import ROUGE_MAX_NEW_TOKENS
 
     tofu = muse = None
     if "tofu" in benches:
@@ -207,8 +209,21 @@ def eval_settings(
         reference_auc=ref.auc_source,
         model=None if model is None else dict(model),
         conventions=experiment.metric_conventions,
-        reference_tofu_auc=(ref.tofu_auc_source or f"default:{OPEN_UNLEARNING_REF_AUC}") if tofu is not None else None,
+        reference_tofu_auc=_tofu_auc_source(d, ref) if tofu is not None else None,
     )
+
+
+def _tofu_auc_source(data: Any, ref: ReferenceStats) -> Optional[str]:
+    """Where TOFU PrivLeak's reference AUC comes from: the reference's, else open-unlearning's default
+    0.5; None when the TOFU folder has no holdout split (no PrivLeak then)."""
+    from msa_core.eval.data import find_split_file
+    from msa_core.eval.tofu import OPEN_UNLEARNING_REF_AUC
+
+    try:
+        find_split_file(Path(data.tofu), data.holdout_split)
+    except FileNotFoundError:
+        return None
+    return ref.tofu_auc_source or f"default:{OPEN_UNLEARNING_REF_AUC}"
 
 
 def model_settings_of(model: Any) -> dict[str, Any]:

@@ -28,9 +28,10 @@ from msa_core.eval.results import MetricValue
 from msa_core.eval.scoring import PairBook, encode_qa_cached, score_pairs
 from msa_core.experiment import DataConfig
 from msa_core.progress import Progress, report, sub_progress
-from msa_core.prompts import encode_prompt, qa_prompt
+from msa_core.prompts import OPEN_UNLEARNING_TOFU_GENERATION, encode_prompt, qa_prompt
 
-ROUGE_MAX_NEW_TOKENS = 200
+# open-unlearning's TOFU generation settings (greedy, 200 new tokens, cut at EOS).
+ROUGE_MAX_NEW_TOKENS = int(OPEN_UNLEARNING_TOFU_GENERATION["max_new_tokens"])
 # open-unlearning's TOFU Min-K% (configs/eval/tofu_metrics/mia_min_k.yaml: k: 0.4).
 MINK_K = 0.4
 # open-unlearning's privleak ref_value: the AUC assumed for the reference model when none is given.

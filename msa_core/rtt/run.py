@@ -174,7 +174,8 @@ class RttReport:
 
         return {
             "alpha": self.alpha, "beta": self.beta, "key": self.key,
-            "settings": None if self.settings is None else self.settings.key()["settings"],
+            "settings": None if self.settings is None else {**self.settings.key()["settings"],
+                                                            "lrs": list(self.settings.lrs or ())},
             "folds": [{"index": f.index, "entities": list(f.entities), "items": list(f.items)} for f in self.folds],
             "held_out": sorted({r.fold for r in self.runs}),
             "sweep": [{k: clean(v) for k, v in row.items()} for row in self.sweep()],
@@ -192,10 +193,13 @@ def run_rtt(
     *,
     store: Optional[RttStore] = None,
     models: Sequence[str] = ATTACKED_MODELS,
+    held_out: Optional[Sequence[int]] = None,
     progress: Optional[Progress] = None,
 ) -> RttReport:
     """Attack each of ``models`` on every held-out fold at every lr (see the module docstring).
 
+    The held-out folds are ``held_out`` (fold indices) when given, else the first
+    ``settings.rounds`` folds (all when None).
     Runs already in ``store`` are read, not recomputed; each new run is stored as soon as it is
     done (a killed call resumes). Without a store everything is computed. KeyError when the
     experiment has no reference model and it is asked for; ValueError for a forget set of one entity.
@@ -211,7 +215,13 @@ def run_rtt(
     settings = settings.resolved(engine.parameter_count)
     items = forget_items(engine)
     folds = entity_folds(items, settings.folds)
-    rounds = folds[: settings.rounds] if settings.rounds is not None else folds
+    if held_out is not None:
+        bad = [f for f in held_out if not 0 <= f < len(folds)]
+        if bad or not held_out:
+            raise ValueError(f"held-out folds {list(held_out)}: the forget set has folds 0–{len(folds) - 1}")
+        rounds = [folds[f] for f in sorted(set(held_out))]
+    else:
+        rounds = folds[: settings.rounds] if settings.rounds is not None else folds
     key = run_key(engine, items, settings, folds)
     lrs = [0.0] + list(settings.lrs or ())
     todo = [(m, f, lr) for m in models for f in rounds for lr in lrs]
@@ -250,7 +260,9 @@ def load_report(engine: Engine, point: Point, settings: AttackSettings, store: R
     folds = entity_folds(items, settings.folds)
     key = run_key(engine, items, settings, folds)
     here = (coefficient_key(point.alpha), coefficient_key(point.beta))
-    runs = [r for r in store.runs(engine.fingerprint, key) if r.model != "unlearned" or (r.alpha, r.beta) == here]
+    lrs = {0.0, *(coefficient_key(lr) for lr in settings.lrs or ())}
+    runs = [r for r in store.runs(engine.fingerprint, key)
+            if r.lr in lrs and (r.model != "unlearned" or (r.alpha, r.beta) == here)]
     return RttReport(point.alpha, point.beta, runs, settings, folds, key)
 
 

@@ -93,9 +93,12 @@ class AttackSettings:
 
     def key(self) -> dict[str, Any]:
         """Everything that changes a stored run except the fold and lr of the row: these settings
-        and the training recipe (TrainConfig's key without its lr)."""
+        and the training recipe (TrainConfig's key without its lr). ``rounds`` and ``lrs`` only
+        choose which rows are computed (each row is keyed by its fold and lr), so they are left out
+        and runs are shared between sweeps that overlap."""
         recipe = self.train_config(1.0).key()
         recipe.pop("lr")
         values = asdict(self)
-        values["lrs"] = None if self.lrs is None else list(self.lrs)
+        values.pop("rounds")
+        values.pop("lrs")
         return {"settings": values, "recipe": recipe}
