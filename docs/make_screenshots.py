@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                 bh.set_number(page, "w_alpha_num", 1)
                 bh.open_page(page, "Playground")
                 bh.wait_point(page, 1.0, 0.5)
-                page.locator(".st-key-w_pg_metrics button").click()
+                bh.click(page, "w_pg_metrics")
                 page.locator(".st-key-pg_metrics [data-testid='stMetric']").first.wait_for()
                 bh.wait_idle(page)
                 bh.assert_no_exception(page)
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                 shot(page, "tradeoff")
 
                 bh.open_page(page, "Probe")
-                page.locator(".st-key-w_probe_run button").click()
+                bh.click(page, "w_probe_run")
                 bh.wait_idle(page)
                 bh.assert_no_exception(page)
                 shot(page, "probe")

@@ -16,8 +16,9 @@ matrix multiplies are long enough that the threads pay for themselves. The measu
 with their conditions, are in BENCHMARKS.md ("Threads"); ``python bench/threads.py`` measures
 them again (``--sizes`` for the crossover on larger models).
 
-torch's thread count is process-wide: applying a choice affects every engine of the process
-(the app holds one per experiment; they share the count).
+Applying a choice sets torch's count for the calling thread and for threads started after it
+(torch reads the last count set when a thread first runs parallel work); threads already
+running keep theirs. The CLI applies it in its one thread; the app in each script run's thread.
 """
 
 from __future__ import annotations
@@ -125,7 +126,8 @@ def choose_threads(parameter_count: Optional[int], explicit: Optional[int] = Non
 
 
 def apply_threads(choice: ThreadChoice) -> ThreadChoice:
-    """Set torch's intra-op thread count to ``choice.threads`` (process-wide); returns ``choice``."""
+    """Set torch's intra-op thread count to ``choice.threads`` (this thread and threads started later,
+    see the module docstring); returns ``choice``."""
     import torch
 
     if torch.get_num_threads() != choice.threads:

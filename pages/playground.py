@@ -84,7 +84,8 @@ compare.pin_controls(here)
 verdict_sets = {kind: next((n for n in names if sets.get(n)), None)
                 for kind, names in ((FORGET, FORGET_SETS), (RETAIN, RETAIN_SETS))}
 verdict_box = st.container(border=True, key="verdict")
-verdict_points = [("Unlearned", here)] + [(f"📌 {compare.point_title(p)}", p) for p in compare.pinned() if p != here]
+verdict_points = [("Unlearned", here)]
+verdict_points += [(f"Pinned {compare.point_title(p)}", p) for p in compare.pinned() if p != here]
 verdict_points.append(("Corrupted", Side("corrupted")))
 verdicts: dict[str, Verdict] = {}
 no_utility = ""

@@ -176,3 +176,8 @@ if prompts:
                     box.caption(col.title)
                     box.markdown(labels.md_escape(answer) if answer else "_(empty)_")
                     box.caption(f"{leaked} of {len(golds)} gold answers recovered")
+
+# H3: "Is it really gone?" — the relearning attack and the hidden-knowledge probes for this entity.
+from studio import rtt_panel  # noqa: E402
+
+rtt_panel.probe_section(engine, entity, groups[entity], set_name=set_name)

@@ -297,6 +297,9 @@ st.download_button("Download the shown results (CSV)", table.to_csv(index=False)
 # Other helpers' panels go here, above the sweep execution below (which ends in st.rerun):
 #   H1: studio.interop.import_panel(engine)       (import open-unlearning runs; wired by the lead)
 #   H3: studio.rtt_panel.recovery_panel(engine)   (relearning-attack recovery)
+from studio import rtt_panel  # noqa: E402
+
+rtt_panel.recovery_panel(engine)
 
 # ----------------------------------------------------------------------------- running a sweep
 if run or refine:

@@ -37,8 +37,10 @@ X_PREFERENCE = ("forget_quality", "forget_truth_ratio", "forget_rouge", "forget_
                 "muse_verbmem_forget")
 Y_PREFERENCE = ("model_utility", "model_utility_tf", "retain_rouge", "retain_prob", "muse_knowmem_retain")
 # A y metric that is 0 (or missing) at more than this share of the unlearned points says
-# nothing about them (the full-tier utility of the tiny demo model): the next one is the default.
-UNINFORMATIVE_SHARE = 0.5
+# little about them: model utility is a harmonic mean, 0 as soon as one of its nine parts is 0
+# (the tiny demo model scores no ROUGE on the utility sets at 5 of its 12 unlearned points of
+# README's 5×3 sweep); the next utility metric is then the default.
+UNINFORMATIVE_SHARE = 0.25
 # Room for Plotly's toolbar (top right, ~28 px) above a chart's title.
 MODEBAR_PX = 30
 # Title line length for a half-width chart (two heatmaps per row at 1400 px leave ~480 px
@@ -139,8 +141,11 @@ def _title(text: str, width: int = TITLE_CHARS) -> tuple[dict[str, Any], int]:
     and the top margin it needs."""
     wrapped = wrap_title(text, width)
     lines = wrapped.count("<br>") + 1
-    return (dict(text=wrapped, x=0, xref="paper", xanchor="left", y=1, yref="paper", yanchor="bottom",
-                 pad=dict(b=10), font=dict(size=15)), MODEBAR_PX + 20 * lines + 14)
+    top = MODEBAR_PX + 20 * lines + 14
+    # In container coordinates, anchored at its top just below the toolbar row: Plotly lays a
+    # multi-line title out downwards from there (a bottom anchor would push lines into the plot).
+    return (dict(text=wrapped, x=0.01, xref="container", xanchor="left", y=1.0, yref="container", yanchor="top",
+                 pad=dict(t=MODEBAR_PX), font=dict(size=15)), top)
 
 
 def interpolate(df: pd.DataFrame, name: str, alpha: float, beta: float) -> Optional[float]:
@@ -477,7 +482,8 @@ def layer_lines_figure(
             line=dict(color=(colors or {}).get(name), dash="dash" if name in dashed else "solid"),
             hovertemplate="%{x}: %{y:.4g}<extra>" + name + "</extra>"))
     fig.update_xaxes(title="layer (input → output)", type="category")
-    fig.update_yaxes(title=y_title, range=list(y_range) if y_range else None)
+    # Distances start at 0 (no zoomed-in axis that exaggerates small differences).
+    fig.update_yaxes(title=y_title, range=list(y_range) if y_range else None, rangemode="tozero")
     # Legend under the plot: series names are sentences and would squeeze the plot at 1400 px.
     fig.update_layout(title=title, height=420, margin=dict(t=50, b=10),
                       legend=dict(orientation="h", yanchor="top", y=-0.22, x=0))

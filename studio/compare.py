@@ -66,7 +66,7 @@ def columns(here: Point, *, reference: bool, clean: bool) -> list[Column]:
     """Corrupted, the current point, every pinned point other than it, then the side models asked for."""
     cols = [Column("corrupted", "Corrupted (α=β=0)", Side("corrupted"), "corrupted"),
             Column("unlearned", f"Unlearned ({point_title(here)})", here)]
-    cols += [Column(f"pin{i}", f"📌 {point_title(p)}", p) for i, p in enumerate(pinned()) if p != here]
+    cols += [Column(f"pin{i}", f"Pinned {point_title(p)}", p) for i, p in enumerate(pinned()) if p != here]
     if reference:
         cols.append(Column("reference", "Reference (retain-only)", Side("reference"), "reference"))
     if clean:
@@ -78,8 +78,8 @@ def pin_controls(here: Point) -> None:
     """The row under the page title: pin the current point, unpin or clear the others."""
     row = st.container(horizontal=True, gap="small", vertical_alignment="center", key="pin_row")
     pins = pinned()
-    row.button(f"📌 Pin {point_title(here)}", key="w_pin_add", on_click=pin, args=(here,),
-               disabled=here in pins, width="content",
+    row.button(f"Pin {point_title(here)}", icon=":material/push_pin:", key="w_pin_add", on_click=pin,
+               args=(here,), disabled=here in pins, width="content",
                help=f"Keep this point as an extra column while you move the sliders (at most {MAX_PINNED}; "
                "the oldest pin makes room)")
     for i, p in enumerate(pins):

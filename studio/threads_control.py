@@ -3,8 +3,9 @@
 Called from :func:`studio.widgets.engine_sidebar_info` on every run, before the page runs,
 so the choice is applied before any work of that run. "auto" follows
 :mod:`msa_core.threads` (``MSA_THREADS``, else by model size); a number overrides it.
-torch's thread count is process-wide: on a server shared by several browser sessions, the
-session that ran last sets it for all.
+torch's thread count belongs to the thread that sets it (and is inherited by threads started
+later): each script run applies the setting in its own thread, before the page's work, so
+with several browser sessions each run uses its session's setting.
 """
 
 from __future__ import annotations
@@ -14,7 +15,14 @@ from typing import TYPE_CHECKING, Union
 
 import streamlit as st
 
-from msa_core.threads import SMALL_MODEL_PARAMS, ThreadChoice, apply_threads, choose_threads, physical_cores
+from msa_core.threads import (
+    SMALL_MODEL_PARAMS,
+    ThreadChoice,
+    apply_threads,
+    choose_threads,
+    current_threads,
+    physical_cores,
+)
 from studio import session
 
 if TYPE_CHECKING:
@@ -57,7 +65,8 @@ def threads_sidebar(engine: Engine) -> ThreadChoice:
     why, the machine load, and the picker. Returns what was applied."""
     if session.get(session.K_THREADS) not in _options():
         session.put(session.K_THREADS, AUTO)
-    choice = apply_threads(current_choice(engine))
+    # Read back, not assumed: torch's count is per thread, and this is the thread the page runs in.
+    choice = ThreadChoice(current_threads(), apply_threads(current_choice(engine)).source)
     if engine.device.type == "cuda":
         import torch
 

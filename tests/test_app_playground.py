@@ -127,13 +127,13 @@ def test_pinned_points_are_extra_columns_with_their_metrics(tiny_yaml, app_env):
     from test_app import _independent_answers
 
     assert seen["pin0"] == _independent_answers(tiny_yaml, 2.0, 1.0, seen["questions"])
-    assert any("📌 α=2, β=1" in c.value for c in at.caption)
+    assert any("Pinned α=2, β=1" in c.value for c in at.caption)
     # Compute metrics fills corrupted, the current and the pinned point; the wait is shown with its parts.
     at.number_input(key="w_pg_subset").set_value(4).run()
     at.button(key="w_pg_metrics").click().run()
     no_exceptions(at)
     table = at.main.get_by_key("pg_compare_table").dataframe[0].value
-    assert list(table["model"][:3]) == ["Corrupted (α=β=0)", "Unlearned (α=3, β=1)", "📌 α=2, β=1"]
+    assert list(table["model"][:3]) == ["Corrupted (α=β=0)", "Unlearned (α=3, β=1)", "Pinned α=2, β=1"]
     assert table.iloc[:3, 1:].notna().all().all()
     wait = " ".join(c.value for c in at.caption if "Compute metrics* took" in c.value)
     assert "reference (first use: load + evaluation)" in wait and "corrupted" in wait and "α=2, β=1" in wait

@@ -80,4 +80,4 @@ def test_pinned_points_are_probe_columns_too(tiny_yaml):
     shown = at.session_state["msa_probe_shown"]
     assert "pin0" in shown["answers"]
     assert shown["answers"]["pin0"] != shown["answers"]["unlearned"]
-    assert any(c.value == "📌 α=2, β=1" for c in at.main.get_by_key("probe_q_0").caption)
+    assert any(c.value == "Pinned α=2, β=1" for c in at.main.get_by_key("probe_q_0").caption)

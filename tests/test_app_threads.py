@@ -1,5 +1,8 @@
 """AppTest tests of the sidebar's CPU-thread setting (studio/threads_control.py): the current
-count and why, shown with the device; a chosen count is applied before the page runs."""
+count and why, shown with the device; a chosen count is applied before the page runs.
+
+The caption reads torch's count back in the script's thread (AppTest runs the script in a
+thread of its own, and torch's count is per thread), so it shows what was applied."""
 
 from __future__ import annotations
 
@@ -29,16 +32,16 @@ def test_sidebar_shows_and_applies_the_thread_setting(tiny_yaml, torch_threads):
     at = load_experiment(new_app(), tiny_yaml)
     no_exceptions(at)
     captions = _captions(at)
+    print("CAPTIONS:", captions)
     assert "CPU threads: 1 thread (policy: " in captions and "under 100M)" in captions
     assert "Device `" in captions  # shown with the device
-    assert torch.get_num_threads() == 1  # the tiny model's size rule, applied by the app
     picker = at.sidebar.selectbox(key=WIDGET)
     assert picker.value == "auto" and picker.options[:3] == ["auto (by model size)", "1", "2"]
     picker.set_value(2).run()
     no_exceptions(at)
-    assert "CPU threads: 2 threads (sidebar)" in _captions(at) and torch.get_num_threads() == 2
+    assert "CPU threads: 2 threads (sidebar)" in _captions(at)
     at.switch_page("pages/playground.py").run()  # kept across pages
     no_exceptions(at)
-    assert at.sidebar.selectbox(key=WIDGET).value == 2 and torch.get_num_threads() == 2
+    assert at.sidebar.selectbox(key=WIDGET).value == 2 and "CPU threads: 2 threads (sidebar)" in _captions(at)
     at.sidebar.selectbox(key=WIDGET).set_value("auto").run()
-    assert "CPU threads: 1 thread (policy: " in _captions(at) and torch.get_num_threads() == 1
+    assert "CPU threads: 1 thread (policy: " in _captions(at)

@@ -279,8 +279,11 @@ def finetune(
     tokenizer: Path | None = None,
     progress: Progress | None = None,
     reuse: bool = True,
+    prompt_format: str | None = None,
 ) -> FinetuneResult:
     """Fine-tune the causal LM in ``base`` on ``data`` (concatenated) and write it to ``out``.
+    QA pairs are encoded in ``prompt_format`` (:mod:`msa_core.prompts`; None: the default "auto",
+    and then the reuse key is the same as before the option existed).
 
     ``tokenizer`` is the tokenizer folder when it is not ``base``. Returns the existing
     ``out`` untouched when ``reuse`` and its card matches these inputs (``reused=True``).
@@ -295,6 +298,8 @@ def finetune(
     check_causal_lm(base)
     tok_dir = Path(tokenizer).expanduser() if tokenizer is not None else None
     key = run_key(base, tok_dir, sets, config)
+    if prompt_format is not None:
+        key = {**key, "prompt_format": prompt_format}
     recover_replacement(out, is_complete)
     clean_stale_temp(out)
     if out.exists() and not is_complete(out):
@@ -319,7 +324,7 @@ def finetune(
     if not state.is_main_process:
         resume_from = _last_checkpoint(work)
     tok = load_tokenizer(tok_dir or base)
-    examples = build_examples(tok, sets, config.max_length)
+    examples = build_examples(tok, sets, config.max_length, prompt_format)
     old_threads = torch.get_num_threads()
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
