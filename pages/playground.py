@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from typing import Optional
 
+import pandas as pd
 import streamlit as st
 
 from msa_core.eval.questions import QAItem
@@ -298,7 +299,11 @@ def metrics_panel() -> None:
         st.markdown("##### Side by side")
         named = {m: labels.metric_label(m, with_direction=False) + f" {labels.arrow(m)}" for m in shown}
         with st.container(key="pg_compare_table"):
-            st.dataframe(table.rename(columns=named), hide_index=True, width="stretch")
+            # Text cells: st.dataframe draws a missing number as "None", which reads like a value.
+            text = table.copy()
+            for m in shown:
+                text[m] = ["—" if v is None or pd.isna(v) else f"{v:.3g}" for v in table[m]]
+            st.dataframe(text.rename(columns=named), hide_index=True, width="stretch")
         st.caption("Stored fast-tier results at the same settings; empty = not computed yet (the button above "
                    "computes the current and pinned points). Other methods' named points come from the results "
                    "store (`msa import`, baselines).")

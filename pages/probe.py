@@ -51,7 +51,7 @@ if not probe_sets:
 
 has_ref = engine.experiment.checkpoints.reference is not None
 compare.pin_controls(here)
-c1, c2, c3 = st.columns([1, 2, 2], vertical_alignment="bottom")
+c1, c2, c3 = st.columns([1, 2, 3], vertical_alignment="bottom")
 set_name = c1.selectbox("Set", probe_sets, key="w_probe_set")
 items = sets[set_name]
 groups = dict(entity_groups(items))
@@ -59,8 +59,10 @@ entity = c2.selectbox("Entity", list(groups), key=f"w_probe_entity_{set_name}",
                       format_func=lambda n: f"{n} ({len(groups[n])} QA pairs)")
 every = compare.columns(here, reference=has_ref, clean=True)
 titles = {c.key: c.title for c in every}
+# Short chip labels: the full titles would be cut off in the chips.
+chips = {c.key: c.title.split(" (")[0].lower() if not c.key.startswith("pin") else c.title.lower() for c in every}
 picked = c3.multiselect("Models", list(titles), default=[k for k in titles if k != "clean"],
-                        format_func=lambda k: titles[k], key="w_probe_models_" + "_".join(titles))
+                        format_func=lambda k: chips[k], key="w_probe_models_" + "_".join(titles))
 cols = [c for c in every if c.key in picked]
 show_diff = st.toggle("What changed (against the corrupted model's answer)", value=True, key="w_probe_diff")
 chosen = [items[i] for i in groups[entity]]

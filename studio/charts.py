@@ -42,10 +42,15 @@ Y_PREFERENCE = ("model_utility", "model_utility_tf", "retain_rouge", "retain_pro
 # README's 5×3 sweep); the next utility metric is then the default.
 UNINFORMATIVE_SHARE = 0.25
 # Room for Plotly's toolbar (top right, ~28 px) above a chart's title.
-MODEBAR_PX = 30
+MODEBAR_PX = 32
 # Title line length for a half-width chart (two heatmaps per row at 1400 px leave ~480 px
 # each; ~8 px per character at the 15-px title font).
 TITLE_CHARS = 46
+# Heatmap colours of a closer-to-a-target metric: Viridis' bright end at the target (zmid),
+# its dark end on both sides, so bright = better as on every other heatmap.
+TARGET_SCALE = [[0.0, "#440154"], [0.25, "#21918c"], [0.5, "#fde725"], [0.75, "#21918c"], [1.0, "#440154"]]
+# Interpolation looks this many grid values out on each side for a fully evaluated rectangle.
+BRACKET_TRIES = 3
 MARKER_SYMBOLS = ("circle", "square", "triangle-up", "diamond-open", "cross", "triangle-down", "pentagon", "hexagon")
 
 
@@ -136,22 +141,24 @@ def wrap_title(text: str, width: int = TITLE_CHARS) -> str:
     return "<br>".join(textwrap.wrap(text, width=width, break_long_words=False)) or text
 
 
-def _title(text: str, width: int = TITLE_CHARS) -> tuple[dict[str, Any], int]:
-    """A Plotly title placed just above the plot area (below the toolbar row), left-aligned,
-    and the top margin it needs."""
+def _title(text: str, body: int, width: int = TITLE_CHARS) -> tuple[dict[str, Any], int, int]:
+    """A left-aligned Plotly title below the toolbar row, the top margin it needs and the figure
+    height for a plot area (plus bottom margin) of ``body`` pixels."""
     wrapped = wrap_title(text, width)
     lines = wrapped.count("<br>") + 1
     top = MODEBAR_PX + 20 * lines + 14
+    height = body + top
     # In container coordinates, anchored at its top just below the toolbar row: Plotly lays a
     # multi-line title out downwards from there (a bottom anchor would push lines into the plot).
-    return (dict(text=wrapped, x=0.01, xref="container", xanchor="left", y=1.0, yref="container", yanchor="top",
-                 pad=dict(t=MODEBAR_PX), font=dict(size=15)), top)
+    # Plotly puts the first line's glyph tops ~6 px above the anchor: hence the extra 6 px.
+    return (dict(text=wrapped, x=0.01, xref="container", xanchor="left", y=1 - (MODEBAR_PX + 6) / height,
+                 yref="container", yanchor="top", font=dict(size=15)), top, height)
 
 
 def interpolate(df: pd.DataFrame, name: str, alpha: float, beta: float) -> Optional[float]:
-    """``name`` at (α, β) by bilinear interpolation between the four surrounding grid points
-    (in log10 for log metrics); exact at a grid point; None when a corner was not evaluated
-    or the point is outside the grid."""
+    """``name`` at (α, β) by bilinear interpolation between the corners of the smallest fully
+    evaluated grid rectangle around it (in log10 for log metrics); exact at a grid point; None
+    outside the grid or when no evaluated rectangle surrounds it."""
     data = composed(df)
     if name not in data.columns or data.empty:
         return None
@@ -159,20 +166,26 @@ def interpolate(df: pd.DataFrame, name: str, alpha: float, beta: float) -> Optio
     vals = _log10(data[name]) if log else data[name].astype(float)
     table = data.assign(_v=vals).pivot_table(index="beta", columns="alpha", values="_v", aggfunc="last")
 
-    def bracket(axis: Sequence[float], v: float) -> Optional[tuple[float, float]]:
+    def sides(axis: Sequence[float], v: float) -> Optional[tuple[list[float], list[float]]]:
+        """Grid values at or below ``v`` (nearest first) and at or above it (nearest first)."""
         axis = sorted(axis)
         if not axis or v < axis[0] - 1e-12 or v > axis[-1] + 1e-12:
             return None
-        lo = max((a for a in axis if a <= v + 1e-12), default=axis[0])
-        hi = min((a for a in axis if a >= v - 1e-12), default=axis[-1])
-        return lo, hi
+        below = [a for a in reversed(axis) if a <= v + 1e-12][:BRACKET_TRIES]
+        above = [a for a in axis if a >= v - 1e-12][:BRACKET_TRIES]
+        return below, above
 
-    ab, bb = bracket(list(table.columns), alpha), bracket(list(table.index), beta)
-    if ab is None or bb is None:
+    sa, sb = sides(list(table.columns), alpha), sides(list(table.index), beta)
+    if sa is None or sb is None:
         return None
+    # The smallest rectangle of evaluated grid points around (α, β): on a ragged grid (a
+    # refinement point, a second sweep) the nearest cells may not all have been evaluated.
+    boxes = [((a0, a1), (b0, b1)) for a0 in sa[0] for a1 in sa[1] for b0 in sb[0] for b1 in sb[1]
+             if not any(pd.isna(table.at[b, a]) for a in (a0, a1) for b in (b0, b1))]
+    if not boxes:
+        return None
+    ab, bb = min(boxes, key=lambda box: ((box[0][1] - box[0][0]) + 1e-9) * ((box[1][1] - box[1][0]) + 1e-9))
     corners = [[table.at[b, a] for a in ab] for b in bb]
-    if any(pd.isna(c) for row in corners for c in row):
-        return None
     ta = 0.0 if ab[1] == ab[0] else (alpha - ab[0]) / (ab[1] - ab[0])
     tb = 0.0 if bb[1] == bb[0] else (beta - bb[0]) / (bb[1] - bb[0])
     low = corners[0][0] * (1 - ta) + corners[0][1] * ta
@@ -182,6 +195,14 @@ def interpolate(df: pd.DataFrame, name: str, alpha: float, beta: float) -> Optio
 
 
 # ----------------------------------------------------------------------------- heatmaps
+def _target(name: str) -> Optional[float]:
+    """The value a closer-to-a-target metric aims at (PrivLeak: 0, an AUC: 0.5), else None."""
+    info = metric_info(name)
+    if info is None or not info.direction.startswith("closer"):
+        return None
+    return {"closer_to_1": 1.0, "closer_to_0": 0.0}.get(info.direction, info.ideal)
+
+
 def _cell_position(axis: Sequence[float], value: float) -> tuple[float, bool]:
     """The category-axis position (cell index, fractional between cells) of ``value``, clamped
     to the axis; and whether it was inside the axis' span."""
@@ -203,15 +224,21 @@ def heatmap(df: pd.DataFrame, name: str, current: Point) -> go.Figure:
     table = table.reindex(index=sorted(set(data["beta"])), columns=sorted(set(data["alpha"])))
     xs, ys = [f"{a:g}" for a in table.columns], [f"{b:g}" for b in table.index]
     info = metric_info(name)
-    # A reversed scale for lower-is-better metrics keeps bright = better on every heatmap.
-    scale = "Viridis_r" if info is not None and info.direction == "lower" else "Viridis"
+    # A reversed scale for lower-is-better metrics keeps bright = better on every heatmap; a
+    # closer-to-a-target metric (PrivLeak → 0) is brightest at its target, dark on both sides.
+    scale: Any = "Viridis_r" if info is not None and info.direction == "lower" else "Viridis"
+    target = _target(name)
     bar = dict(title=dict(text=f"{arrow(name)} better" if arrow(name) else "", side="right"), thickness=14)
+    extra: dict[str, Any] = {}
+    if target is not None and not log:
+        scale, extra = TARGET_SCALE, dict(zmid=target)
+        bar["title"]["text"] = f"→ {target:g} better"
     finite = table.values[np.isfinite(table.values)]
     if log and finite.size:
         ticks = log_ticks(10.0 ** finite.min(), 10.0 ** finite.max())
         bar.update(tickvals=[math.log10(t) for t in ticks], ticktext=[tick_text(t) for t in ticks])
     fmt = "%{customdata:.3g}" if log else "%{z:.3g}"
-    fig = go.Figure(go.Heatmap(z=table.values, x=xs, y=ys, colorscale=scale, colorbar=bar,
+    fig = go.Figure(go.Heatmap(z=table.values, x=xs, y=ys, colorscale=scale, colorbar=bar, **extra,
                                customdata=10.0 ** table.values if log else None,
                                hovertemplate=f"α=%{{x}}, β=%{{y}}<br>value={fmt}<extra></extra>"))
     missing = np.isnan(table.values)
@@ -228,8 +255,8 @@ def heatmap(df: pd.DataFrame, name: str, current: Point) -> go.Figure:
         fig.add_annotation(x=ix, y=iy, text="★", showarrow=False, font=dict(size=20, color="white"),
                            bgcolor="rgba(0,0,0,0.55)", borderpad=1, name="current point",
                            hovertext=f"current point α={current.alpha:g}, β={current.beta:g}{where}")
-    title_dict, top = _title(title)
-    fig.update_layout(title=title_dict, height=300 + top, margin=dict(t=top, b=45, l=55, r=10),
+    title_dict, top, height = _title(title, 300)
+    fig.update_layout(title=title_dict, height=height, margin=dict(t=top, b=45, l=55, r=10),
                       showlegend=False, xaxis_title="α (forget strength)", yaxis_title="β (retain strength)")
     # Grid values as categories: evenly sized cells whatever the spacing of the sweep.
     fig.update_xaxes(type="category")
@@ -378,8 +405,8 @@ def tradeoff_scatter(
     _style_axis(fig, x, pd.concat([pool[x], pd.Series([reference.get(x)] if reference is not None else [])],
                                   ignore_index=True).dropna().astype(float), True)
     _style_axis(fig, y, pool[y].astype(float), False)
-    title, top = _title("Forgetting vs utility: the better corner is top-right", width=90)
-    fig.update_layout(title=title, height=480 + top, margin=dict(t=top, l=70, r=20),
+    title, top, height = _title("Forgetting vs utility: the better corner is top-right", 480, width=90)
+    fig.update_layout(title=title, height=height, margin=dict(t=top, l=70, r=20),
                       legend=dict(orientation="h", y=-0.22, yanchor="top"))
     return fig
 
@@ -400,8 +427,8 @@ def _current_marker(fig: go.Figure, data: pd.DataFrame, x: str, y: str, current:
             cx, cy, name = ix, iy, "current point (interpolated from the grid)"
             star.update(symbol="star-open", line=dict(color="goldenrod", width=2))
     if cx is None:
-        fig.add_annotation(text=f"★ current point α={current.alpha:g}, β={current.beta:g}: not evaluated and "
-                                "outside the grid (evaluate it on the Playground)",
+        fig.add_annotation(text=f"★ current point α={current.alpha:g}, β={current.beta:g}: not evaluated, and no "
+                                "evaluated grid cell around it to interpolate from (evaluate it on the Playground)",
                            xref="paper", yref="paper", x=0, y=1.0, yanchor="bottom", showarrow=False,
                            font=dict(size=11))
         return
@@ -425,7 +452,7 @@ def alpha_lines(df: pd.DataFrame, metrics: list[str], beta: float, *, alpha: Opt
     nrows = math.ceil(len(metrics) / cols)
     titles = [f"{metric_label(m, with_direction=False)} {arrow(m)}".strip() for m in metrics]
     fig = make_subplots(rows=nrows, cols=cols, subplot_titles=titles, horizontal_spacing=0.08,
-                        vertical_spacing=min(0.3, 0.5 / nrows) if nrows > 1 else 0.1)
+                        vertical_spacing=min(0.12, 0.3 / nrows) if nrows > 1 else 0.1)
     for i, m in enumerate(metrics):
         r, c = i // cols + 1, i % cols + 1
         fig.add_trace(go.Scatter(x=rows["alpha"], y=rows[m], mode="lines+markers", name=metric_label(m),
@@ -442,9 +469,9 @@ def alpha_lines(df: pd.DataFrame, metrics: list[str], beta: float, *, alpha: Opt
         fig.update_xaxes(title_text="α" if r == nrows else None, row=r, col=c)
     if alpha is not None:
         fig.add_vline(x=alpha, line=dict(color="goldenrod", dash="dash", width=1), row="all", col="all")
-    title, top = _title(f"Metrics along α at β = {b:g} (each with its own axis; ↓ metrics have reversed axes, so "
-                        "up is better everywhere; dashed: current α)", width=110)
-    fig.update_layout(title=title, height=top + 250 * nrows, margin=dict(t=top + 10, b=40, l=50, r=20))
+    title, top, height = _title(f"Metrics along α at β = {b:g} (each with its own axis; ↓ metrics have reversed "
+                                "axes, so up is better everywhere; dashed: current α)", 250 * nrows + 10, width=110)
+    fig.update_layout(title=title, height=height, margin=dict(t=top + 10, b=40, l=50, r=20))
     return fig
 
 

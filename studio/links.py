@@ -3,7 +3,8 @@
 Query parameters (:data:`PARAMS`): ``experiment`` (the experiment file's path), ``alpha`` and
 ``beta``, ``page`` (a page's name, e.g. ``playground``; see :func:`page_name`) and
 ``questions`` (the Playground's selection, ``<set>:<i>,<j>,…`` with item indices of that
-set, e.g. ``forget:0,3,7``). :func:`restore` applies them once per browser session, before
+set, e.g. ``forget:0,3,7``), and ``pins``, the pinned comparison points (``α:β`` pairs joined
+by ``,``, e.g. ``0.8:0.5,2:1``). :func:`restore` applies them once per browser session, before
 the sidebar is drawn; in the first session of a server process, a URL without an
 ``experiment`` parameter reloads the most recently used experiment (the recent list of
 :mod:`studio.resources`), so a restarted server comes back where it was. A value that cannot
@@ -21,14 +22,15 @@ from typing import TYPE_CHECKING, Optional
 import streamlit as st
 
 from msa_core.experiment import DEFAULT_ALPHA_RANGE, DEFAULT_BETA_RANGE
-from studio import resources, session, widgets
+from msa_core.targets import Point
+from studio import compare, resources, session, widgets
 
 if TYPE_CHECKING:
     from streamlit.navigation.page import StreamlitPage
 
 log = logging.getLogger("msa.app")
 
-PARAMS = ("experiment", "alpha", "beta", "page", "questions")
+PARAMS = ("experiment", "alpha", "beta", "page", "questions", "pins")
 
 
 def page_name(page: StreamlitPage) -> str:
@@ -61,6 +63,22 @@ def parse_questions(raw: str) -> tuple[str, list[int]]:
     if any(i < 0 for i in indices):
         raise ValueError(f"questions={raw!r}: indices cannot be negative")
     return name.strip(), list(dict.fromkeys(indices))
+
+
+def parse_pins(raw: str, alpha_range: tuple[float, float], beta_range: tuple[float, float]) -> list[Point]:
+    """``'α:β,α:β'`` → points inside the ranges; ValueError naming the first bad pair."""
+    points = []
+    for pair in (p for p in raw.split(",") if p.strip()):
+        a, sep, b = pair.partition(":")
+        if not sep:
+            raise ValueError(f"pins: {pair!r} is not 'α:β' (e.g. '0.8:0.5')")
+        points.append(Point(parse_coefficient(a, "pinned alpha", alpha_range),
+                            parse_coefficient(b, "pinned beta", beta_range)))
+    return points
+
+
+def format_pins(points: Sequence[Point]) -> str:
+    return ",".join(f"{p.alpha:.10g}:{p.beta:.10g}" for p in points)
 
 
 def format_questions(set_name: str, indices: Sequence[int]) -> str:
@@ -109,6 +127,14 @@ def restore(pages: Sequence[StreamlitPage], current: StreamlitPage) -> None:
             session.put(session.K_QUESTIONS, parse_questions(params["questions"]))
         except ValueError as exc:
             warnings.append(f"URL parameter {exc}")
+    if params["pins"]:
+        try:
+            pins = parse_pins(params["pins"], alpha_rng, beta_rng)
+        except ValueError as exc:
+            warnings.append(f"URL parameter {exc}; no points pinned")
+        else:
+            for p in pins:
+                compare.pin(p)
     session.put(session.K_URL_WARNINGS, warnings)
     wanted = params["page"]
     if wanted and wanted != page_name(current):
@@ -135,6 +161,8 @@ def write(current: StreamlitPage) -> None:
     chosen = session.get(session.K_QUESTIONS)
     if chosen:
         want["questions"] = format_questions(*chosen)
+    if path and compare.pinned():
+        want["pins"] = format_pins(compare.pinned())
     if st.query_params.to_dict() != want:
         st.query_params.from_dict(want)
 

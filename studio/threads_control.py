@@ -66,7 +66,8 @@ def threads_sidebar(engine: Engine) -> ThreadChoice:
     if session.get(session.K_THREADS) not in _options():
         session.put(session.K_THREADS, AUTO)
     # Read back, not assumed: torch's count is per thread, and this is the thread the page runs in.
-    choice = ThreadChoice(current_threads(), apply_threads(current_choice(engine)).source)
+    applied = apply_threads(current_choice(engine))
+    choice = ThreadChoice(current_threads(), applied.source)
     if engine.device.type == "cuda":
         import torch
 

@@ -32,7 +32,6 @@ def test_sidebar_shows_and_applies_the_thread_setting(tiny_yaml, torch_threads):
     at = load_experiment(new_app(), tiny_yaml)
     no_exceptions(at)
     captions = _captions(at)
-    print("CAPTIONS:", captions)
     assert "CPU threads: 1 thread (policy: " in captions and "under 100M)" in captions
     assert "Device `" in captions  # shown with the device
     picker = at.sidebar.selectbox(key=WIDGET)

@@ -28,7 +28,7 @@ def test_a_shared_link_restores_experiment_point_page_and_questions(tiny_yaml, a
     _forget_recent(app_env)
     at = new_app()
     at.query_params.update(experiment=str(tiny_yaml), alpha="2.5", beta="0.25", page="playground",
-                           questions="forget:1,4")
+                           questions="forget:1,4", pins="0.5:0,4:1")
     at.session_state["w_pg_max_new"] = MAX_NEW
     at.run()
     no_exceptions(at)
@@ -39,10 +39,13 @@ def test_a_shared_link_restores_experiment_point_page_and_questions(tiny_yaml, a
     assert at.title[0].value.endswith("Playground")
     assert at.multiselect(key="w_pg_q_forget").value == [1, 4]
     assert at.session_state["msa_answers"]["alpha"] == 2.5 and len(at.session_state["msa_answers"]["questions"]) == 2
+    assert {"pin0", "pin1"} <= set(at.session_state["msa_answers"])  # the pinned points are columns again
     # The URL keeps describing the view as it changes.
-    assert {k: _param(at, k) for k in ("experiment", "alpha", "beta", "page", "questions")} == {
+    assert {k: _param(at, k) for k in ("experiment", "alpha", "beta", "page", "questions", "pins")} == {
         "experiment": str(tiny_yaml.resolve()), "alpha": "2.5", "beta": "0.25", "page": "playground",
-        "questions": "forget:1,4"}
+        "questions": "forget:1,4", "pins": "0.5:0,4:1"}
+    at.button(key="w_pin_remove_0").click().run()
+    assert _param(at, "pins") == "4:1"
     set_alpha(at, 3.0)
     at.multiselect(key="w_pg_q_forget").select(0).run()
     assert (_param(at, "alpha"), _param(at, "questions")) == ("3", "forget:1,4,0")
@@ -54,7 +57,7 @@ def test_bad_url_values_are_warnings_not_tracebacks(tiny_yaml, app_env, tmp_path
     _forget_recent(app_env)
     at = new_app()
     at.query_params.update(experiment=str(tiny_yaml), alpha="banana", beta="9", page="nowhere",
-                           questions="forget:x")
+                           questions="forget:x", pins="1:9")
     at.run()
     no_exceptions(at)
     warnings = " ".join(w.value for w in at.warning)
@@ -62,6 +65,7 @@ def test_bad_url_values_are_warnings_not_tracebacks(tiny_yaml, app_env, tmp_path
     assert "beta=9 is outside the experiment's range [0, 5]" in warnings
     assert "page='nowhere' names no page" in warnings
     assert "questions='forget:x'" in warnings
+    assert "pinned beta=9 is outside" in warnings and at.session_state.get("msa_pinned") is None
     assert at.session_state["msa_exp_path"] == str(tiny_yaml.resolve())  # the good values still apply
     assert (at.session_state["msa_alpha"], at.session_state["msa_beta"]) == (1.0, 1.0)
     # The URL now describes what is shown (the bad values are gone).

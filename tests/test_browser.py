@@ -47,8 +47,10 @@ def server(tmp_path_factory):
     # reuses the demo; the results store is emptied so the sweep really runs every time.
     cache = CACHE
     cache.mkdir(parents=True, exist_ok=True)
-    for f in cache.glob("results.sqlite*"):
-        f.unlink()
+    # The recent-experiments list goes too: a server reopens the last experiment by itself, and
+    # this test starts from the first-start offer.
+    for f in [*cache.glob("results.sqlite*"), cache / "recent_experiments.json"]:
+        f.unlink(missing_ok=True)
     port = bh.free_port()
     log = work / "streamlit.log"
     proc = bh.start_server(ROOT, port, cache, log)

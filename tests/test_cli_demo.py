@@ -43,6 +43,8 @@ def test_cli_on_quick_demo(quick_demo, tmp_path, monkeypatch):
     r = _msa("compose", exp, "--alpha", "1", "--beta", "1", "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert (out / "msa.json").is_file() and (out / "config.json").is_file()
+    # stderr is a pipe here, as in a redirected log: plain progress lines, no carriage returns
+    assert "\r" not in r.stderr and "100.0% engine ready\n" in r.stderr
     r = _msa("compose", exp, "--alpha", "1", "--beta", "1", "--out", str(out))
     assert r.returncode == 2 and "already exists" in r.stderr
 

@@ -161,3 +161,16 @@ def test_evaluation_scores_and_records_the_experiment_prompt_format(tmp_path):
             logits = model(input_ids=torch.tensor([p_ids + a_ids])).logits[0].double()
         logp = torch.log_softmax(logits[len(p_ids) - 1: -1], -1).gather(-1, torch.tensor(a_ids)[:, None])
         assert p_got == pytest.approx(math.exp(float(logp.mean())), rel=2e-5)
+
+
+def test_llama2_chat_prompts_equal_the_official_tofu_logs_prompts(shared_data):
+    """The original TOFU eval logs (Llama-2-7b) record each prompt: the open-unlearning format gives the same text."""
+    logs = shared_data / "tofu" / "eval_results" / "ft_epoch5_lr1e-05_llama2-7b_retain90_wd0.01" / "ds_size300"
+    agg = json.loads((logs / "eval_log_aggregated.json").read_text())
+    tok = llama3_tokenizer()
+    tok.chat_template = "{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}"
+    for log, data in (("eval_log_forget.json", "forget10_perturbed.json"), ("eval_log.json", "retain_perturbed.json")):
+        rows = json.loads((shared_data / "tofu" / data).read_text())
+        for k in ("0", "1", "299"):
+            logged_prompt = agg[log]["generated_text"][k][0]
+            assert qa_prompt(tok, rows[int(k)]["question"], "open-unlearning-tofu") == logged_prompt, (log, k)

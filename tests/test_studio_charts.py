@@ -81,7 +81,8 @@ def test_heatmap_ticks_title_layout_and_the_current_point_between_cells():
     assert "log colour scale" in title.text and "better" in title.text
     # The title sits just above the plot area, below the toolbar row, and never runs wider
     # than a half-width chart: each line at most TITLE_CHARS characters.
-    assert (title.yref, title.y, title.yanchor) == ("paper", 1, "bottom")
+    assert (title.yref, title.yanchor) == ("container", "top")
+    assert (1 - title.y) * fig.layout.height >= charts.MODEBAR_PX  # its top is below the toolbar row
     assert all(len(line) <= charts.TITLE_CHARS for line in title.text.split("<br>"))
     lines = title.text.count("<br>") + 1
     assert fig.layout.margin.t >= charts.MODEBAR_PX + 18 * lines
@@ -96,6 +97,9 @@ def test_heatmap_ticks_title_layout_and_the_current_point_between_cells():
     assert (star.x, star.y) == (1.5, 0.25) and "outside" not in star.hovertext
     far = [a for a in charts.heatmap(df, "model_utility", Point(4.0, 0.0)).layout.annotations if a.text == "★"][0]
     assert far.x == 2.0 and "outside the grid" in far.hovertext
+    # A closer-to-0 metric (PrivLeak) is brightest at 0, whatever side the values are on.
+    leak = charts.heatmap(df.assign(muse_privleak=[-30.0, -10, 0, 5, 20, 1, None]), "muse_privleak", Point(0, 0))
+    assert leak.data[0].zmid == 0 and leak.data[0].colorscale[2][1] == "#fde725"
     # Lower-is-better metrics use the reversed scale, so bright is always better.
     assert charts.heatmap(df, "forget_prob", Point(0.0, 0.0)).data[0].colorscale != \
         charts.heatmap(df, "model_utility", Point(0.0, 0.0)).data[0].colorscale
@@ -123,8 +127,10 @@ def test_interpolate_is_bilinear_and_honest_about_missing_corners():
     mid = charts.interpolate(df, "forget_quality", 1.5, 0.0)
     assert mid == pytest.approx(math.sqrt(1.001e-3 * 2.001e-3))
     assert charts.interpolate(df, "model_utility", 2.5, 0.0) is None  # outside the grid
-    holes = df.drop(index=[3])  # (1, 1) not evaluated
-    assert charts.interpolate(holes, "model_utility", 1.5, 0.5) is None
+    # (1, 1) not evaluated: the rectangle α ∈ [0, 2] around it is (still exact: linear in α).
+    assert charts.interpolate(df.drop(index=[3]), "model_utility", 1.5, 0.5) == pytest.approx(0.85)
+    # (0, 1) and (1, 1) not evaluated: no evaluated rectangle around (1.5, 0.5).
+    assert charts.interpolate(df.drop(index=[1, 3]), "model_utility", 1.5, 0.5) is None
 
 
 def test_default_axes_skip_a_utility_that_is_zero_at_the_unlearned_points():

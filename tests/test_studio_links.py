@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from studio.links import format_questions, parse_coefficient, parse_questions
+from msa_core.targets import Point
+from studio.links import format_pins, format_questions, parse_coefficient, parse_pins, parse_questions
 
 
 def test_questions_round_trip_and_keep_set_names_with_spaces_and_colons():
@@ -33,3 +34,13 @@ def test_coefficients_must_be_finite_numbers_inside_the_range():
         with pytest.raises(ValueError, match=message):
             parse_coefficient(raw, "alpha", (0.0, 5.0))
     assert not math.isnan(parse_coefficient("1e-3", "alpha", (0.0, 5.0)))
+
+
+def test_pins_round_trip_and_must_lie_inside_the_ranges():
+    pins = [Point(0.8, 0.5), Point(2.0, 1.0)]
+    assert format_pins(pins) == "0.8:0.5,2:1"
+    assert parse_pins("0.8:0.5,2:1", (0.0, 5.0), (0.0, 5.0)) == pins
+    with pytest.raises(ValueError, match="'0.8' is not 'α:β'"):
+        parse_pins("0.8", (0.0, 5.0), (0.0, 5.0))
+    with pytest.raises(ValueError, match="pinned alpha=6 is outside"):
+        parse_pins("6:0", (0.0, 5.0), (0.0, 5.0))

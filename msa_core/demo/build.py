@@ -127,7 +127,7 @@ class Recipe:
 FULL = Recipe(
     n_background=20, n_forget=3, n_retain=27, n_holdout=3, eval_retain_authors=9,
     vocab_size=2048, hidden=160, layers=4, intermediate=448, heads=4,
-    clean=Stage(20, 1e-3, 8), finetune=Stage(12, 1e-3, 8), vectors=Stage(24, 4.5e-4, 8),
+    clean=Stage(15, 1e-3, 8), finetune=Stage(8, 1e-3, 8), vectors=Stage(12, 4.5e-4, 8),
 )
 QUICK = Recipe(
     n_background=6, n_forget=2, n_retain=6, n_holdout=2, eval_retain_authors=3,

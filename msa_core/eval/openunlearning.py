@@ -107,8 +107,22 @@ def _num(x: Any) -> Any:
     return x
 
 
+def _with_prob(entry: Any) -> Any:
+    """A stored probability entry ``{"avg_loss": …}`` as open-unlearning writes it: ``{"prob", "avg_loss"}``
+    with prob = exp(−avg_loss) (element-wise for lists); other entries unchanged."""
+    if not isinstance(entry, dict) or "avg_loss" not in entry or "prob" in entry:
+        return entry
+    loss = entry["avg_loss"]
+    prob = [math.exp(-x) for x in loss] if isinstance(loss, list) else math.exp(-loss)
+    return {"prob": prob, **entry}
+
+
 def _by_index(entries: list[Any]) -> dict[str, Any]:
-    return {str(i): ({k: _num(v) for k, v in e.items()} if isinstance(e, dict) else e) for i, e in enumerate(entries)}
+    out = {}
+    for i, e in enumerate(entries):
+        e = _with_prob(e)
+        out[str(i)] = {k: _num(v) for k, v in e.items()} if isinstance(e, dict) else e
+    return out
 
 
 def _mean(values: list[float]) -> Optional[float]:
@@ -172,7 +186,8 @@ def _metric_block(result: EvalResult, name: str) -> dict[str, Any]:
 
 def _detail_block(entries: list[Any], key: str) -> dict[str, Any]:
     """A pre-compute probability block from detail entries: agg = mean over items of the item's mean."""
-    return {"agg_value": _mean([_entry_mean(e, key) for e in entries]), "value_by_index": _by_index(entries)}
+    by_index = _by_index(entries)
+    return {"agg_value": _mean([_entry_mean(e, key) for e in by_index.values()]), "value_by_index": by_index}
 
 
 def _tofu_eval(result: EvalResult) -> dict[str, Any]:

@@ -13,7 +13,6 @@ Metric definitions are DESIGN section 5 / open-unlearning's (see :mod:`.metrics`
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,13 +105,14 @@ def _eos_trimmed(correct: np.ndarray, cont: Sequence[int], eos: Optional[int]) -
 
 
 def _prob_entry(nll: float) -> dict[str, float]:
-    """open-unlearning's probability entry: prob = exp(−avg_loss)."""
-    return {"prob": math.exp(-nll), "avg_loss": float(nll)}
+    """open-unlearning's probability entry, stored as its ``avg_loss`` only (the export adds
+    prob = exp(−avg_loss), as open-unlearning computes it), which halves what the store keeps."""
+    return {"avg_loss": float(nll)}
 
 
 def _list_entry(nlls: Sequence[float]) -> dict[str, list[float]]:
-    """open-unlearning's entry for several answers of one item (lists in answer order)."""
-    return {"prob": [math.exp(-x) for x in nlls], "avg_loss": [float(x) for x in nlls]}
+    """:func:`_prob_entry` for several answers of one item (a list in answer order)."""
+    return {"avg_loss": [float(x) for x in nlls]}
 
 
 @dataclass(frozen=True)
