@@ -186,7 +186,7 @@ def sizes_section(args: argparse.Namespace, cores: int) -> list[dict[str, Any]]:
                             times.setdefault((what, t), []).append(timed(fn))
             for what in ("forward", "generate"):
                 med = {t: statistics.median(times[(what, t)][1:]) for t in counts}  # first rep: warm-up
-                rows.append({"model": f"{name} ({params / 1e6:.0f}M)", "condition": condition, "work": what,
+                rows.append({"model": f"{name} ({params / 1e6:.1f}M params)", "condition": condition, "work": what,
                              **{f"{t} thr s": med[t] for t in counts},
                              f"1 thr / {cores} thr": med[1] / med[cores] if cores != 1 else 1.0})
         print(f"  {name}: done", flush=True)

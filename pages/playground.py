@@ -49,6 +49,7 @@ verdict_n = int(session.get(session.W_PG_VERDICT_N, 10))
 subset = int(session.get(session.W_PG_SUBSET, 20))
 choices = widgets.benchmark_choices(engine.experiment)
 bench = choices[0] if choices else None
+has_ref = engine.experiment.checkpoints.reference is not None
 waits: dict[str, float] = {}  # model name → seconds this run waited for it (answers + p(gold))
 timing = {"compose": 0.0, "generate": 0.0}  # the current point's share of that: recomposition, generation
 
@@ -166,8 +167,7 @@ else:
                             format_func=short, key=qkey, max_selections=8)
     items = [pool[i] for i in chosen]
     links.set_questions((source, list(chosen)))
-show_ref = c3.toggle("Reference", value=engine.experiment.checkpoints.reference is not None, key="w_pg_ref",
-                     disabled=engine.experiment.checkpoints.reference is None,
+show_ref = c3.toggle("Reference", value=has_ref, key="w_pg_ref", disabled=not has_ref,
                      help="The retain-only model: what 'never learned the forget set' looks like")
 show_clean = c4.toggle("Clean", value=True, key="w_pg_clean", help="θ_clean, before any fine-tuning")
 show_diff = c5.toggle("What changed", value=True, key="w_pg_diff",
@@ -292,9 +292,9 @@ def metrics_panel() -> None:
         st.caption(f"From the results store (this point's evaluation took {labels.fmt_seconds(current.seconds)} "
                    f"when it was computed). First {n} items per set; deltas are against the corrupted model "
                    "(α = β = 0); green = better.")
-    shown = tuple(m for m in labels.HEADLINE if current is None or m in current.metrics)[:6]
-    table = compare.metrics_table(engine, compare.columns(here, reference=True, clean=False),
-                                  benchmark=bench, subset=n, metrics=shown)
+    table = compare.metrics_table(engine, compare.columns(here, reference=has_ref, clean=False),
+                                  benchmark=bench, subset=n, metrics=labels.HEADLINE)
+    shown = [c for c in table.columns if c != "model"]
     if len(table) > 2:
         st.markdown("##### Side by side")
         named = {m: labels.metric_label(m, with_direction=False) + f" {labels.arrow(m)}" for m in shown}

@@ -178,7 +178,7 @@ try:
 except widgets.CORE_ERRORS as exc:
     widgets.show_error("Could not read other methods' results", exc)
     methods = pd.DataFrame()
-if not methods.empty and "benchmark" in methods.columns:
+if not methods.empty and "benchmark" in methods.columns and benchmark != "all":
     methods = methods[methods["benchmark"].isin([benchmark, "all"])]
 choices = charts.axis_choices(rows, methods)
 dx, dy = charts.default_axes(rows)
@@ -195,7 +195,8 @@ if choices:
                             format_func=labels.metric_label, key="w_to_y",
                             help="Default: model utility, unless it is 0 at most unlearned points (the tiny demo's "
                                  "full tier), then the teacher-forced utility.")
-    show_methods = a3.toggle(f"Other methods ({methods['method'].nunique() if not methods.empty else 0})",
+    n_methods = methods["method"].nunique() if not methods.empty else 0
+    show_methods = a3.toggle(f"Other methods ({n_methods})" if n_methods else "Other methods (none stored)",
                              value=True, key="w_to_methods", disabled=methods.empty,
                              help="Named points of other methods stored for this experiment (imported "
                                   "open-unlearning runs, gradient-based baselines), one series per method.")

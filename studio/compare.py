@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 # Answer cards need ~200 px to stay readable at 1400 px: corrupted + current + reference +
 # clean + 3 pinned points is the most a row holds.
 MAX_PINNED = 3
+# Side-by-side metric columns that fit beside the model names at 1400 px.
+MAX_METRIC_COLUMNS = 7
 
 
 @dataclass(frozen=True)
@@ -99,8 +101,9 @@ def _clean(value: object) -> Optional[float]:
 
 def metrics_table(engine: Engine, cols: list[Column], *, benchmark: str, subset: int,
                   metrics: tuple[str, ...]) -> pd.DataFrame:
-    """One row per column (and per named point of another method) with the stored fast-tier
-    ``metrics`` at this benchmark and subset; None where nothing is stored yet."""
+    """One row per column with its stored fast-tier ``metrics`` at this benchmark and subset, then
+    one per named point of another method (any tier, said in its name); None where a value is
+    not stored. Metrics no row has are left out; at most :data:`MAX_METRIC_COLUMNS` remain."""
     import pandas as pd
 
     rows = []
@@ -120,7 +123,10 @@ def metrics_table(engine: Engine, cols: list[Column], *, benchmark: str, subset:
         if col.model == "clean":
             continue  # never evaluated by the app: no row rather than an empty one
         rows.append({"model": col.title, **{m: _clean(values.get(m)) for m in metrics}})
-    named = resources.method_points(engine, tier="fast")
+    named = resources.method_points(engine)
     for _, r in named.iterrows():
-        rows.append({"model": f"{r['method']}: {r['point']}", **{m: _clean(r.get(m)) for m in metrics}})
-    return pd.DataFrame(rows, columns=["model", *metrics])
+        rows.append({"model": f"{r['method']}: {r['point']} ({r['tier']} tier)",
+                     **{m: _clean(r.get(m)) for m in metrics}})
+    table = pd.DataFrame(rows, columns=["model", *metrics])
+    keep = [m for m in metrics if table[m].notna().any()] or list(metrics[:1])
+    return table[["model", *keep[:MAX_METRIC_COLUMNS]]]

@@ -114,7 +114,15 @@ def load_demo(page: Any, base_url: str, timeout_ms: int = 900_000) -> None:
         page.wait_for_timeout(500)
     if not ready.count():
         offer.click(timeout=120_000)
-    ready.wait_for(timeout=timeout_ms)
+    # Poll rather than wait: a failed build or load shows an error at once instead of a 15-minute timeout.
+    deadline = time.monotonic() + timeout_ms / 1000
+    while not ready.count():
+        failed = page.locator('[data-testid="stAlertContentError"], [data-testid="stException"]')
+        if failed.count():
+            raise AssertionError(f"the demo did not load: {failed.first.inner_text()}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the demo did not load within {timeout_ms / 1000:.0f} s")
+        page.wait_for_timeout(1000)
     wait_idle(page, timeout_ms)
 
 

@@ -155,6 +155,20 @@ def test_pinned_points_are_extra_columns_with_their_metrics(tiny_yaml, app_env):
         assert "corrupted model's stored utility is 0" in text
     at.button(key="w_pin_remove_0").click().run()
     assert "pin0" not in at.session_state["msa_answers"]
+    # Another method's named point in the results store joins the table with its own metrics.
+    from dataclasses import replace
+
+    from msa_core.eval.results import EvalResult, MetricValue
+    from msa_core.eval.store import method_model
+
+    named = EvalResult(0.0, 0.0, "full", "tofu", last["fingerprint"], {"key": "npo-h4"}, 0.0,
+                       {"forget_quality": MetricValue("forget_quality", 0.125),
+                        "model_utility": MetricValue("model_utility", 0.5)})
+    store.put(replace(named, model=method_model("NPO", "epoch 2")))
+    at.run()
+    table = at.main.get_by_key("pg_compare_table").dataframe[0].value
+    row = table[table["model"] == "NPO: epoch 2 (full tier)"]
+    assert len(row) == 1 and row.iloc[0]["Forget quality ↑"] == "0.125" and row.iloc[0]["Model utility ↑"] == "0.5"
 
 
 @pytest.mark.parametrize("source", ["forget"])

@@ -12,7 +12,6 @@ import json
 from dataclasses import replace
 
 import numpy as np
-
 from app_fixtures import (  # noqa: F401  (fixtures and helpers)
     TIMEOUT,
     _navigation_mode,
@@ -150,13 +149,15 @@ def test_other_methods_axes_csv_and_the_reference_target(tiny_yaml, app_env):
     assert _values(by_name["NPO-test"]["y"]) == [0.3, 0.25]
     assert _values(by_name["NPO-test"]["x"]) == [0.02, 0.2] and by_name["NPO-test"]["text"] == ["epoch 1", "epoch 2"]
     assert "reference, retain-only (target)" in by_name and "Pareto front (all series)" in by_name
-    assert scatter["layout"]["xaxis"]["type"] == "log" and "right is better" in scatter["layout"]["xaxis"]["title"]["text"]
-    assert scatter["layout"]["yaxis"]["title"]["text"].startswith("Model utility (teacher-forced) (↑)")
+    xaxis, yaxis = scatter["layout"]["xaxis"], scatter["layout"]["yaxis"]
+    assert xaxis["type"] == "log" and "right is better" in xaxis["title"]["text"]
+    assert yaxis["title"]["text"].startswith("Model utility (teacher-forced) (↑)")
     # Another y metric that the named points lack: the axis follows, the method series is left out.
     at.selectbox(key="w_to_y").set_value("forget_truth_ratio").run()
     no_exceptions(at)
     scatter = [s for s in _specs(at) if s["layout"]["title"]["text"].startswith("Forgetting vs utility")][0]
-    assert charts.metric_label("forget_truth_ratio", with_direction=False) in scatter["layout"]["yaxis"]["title"]["text"]
+    ytitle = scatter["layout"]["yaxis"]["title"]["text"]
+    assert charts.metric_label("forget_truth_ratio", with_direction=False) in ytitle
     assert "NPO-test" not in {t.get("name") for t in scatter["data"]}
     csv = at.get("download_button")
     assert csv and "CSV" in csv[0].proto.label and not csv[0].proto.disabled

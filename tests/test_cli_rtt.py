@@ -35,8 +35,19 @@ def test_rtt_prints_json_stores_runs_and_a_rerun_computes_nothing(experiment, tm
     assert payload["held_out"] == [0]
     rows = {(r["model"], r["lr"]) for r in payload["sweep"]}
     assert rows == {(m, lr) for m in ("corrupted", "reference", "unlearned") for lr in (0.0, 3e-4, 1e-3)}
-    assert payload["recovery"]["corrupted"]["p_gold"] == pytest.approx(1.0)
     assert set(payload["best_lr"]) == {"corrupted", "reference", "unlearned"}
+    # Recovery from the sweep rows at each model's best lr per metric (None where the endpoints are within 1e-3).
+    for metric in ("p_gold", "rouge", "exact"):
+        best = {m: max(r[metric] for r in payload["sweep"] if r["model"] == m and r["lr"] > 0)
+                for m in payload["best_lr"]}
+        assert all(next(r[metric] for r in payload["sweep"] if r["model"] == m and r["lr"] == lrs[metric])
+                   == best[m] for m, lrs in payload["best_lr"].items())
+        lo, hi = best["reference"], best["corrupted"]
+        got = payload["recovery"]["unlearned"][metric]
+        if abs(hi - lo) < 1e-3:
+            assert got is None
+        else:
+            assert got == pytest.approx((best["unlearned"] - lo) / (hi - lo))
     rc, out, err = _run(capsys, *args)
     assert rc == 0 and "nothing recomputed" in err and "(0 run(s) computed" in out
     assert "recovery at each model's best lr" in out

@@ -20,6 +20,7 @@ import argparse
 import math
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,6 +51,10 @@ SHORT_NAMES = {
 }
 
 
+# The legend under a table wraps at this width (a 100-column terminal).
+_LEGEND_WIDTH = 100
+
+
 def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tier", choices=("fast", "full"), default="fast",
                    help="fast: teacher-forced only; full: + generation")
@@ -76,12 +81,15 @@ def _when(stamp: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(stamp))
 
 
-def print_result(res: EvalResult, stored_at: Optional[float] = None) -> None:
+def print_result(res: EvalResult, stored_at: Optional[float] = None, wall: Optional[float] = None) -> None:
     """A human table: metric, value, direction and ideal. ``stored_at``: when the result was taken
-    from the results store, the time it was stored (said in the header)."""
+    from the results store, the time it was stored; ``wall``: the whole command's seconds (both
+    said in the header, next to the evaluation's own time)."""
     head = f"α={res.alpha:g} β={res.beta:g}" if res.alpha is not None else res.model
     timing = (f"stored result, computed in {res.seconds:.2f} s on {_when(stored_at)}" if stored_at is not None
               else f"computed in {res.seconds:.2f} s")
+    if wall is not None:
+        timing += f" (this command: {wall:.1f} s with loading{'' if stored_at is not None else ' and the reference'})"
     print(f"{head}  tier={res.tier}  benchmark={res.benchmark}  {timing}  settings={res.settings_key}")
     names = [m for m in METRIC_ORDER if m in res.metrics] + sorted(set(res.metrics) - set(METRIC_ORDER))
     for name in names:
@@ -135,7 +143,8 @@ def print_table(df: pd.DataFrame, *, columns: Optional[Sequence[str]] = None, al
                 print(renamed.to_string(index=False))
             legend = [f"{SHORT_NAMES[c]} = {c}" for c in cols if c in SHORT_NAMES]
             if legend:
-                print("  " + ", ".join(legend))
+                print(textwrap.fill(", ".join(legend), width=_LEGEND_WIDTH, initial_indent="  ",
+                                    subsequent_indent="  "))
 
 
 def _check_open_unlearning_dir(args: argparse.Namespace) -> None:
@@ -154,6 +163,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from msa_core.eval.openunlearning import export_open_unlearning
     from msa_core.eval.run import ReferenceCache, evaluate
 
+    started_wall = time.perf_counter()
     experiment = experiment_at_point(args)
     _check_open_unlearning_dir(args)
     engine = load_engine(args, experiment)
@@ -170,9 +180,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.open_unlearning_dir:
         for path in export_open_unlearning(res, args.open_unlearning_dir, overwrite=args.overwrite):
             note(args, f"wrote {path}")
+    wall = time.perf_counter() - started_wall
     payload = {**res.to_json(), "from_store": stored_at is not None,
-               "stored_at": None if stored_at is None else _when(stored_at)}
-    emit(args.json, payload, lambda: print_result(res, stored_at))
+               "stored_at": None if stored_at is None else _when(stored_at), "command_seconds": round(wall, 3)}
+    emit(args.json, payload, lambda: print_result(res, stored_at, wall))
     return 0
 
 

@@ -83,13 +83,14 @@ def print_report(report: RttReport) -> None:
         lr = "none" if row["lr"] == 0 else f"{row['lr']:g}"
         print(f"  {row['model']:<10}{lr:>8}{row['p_gold']:>10.3f}{row['rouge']:>10.3f}{row['exact']:>8.2f}"
               f"{row['items']:>7}")
-    best, rec, before = report.best(), report.recovery(), report.recovery_before()
-    print("  recovery at each model's best lr (0% = reference attacked, 100% = corrupted attacked):")
-    for model, row in best.items():
-        r, b = rec.get(model, {}), before.get(model, {})
-        print(f"  {model:<10} lr {row['lr']:g}: p(gold) {_pct(r.get('p_gold'))} (before the attack "
-              f"{_pct(b.get('p_gold'))}), ROUGE-L {_pct(r.get('rouge'))} ({_pct(b.get('rouge'))}), "
-              f"exact {_pct(r.get('exact'))} ({_pct(b.get('exact'))})")
+    rec, before, lrs = report.recovery(), report.recovery_before(), report.best_lrs()
+    print("  recovery at each model's best lr per metric (0% = reference attacked, 100% = corrupted attacked;"
+          " in brackets: before the attack):")
+    for model in report.models():
+        r, b, lr = rec.get(model, {}), before.get(model, {}), lrs.get(model, {})
+        parts = [f"{label} {_pct(r.get(m))} ({_pct(b.get(m))}) at lr {lr.get(m, 0):g}"
+                 for m, label in (("p_gold", "p(gold)"), ("rouge", "ROUGE-L"), ("exact", "exact"))]
+        print(f"  {model:<10} " + ", ".join(parts))
 
 
 def cmd_rtt(args: argparse.Namespace) -> int:

@@ -2,7 +2,7 @@
 reference model — every held-out fold × lr — and the summary that reads it as recovery.
 
 Recovery of a metric m (p(gold), ROUGE-L recall, exact answers) on the held-out folds, each
-model attacked at its best lr (the lr with the highest held-out p(gold): the attack's strength):
+model attacked at its best lr for m (the lr with the highest held-out m: the attack's strength):
 
     recovery = (m_model − m_reference) / (m_corrupted − m_reference)
 
@@ -125,43 +125,51 @@ class RttReport:
                              "items": len(scores.items), "seconds": round(secs, 3)})
         return rows
 
-    def best(self) -> dict[str, dict[str, Any]]:
-        """Per model, the sweep row of its best lr (highest held-out p(gold))."""
+    def best(self, metric: str = "p_gold") -> dict[str, dict[str, Any]]:
+        """Per model, the sweep row of its best lr for ``metric`` (the highest held-out value: the
+        strongest attack on that metric)."""
         out: dict[str, dict[str, Any]] = {}
         for row in self.sweep():
-            if row["lr"] > 0 and (row["model"] not in out or row["p_gold"] > out[row["model"]]["p_gold"]):
+            if row["lr"] > 0 and (row["model"] not in out or row[metric] > out[row["model"]][metric]):
                 out[row["model"]] = row
+        return out
+
+    def best_lrs(self) -> dict[str, dict[str, float]]:
+        """Per model and metric, the lr of :meth:`best`."""
+        out: dict[str, dict[str, float]] = {}
+        for m in METRICS:
+            for model, row in self.best(m).items():
+                out.setdefault(model, {})[m] = row["lr"]
         return out
 
     def before(self) -> dict[str, dict[str, Any]]:
         """Per model, the unattacked sweep row (lr 0)."""
         return {row["model"]: row for row in self.sweep() if row["lr"] == 0}
 
-    def recovery(self) -> dict[str, dict[str, Optional[float]]]:
-        """Per model and metric, the recovery fraction at the best lr (module docstring)."""
-        best = self.best()
+    def _fractions(self, values: dict[str, dict[str, Any]], metric: str) -> dict[str, Optional[float]]:
+        best = self.best(metric)
         if "corrupted" not in best or "reference" not in best:
             return {}
+        lo, hi = best["reference"][metric], best["corrupted"][metric]
+        return {model: (row[metric] - lo) / (hi - lo) if abs(hi - lo) >= MIN_SPAN else None
+                for model, row in values.items()}
+
+    def recovery(self) -> dict[str, dict[str, Optional[float]]]:
+        """Per model and metric, the recovery fraction, each model attacked at its best lr for that
+        metric (module docstring); {} until the corrupted and reference models have runs."""
         out: dict[str, dict[str, Optional[float]]] = {}
-        for model, row in best.items():
-            out[model] = {}
-            for m in METRICS:
-                lo, hi = best["reference"][m], best["corrupted"][m]
-                out[model][m] = (row[m] - lo) / (hi - lo) if abs(hi - lo) >= MIN_SPAN else None
+        for m in METRICS:
+            for model, frac in self._fractions(self.best(m), m).items():
+                out.setdefault(model, {})[m] = frac
         return out
 
     def recovery_before(self) -> dict[str, dict[str, Optional[float]]]:
         """Per model and metric, the same fraction for the unattacked model (lr 0) against the same
         attacked endpoints: what was there before the attack."""
-        best, before = self.best(), self.before()
-        if "corrupted" not in best or "reference" not in best:
-            return {}
         out: dict[str, dict[str, Optional[float]]] = {}
-        for model, row in before.items():
-            out[model] = {}
-            for m in METRICS:
-                lo, hi = best["reference"][m], best["corrupted"][m]
-                out[model][m] = (row[m] - lo) / (hi - lo) if abs(hi - lo) >= MIN_SPAN else None
+        for m in METRICS:
+            for model, frac in self._fractions(self.before(), m).items():
+                out.setdefault(model, {})[m] = frac
         return out
 
     def complete(self) -> bool:
@@ -179,7 +187,7 @@ class RttReport:
             "folds": [{"index": f.index, "entities": list(f.entities), "items": list(f.items)} for f in self.folds],
             "held_out": sorted({r.fold for r in self.runs}),
             "sweep": [{k: clean(v) for k, v in row.items()} for row in self.sweep()],
-            "best_lr": {m: row["lr"] for m, row in self.best().items()},
+            "best_lr": self.best_lrs(),
             "recovery": self.recovery(),
             "recovery_before_attack": self.recovery_before(), "computed": self.computed,
             "seconds": round(self.seconds, 3),
