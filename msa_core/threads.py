@@ -12,7 +12,7 @@ each matrix multiply is microseconds of work, so torch's intra-op threads spend 
 time synchronising. On an idle machine more threads still gain a little there; on a busy one a
 descheduled worker thread stalls every operation, and the same work takes several times longer
 than with one thread. The risk is lopsided, so small models get one thread. A large model's
-matrix multiplies are long enough that the threads pay for themselves. The measured figures,
+matrix multiplies are long enough for the threads to pay for themselves. The measured figures,
 with their conditions, are in BENCHMARKS.md ("Threads"); ``python bench/threads.py`` measures
 them again (``--sizes`` for the crossover on larger models).
 
@@ -31,9 +31,10 @@ from typing import Optional
 ENV_VAR = "MSA_THREADS"
 
 # Below this many parameters a model is overhead-bound on a CPU at the app's batch sizes
-# (see the module docstring): one thread is the safe default. 100M sits well above the demo
-# (1.9M) and well below the 1B models of real experiments, where threads do pay; bench/threads.py
-# --sizes measures the crossover on a given machine.
+# (see the module docstring): one thread is the safe default. 100M is a judgment between the
+# demo (1.9M; extra threads gained at most 1.4x there on a quiet machine) and the 1B models of
+# real experiments, whose long matrix multiplies should pay for the threads; bench/threads.py
+# --sizes measures the crossover on a given machine (BENCHMARKS.md, "Threads").
 SMALL_MODEL_PARAMS = 100_000_000
 
 # The largest count accepted from the CLI, the environment or the app (a typo guard, not a tuning value).

@@ -451,8 +451,9 @@ def alpha_lines(df: pd.DataFrame, metrics: list[str], beta: float, *, alpha: Opt
     cols = max(1, min(cols, len(metrics)))
     nrows = math.ceil(len(metrics) / cols)
     titles = [f"{metric_label(m, with_direction=False)} {arrow(m)}".strip() for m in metrics]
+    # ~80 px between rows: the x tick labels of one row, then the next row's subplot titles.
     fig = make_subplots(rows=nrows, cols=cols, subplot_titles=titles, horizontal_spacing=0.08,
-                        vertical_spacing=min(0.12, 0.3 / nrows) if nrows > 1 else 0.1)
+                        vertical_spacing=min(0.3, 80 / (250 * nrows)) if nrows > 1 else 0.1)
     for i, m in enumerate(metrics):
         r, c = i // cols + 1, i % cols + 1
         fig.add_trace(go.Scatter(x=rows["alpha"], y=rows[m], mode="lines+markers", name=metric_label(m),
@@ -466,11 +467,13 @@ def alpha_lines(df: pd.DataFrame, metrics: list[str], beta: float, *, alpha: Opt
             fig.update_yaxes(type="log", tickvals=ticks, ticktext=[tick_text(t) for t in ticks], row=r, col=c)
         if info is not None and info.direction == "lower":
             fig.update_yaxes(autorange="reversed", row=r, col=c)
+        if _target(m) is not None:  # a closer-to-a-target metric: its target as a dotted line
+            fig.add_hline(y=_target(m), line=dict(color="grey", dash="dot", width=1), row=r, col=c)
         fig.update_xaxes(title_text="α" if r == nrows else None, row=r, col=c)
     if alpha is not None:
         fig.add_vline(x=alpha, line=dict(color="goldenrod", dash="dash", width=1), row="all", col="all")
     title, top, height = _title(f"Metrics along α at β = {b:g} (each with its own axis; ↓ metrics have reversed "
-                                "axes, so up is better everywhere; dashed: current α)", 250 * nrows + 10, width=110)
+                                "axes, so up is better everywhere; dashed: current α)", 250 * nrows + 40, width=110)
     fig.update_layout(title=title, height=height, margin=dict(t=top + 10, b=40, l=50, r=20))
     return fig
 

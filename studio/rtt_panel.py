@@ -52,20 +52,22 @@ def _targets(engine: Engine) -> dict[str, Target]:
 def _attack_tables(report: RttReport, items: Sequence[Any], chosen: Sequence[int]) -> None:
     """Per model: held-out p(gold) before → after, and each of the entity's questions side by side."""
     lr = max(report.lrs())
-    cols = st.columns(len(report.models()))
-    per_q: dict[str, dict[int, tuple[float, float, str, str]]] = {}
-    for box, model in zip(cols, report.models()):
+    models = [m for m in MODELS if m in report.models()]
+    per_q: dict[str, dict[int, tuple[float, float, str]]] = {}
+    for box, model in zip(st.columns(len(models)), models):
         before, after = report.pooled(model, 0.0), report.pooled(model, lr)
         if before is None or after is None:
             continue
-        b = {i: (p, a) for i, p, a in zip(before.items, before.p_gold, before.answers)}
+        b = dict(zip(before.items, before.p_gold))
         a = {i: (p, ans) for i, p, ans in zip(after.items, after.p_gold, after.answers)}
         mine = [i for i in chosen if i in a and i in b]
-        per_q[model] = {i: (b[i][0], a[i][0], b[i][1], a[i][1]) for i in mine}
+        per_q[model] = {i: (b[i], a[i][0], a[i][1]) for i in mine}
         if mine:
-            pb = sum(b[i][0] for i in mine) / len(mine)
+            pb = sum(b[i] for i in mine) / len(mine)
             pa = sum(a[i][0] for i in mine) / len(mine)
+            # Only the unlearned model has a good direction: its p(gold) should not come back.
             box.metric(f"{model}: p(gold) after the attack", f"{pa:.3f}", f"{pa - pb:+.3f} vs before",
+                       delta_color="inverse" if model == "unlearned" else "off",
                        help="Mean probability of the gold answers of this entity (held out: never trained on "
                             "in the attack).")
     rec = report.recovery().get("unlearned", {})
@@ -77,9 +79,9 @@ def _attack_tables(report: RttReport, items: Sequence[Any], chosen: Sequence[int
         row: dict[str, Any] = {"question": items[i].question, "gold": items[i].answer}
         for model, values in per_q.items():
             if i in values:
-                pb, pa, _ab, aa = values[i]
-                row[f"{model} p(gold)"] = f"{pb:.2f} → {pa:.2f}"
-                row[f"{model} answer after"] = aa
+                row[f"{model} p(gold) before → after"] = f"{values[i][0]:.2f} → {values[i][1]:.2f}"
+        if i in per_q.get("unlearned", {}):
+            row["unlearned answer after the attack"] = per_q["unlearned"][i][2]
         rows.append(row)
     if rows:
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
@@ -141,7 +143,7 @@ def _probe_rows(probes: HiddenProbes) -> pd.DataFrame:
             "p(gold) paraphrased": r["p_paraphrase"], "p(gold) few-shot": r["p_few_shot"],
             "logit lens: best layer": r["lens_peak_layer"], "logit lens: best p": r["lens_peak_prob"],
         })
-    return pd.DataFrame(rows).set_index("model").T
+    return pd.DataFrame(rows).set_index("model").astype(float).round(3).T
 
 
 def _hidden_section(engine: Engine, entity: str, chosen: Sequence[int], set_items: Sequence[Any]) -> None:
@@ -207,7 +209,10 @@ def recovery_rows(engine: Engine) -> pd.DataFrame:
         if not rep.complete():
             continue
         rec = rep.recovery().get("unlearned", {})
+        folds = sorted({r.fold for r in rep.runs})
+        lrs = ", ".join(f"{x:g}" for x in rep.lrs())
         row: dict[str, Any] = {"alpha": rep.alpha, "beta": rep.beta, "attack": rep.key,
+                               "setting": f"{len(folds)} held-out fold(s), lr {lrs}",
                                **{f"recovery {METRIC_LABELS[m]}": rec.get(m) for m in METRIC_LABELS}}
         if not grid.empty:
             at = grid[(grid["alpha"] == rep.alpha) & (grid["beta"] == rep.beta)]
@@ -243,16 +248,25 @@ def recovery_panel(engine: Engine) -> None:
         st.caption("No forget quality stored for these points yet (evaluate them): recovery is drawn against α.")
         x = "alpha"
     shown = shown[shown[x].notna()]
-    text = [f"α={a:g}, β={b:g}" for a, b in zip(shown["alpha"], shown["beta"])]
-    fig = go.Figure(go.Scatter(x=shown[x], y=100 * shown[y], mode="markers+text", text=text,
-                               textposition="top center", marker={"size": 11, "color": shown["beta"],
-                                                                  "colorscale": "Viridis",
-                                                                  "colorbar": {"title": "β"}},
-                               hovertemplate="%{text}<br>recovery %{y:.0f}%<extra></extra>"))
+    fig = go.Figure()
+    labelled: set[tuple[float, float]] = set()
+    for n, (_key, part) in enumerate(shown.groupby("attack", sort=False)):
+        points = list(zip(part["alpha"], part["beta"]))
+        # Label each point once: attacks of other settings on the same point would print over it.
+        text = [f"α={a:g}, β={b:g}" if (a, b) not in labelled else "" for a, b in points]
+        labelled.update(points)
+        fig.add_trace(go.Scatter(
+            x=part[x], y=100 * part[y], mode="markers+text", text=text, textposition="top center",
+            name=f"attack {n + 1}: {part['setting'].iloc[0]}", marker={"size": 11, "symbol": n % 8},
+            customdata=[f"α={a:g}, β={b:g}" for a, b in points],
+            hovertemplate="%{customdata}<br>recovery %{y:.0f}%<extra>%{fullData.name}</extra>"))
     fig.add_hline(y=0, line_dash="dot", annotation_text="reference (never learned)")
     fig.add_hline(y=100, line_dash="dot", annotation_text="corrupted")
     x_title = labels.metric_label(x) if x != "alpha" else "α"
-    fig.update_layout(height=360, margin={"l": 60, "r": 20, "t": 30, "b": 50},
-                      xaxis_title=x_title, yaxis_title="recovery of p(gold), % (lower is better)")
+    fig.update_layout(height=380, margin={"l": 60, "r": 20, "t": 30, "b": 50}, xaxis_title=x_title,
+                      yaxis_title="recovery of p(gold), % (lower is better)",
+                      legend={"orientation": "h", "y": -0.25})
+    if x == "forget_quality" and (shown[x] > 0).all():
+        fig.update_xaxes(type="log")  # forget quality is a p-value: decades apart on the demo
     st.plotly_chart(fig, width="stretch", key="rtt_recovery_chart")
     st.dataframe(df, hide_index=True, width="stretch")

@@ -120,7 +120,7 @@ def test_end_to_end(server, browser):
         bh.set_number(page, "w_beta_num", 1, wait=False)
         bh.wait_point(page, 1.0, 1.0)
         # The fast-tier metrics fragment: tiles with deltas against the corrupted model.
-        page.locator(".st-key-w_pg_metrics button").click()
+        bh.click(page, "w_pg_metrics")
         page.locator(".st-key-pg_metrics [data-testid='stMetric']").first.wait_for(timeout=600_000)
         bh.wait_idle(page)
         bh.assert_no_exception(page)
@@ -144,8 +144,8 @@ def test_end_to_end(server, browser):
             bh.open_page(page, title)
             bh.assert_no_exception(page)
             if title == "Probe":
-                page.locator(".st-key-w_probe_run button").click()
-                page.locator(".st-key-probe_table").wait_for(timeout=300_000)
+                bh.click(page, "w_probe_run")
+                page.locator(".st-key-probe_summary").wait_for(timeout=300_000)
                 bh.wait_idle(page)
                 bh.assert_no_exception(page)
             _shot(page, title.lower())

@@ -77,7 +77,8 @@ def test_eval_says_when_its_result_comes_from_the_store(tmp_path, cache_dir, cap
     first = json.loads((tmp_path / "first.json").read_text())
     head = capsys.readouterr().out.splitlines()[0]
     assert first["from_store"] is False and first["stored_at"] is None
-    assert f"computed in {first['seconds']:.2f} s" in head and "stored" not in head
+    assert f"computed in {first['seconds']:.2f} s (this command: " in head and "stored" not in head
+    assert first["command_seconds"] >= first["seconds"]  # the whole wait, loading included
     assert main([*argv, "--json", str(tmp_path / "second.json")]) == 0
     second = json.loads((tmp_path / "second.json").read_text())
     head = capsys.readouterr().out.splitlines()[0]

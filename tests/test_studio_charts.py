@@ -195,7 +195,9 @@ def test_alpha_lines_give_each_metric_its_own_axis():
     assert [t.yaxis for t in lines.data] == ["y", "y2", "y3"]  # three separate y axes
     assert list(lines.data[1].x) == [0.0, 1.0, 2.0] and list(lines.data[2].y) == [-30.0, -29.0, -28.0]
     assert lines.layout.yaxis.type == "log" and "1e-3" in list(lines.layout.yaxis.ticktext)
-    assert [s.x0 for s in lines.layout.shapes] == [1.5, 1.5, 1.5]  # the current α on every chart
+    vlines = [s for s in lines.layout.shapes if s.x0 == s.x1]
+    assert [s.x0 for s in vlines] == [1.5, 1.5, 1.5]  # the current α on every chart
+    assert [(s.y0, s.yref) for s in lines.layout.shapes if s.y0 == s.y1] == [(0, "y3")]  # PrivLeak's target
 
 
 def test_layer_norms_figure():

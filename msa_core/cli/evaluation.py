@@ -89,7 +89,7 @@ def print_result(res: EvalResult, stored_at: Optional[float] = None, wall: Optio
     timing = (f"stored result, computed in {res.seconds:.2f} s on {_when(stored_at)}" if stored_at is not None
               else f"computed in {res.seconds:.2f} s")
     if wall is not None:
-        timing += f" (this command: {wall:.1f} s with loading{'' if stored_at is not None else ' and the reference'})"
+        timing += f" (this command: {wall:.1f} s in all, model loading included)"
     print(f"{head}  tier={res.tier}  benchmark={res.benchmark}  {timing}  settings={res.settings_key}")
     names = [m for m in METRIC_ORDER if m in res.metrics] + sorted(set(res.metrics) - set(METRIC_ORDER))
     for name in names:
