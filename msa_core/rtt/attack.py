@@ -12,7 +12,6 @@ import copy
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
-from msa_core.finetune import TrainedInMemory, qa_data, train_model
 from msa_core.progress import Progress
 from msa_core.rtt.settings import AttackSettings
 from msa_core.targets import Target, model_for
@@ -21,6 +20,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
     from msa_core.engine import Engine
+    from msa_core.finetune import TrainedInMemory
 
 
 def fresh_copy(engine: Engine, target: Target) -> PreTrainedModel:
@@ -37,6 +37,10 @@ def attack(
     settings: AttackSettings, *, progress: Optional[Progress] = None, label: str = "attack",
 ) -> TrainedInMemory:
     """Fine-tune ``model`` (a :func:`fresh_copy`) in place on the QA pairs ``items[train_indices]``."""
+    # Imported here: the training stack (transformers.Trainer, accelerate) takes seconds to import,
+    # and pages that only read stored attacks should not pay for it.
+    from msa_core.finetune import qa_data, train_model
+
     def field(item: Any, name: str) -> str:
         return str(item[name] if isinstance(item, dict) else getattr(item, name))
 

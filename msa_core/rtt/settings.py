@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-from msa_core.finetune import TrainConfig
+if TYPE_CHECKING:
+    from msa_core.finetune import TrainConfig
+
 
 # Learning rates of the sweep for small models (the embedded demo, < SMALL_MODEL_PARAMETERS):
 # they were trained at 7e-4 … 2e-3 (msa_core/demo/build.py); at 1e-5 a 4-epoch attack moves
@@ -88,6 +90,9 @@ class AttackSettings:
     def train_config(self, lr: float, num_threads: Optional[int] = None) -> TrainConfig:
         """The fine-tune of one attack at ``lr`` (not resumable: an attack is short, and a killed
         run resumes per fold and lr from the store instead)."""
+        # Imported here: msa_core.finetune loads the training stack (transformers.Trainer), seconds.
+        from msa_core.finetune import TrainConfig
+
         return TrainConfig(epochs=self.epochs, lr=float(lr), batch_size=self.batch_size, seed=self.seed,
                            num_threads=num_threads, resumable=False)
 
