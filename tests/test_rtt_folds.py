@@ -39,6 +39,9 @@ def test_folds_are_disjoint_by_entity_cover_every_item_and_are_balanced():
     _check_partition(items, one_each)
     assert [f.entities for f in one_each] == [(name,) for name in AUTHORS]
     assert entity_folds(items, 50) == one_each  # more folds than entities: one per entity
+    many = [{"question": f"Where was {a} {b}son born?", "answer": "In Oddi."} for a in ("Ann", "Bob", "Cid", "Dan")
+            for b in ("Ul", "Ver", "Wol") for _ in range(3)]
+    assert len(entity_folds(many)) == 5  # 12 entities: the default stops at DEFAULT_MAX_FOLDS
     assert entity_folds(list(reversed(items)), 3) == entity_folds(list(reversed(items)), 3)  # deterministic
 
 

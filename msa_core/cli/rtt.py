@@ -52,7 +52,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                                    "attack on the corrupted and the reference model gives recovery as a fraction.")
     add_engine_args(p)
     add_point_args(p)
-    p.add_argument("--folds", type=int, default=None, help="entity folds of the forget set (default: one per entity)")
+    p.add_argument("--folds", type=int, default=None,
+                   help="entity folds of the forget set (default: one per entity, at most 5)")
     p.add_argument("--rounds", type=int, default=None,
                    help="how many folds are held out in turn (default: all; --quick: 1)")
     p.add_argument("--epochs", type=int, default=None, help="attack epochs (default 4; --quick: 3)")

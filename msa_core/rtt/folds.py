@@ -13,6 +13,10 @@ from typing import Any, Optional
 
 from msa_core.eval.probe import entity_groups
 
+# Folds when none are asked for: one per entity up to this many (the demo's 3 authors: 3 folds;
+# TOFU forget10's 40 authors: 5 folds of 8), so a default attack costs at most 5 held-out rounds.
+DEFAULT_MAX_FOLDS = 5
+
 
 @dataclass(frozen=True)
 class Fold:
@@ -27,7 +31,8 @@ class Fold:
 
 
 def entity_folds(items: Sequence[Any], k: Optional[int] = None) -> list[Fold]:
-    """Split ``items`` (QAItem rows or dicts) into ``k`` folds by entity (None: one per entity).
+    """Split ``items`` (QAItem rows or dicts) into ``k`` folds by entity (None: one per entity, at
+    most :data:`DEFAULT_MAX_FOLDS`).
 
     ``k`` larger than the number of entities is capped to it. ValueError when the items hold
     fewer than two entities (nothing to hold out) or ``k`` < 2.
@@ -37,7 +42,7 @@ def entity_folds(items: Sequence[Any], k: Optional[int] = None) -> list[Fold]:
         raise ValueError(f"the forget set ({len(items)} items) names {len(groups)} entity; "
                          "the relearning attack needs at least two to hold one out")
     if k is None:
-        k = len(groups)
+        k = min(len(groups), DEFAULT_MAX_FOLDS)
     if isinstance(k, bool) or not isinstance(k, int) or k < 2:
         raise ValueError(f"folds must be an integer >= 2, got {k!r}")
     k = min(k, len(groups))

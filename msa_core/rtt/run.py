@@ -231,7 +231,7 @@ def run_rtt(
     else:
         rounds = folds[: settings.rounds] if settings.rounds is not None else folds
     key = run_key(engine, items, settings, folds)
-    lrs = [0.0] + list(settings.lrs or ())
+    lrs = [0.0] + [coefficient_key(lr) for lr in settings.lrs or ()]  # as the store keys them
     todo = [(m, f, lr) for m in models for f in rounds for lr in lrs]
     runs: list[StoredRun] = []
     computed = 0

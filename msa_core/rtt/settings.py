@@ -43,7 +43,7 @@ def default_lrs(parameter_count: int) -> tuple[float, ...]:
 class AttackSettings:
     """One relearning attack.
 
-    ``folds``: entity folds of the forget set (None: one per entity). ``rounds``: how many
+    ``folds``: entity folds of the forget set (None: one per entity, at most 5). ``rounds``: how many
     folds are held out in turn (fold 0, 1, …; None: every fold). ``lrs``: the sweep (None:
     :func:`default_lrs` of the model). ``epochs``, ``batch_size``, ``seed``: the fine-tune
     (other values: :class:`~msa_core.finetune.TrainConfig`'s reference recipe, warm-up 1 epoch).
