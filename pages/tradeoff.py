@@ -22,10 +22,9 @@ import streamlit as st
 from msa_core.eval.results import EvalResult
 from msa_core.eval.store import StoredRun
 from msa_core.eval.sweep import default_grid, parse_grid, refine_points, run_points
-from studio import charts, labels, resources, session, widgets
+from studio import charts, interop, labels, resources, rtt_panel, session, widgets
 
-# Page-local session keys (the sweep's running flag, the run picker's widget).
-K_SWEEP_RUNNING = "msa_to_sweep_running"  # {"points": n} while a sweep runs; left set when a rerun cut it short
+K_SWEEP_RUNNING = session.K_SWEEP_RUNNING
 W_RUNS = "w_to_runs"
 # How many points one click of *Refine* adds.
 REFINE_POINTS = 6
@@ -294,12 +293,9 @@ st.download_button("Download the shown results (CSV)", table.to_csv(index=False)
                    file_name=f"msa_tradeoff_{exp.name}_{tier}_{benchmark}.csv", mime="text/csv",
                    key="w_to_csv", disabled=table.empty, icon=":material/download:")
 
-# ----------------------------------------------------------------------------- panels of other parts
-# Other helpers' panels go here, above the sweep execution below (which ends in st.rerun):
-#   H1: studio.interop.import_panel(engine)       (import open-unlearning runs; wired by the lead)
-#   H3: studio.rtt_panel.recovery_panel(engine)   (relearning-attack recovery)
-from studio import rtt_panel  # noqa: E402
-
+# ----------------------------------------------------------------------------- other methods and the attack
+# Above the sweep execution below, which ends in st.rerun.
+interop.import_panel(engine)
 rtt_panel.recovery_panel(engine)
 
 # ----------------------------------------------------------------------------- running a sweep

@@ -46,6 +46,7 @@ K_METRICS_WAIT = "msa_metrics_wait"  # the last "Compute metrics" wait, with its
 K_URL_READ = "msa_url_read"  # True once this session applied its URL (studio.links)
 K_URL_WARNINGS = "msa_url_warnings"  # the URL values that could not be used, shown once
 K_SWEEP_MSG = "msa_sweep_msg"  # a finished sweep's message, shown once after the rerun
+K_SWEEP_RUNNING = "msa_to_sweep_running"  # {"points": n} while a sweep runs; left set when a rerun cut it short
 K_GUIDE_STEP = "msa_guide_step"  # the guided demo's current step (0-based index into pages/guided.py's STEPS)
 K_THREADS = "msa_threads"  # the sidebar's CPU-thread setting: "auto" or a count (studio.threads_control)
 K_ENTRY = "_msa_entrypoint_running"  # True while app.py runs the page (see widgets.page_guard)

@@ -84,3 +84,13 @@ def test_empty_split_and_non_causal_base_are_named(setup, tmp_path, capsys):
     rc, _, err = _run(capsys, "finetune", not_lm, "--data", "tofu:forget01", "--data-dir", tofu,
                       "--out", tmp_path / "o")
     assert rc == 2 and f"{not_lm} is not a causal language model" in err
+
+
+def test_the_prompt_format_choices_are_the_library_s():
+    from msa_core.cli import build_parser
+    from msa_core.prompts import PROMPT_FORMATS
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    finetune = sub.choices["finetune"]
+    option = next(a for a in finetune._actions if a.dest == "prompt_format")
+    assert tuple(option.choices) == PROMPT_FORMATS

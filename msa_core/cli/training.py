@@ -36,6 +36,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--data-dir", required=True, type=Path, help="the TOFU- or MUSE-format data folder")
     p.add_argument("--out", required=True, type=Path, help="output model folder")
     p.add_argument("--tokenizer", type=Path, default=None, help="tokenizer folder (default: the base folder)")
+    # The names are msa_core.prompts.PROMPT_FORMATS; listed here so `msa --help` stays import-light.
+    p.add_argument("--prompt-format", default=None, choices=("auto", "plain", "chat", "open-unlearning-tofu"),
+                   help="how QA pairs become text: the experiment file's prompt_format values (default: auto, "
+                        "the tokenizer's chat template when it has one, else 'Question: …\\nAnswer: …')")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: the recipe's, 10)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's, 1e-5)")
     p.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default: the recipe's)")
@@ -75,6 +79,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         note(args, "data: " + ", ".join(f"{d.name} ({len(d)} {'pairs' if d.kind == 'qa' else 'texts'})" for d in data))
     try:
         res = finetune(args.base, data, args.out, config, tokenizer=args.tokenizer,
+                       prompt_format=None if args.prompt_format == "auto" else args.prompt_format,
                        progress=progress_for(args) if main_process else None, reuse=not args.no_reuse)
     except FinetuneOutOfMemory as exc:
         print(f"msa finetune: error: {exc}", file=sys.stderr)
