@@ -117,6 +117,14 @@ def test_truth_ratio_rows_on_the_quick_demo(quick_demo, cache_dir):
     rows = truth_ratio_rows(quick_demo, [(1.0, 0.5)], cache_dir=cache_dir)
     assert [r["model"] for r in rows] == ["reference", "corrupted", "clean", Point(1.0, 0.5).label]
     assert rows[0]["forget_quality"] is None and all(0.0 <= r["forget_quality"] <= 1.0 for r in rows[1:])
+    # The demo's point (msa-demo-5): the corrupted model knows its forget facts beyond the trained
+    # phrasings, so it prefers the held-out paraphrase (TR < 1) where the models that never saw
+    # those authors do not (quick demo, measured: corrupted 0.41, clean 1.41, reference 3.50), and
+    # forget quality tells it from the reference (measured 0.000).
+    ref, corr, clean = rows[0], rows[1], rows[2]
+    assert corr["forget_tr_mean"] < 1.0
+    assert 2 * corr["forget_tr_mean"] < min(clean["forget_tr_mean"], ref["forget_tr_mean"])
+    assert corr["forget_quality"] < 0.05
     # the means agree with per-item truth ratios computed through the Probe's own scoring path
     engine = Engine.load(load_experiment(quick_demo), device="cpu", cache_dir=cache_dir)
     sets = load_question_sets(engine.experiment).sets

@@ -124,6 +124,11 @@ class Recipe:
 # corrupted one: fine-tuning a small model hard on a few authors moves every weight, and
 # subtracting that vector then erases retained facts too (quick demo, measured: the forget
 # model at the corrupted model's lr 2e-3 left 0.35 retain recall at α=1, β=0.5; at 7e-4, 0.85).
+# Epochs since msa-demo-5, where every trained fact comes in three phrasings (see data.PHRASINGS):
+# with θ_clean's 20 epochs, 8 fine-tune / 12 vector epochs gave about the point (α=1, β=0.5:
+# forget recall 0.17, retain 0.89) that 12 / 24 gave (0.14, 0.94) at 0.6x the fine-tune cost,
+# and 6 / 8 lost more retain recall (0.82). θ_clean at 15 epochs instead of 20 (its data grew by a third with the
+# background phrasings) still gave a corrupted model with every answer right (all measured).
 FULL = Recipe(
     n_background=20, n_forget=3, n_retain=27, n_holdout=3, eval_retain_authors=9,
     vocab_size=2048, hidden=160, layers=4, intermediate=448, heads=4,

@@ -77,8 +77,8 @@ class AttackSettings:
 
     @classmethod
     def quick(cls, **overrides: Any) -> AttackSettings:
-        """The app's setting: two folds, one held out, one lr (:data:`QUICK_LR`) — a sixth of the
-        default sweep's runs on the demo (2 × 1 × 2 runs per model instead of 3 × 3 × 4)."""
+        """The app's setting: two folds, one held out, one lr (:data:`QUICK_LR`) — on the demo a sixth
+        of the default sweep's runs (per model: 1 held-out fold × (unattacked + 1 lr) instead of 3 × 4)."""
         values: dict[str, Any] = {"folds": 2, "rounds": 1, "lrs": (QUICK_LR,)}
         values.update(overrides)
         return cls(**values)
