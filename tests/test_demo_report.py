@@ -127,7 +127,7 @@ def test_truth_ratio_rows_on_the_quick_demo(quick_demo, cache_dir):
     assert corr["forget_quality"] < 0.05
     # the means agree with per-item truth ratios computed through the Probe's own scoring path
     engine = Engine.load(load_experiment(quick_demo), device="cpu", cache_dir=cache_dir)
-    sets = load_question_sets(engine.experiment).sets
+    sets = load_question_sets(engine.experiment.data).sets
     for row, target in zip(rows, [Side("reference"), Side("corrupted"), Side("clean"), Point(1.0, 0.5)]):
         for split, key in (("forget", "forget_tr_mean"), ("retain", "retain_tr_mean")):
             trs = truth_ratio_values(engine, target, sets[split])
