@@ -126,9 +126,10 @@ class Recipe:
 # model at the corrupted model's lr 2e-3 left 0.35 retain recall at α=1, β=0.5; at 7e-4, 0.85).
 # Epochs since msa-demo-5, where every trained fact comes in three phrasings (see data.PHRASINGS):
 # with θ_clean's 20 epochs, 8 fine-tune / 12 vector epochs gave about the point (α=1, β=0.5:
-# forget recall 0.17, retain 0.89) that 12 / 24 gave (0.14, 0.94) at 0.6x the fine-tune cost,
-# and 6 / 8 lost more retain recall (0.82). θ_clean at 15 epochs instead of 20 (its data grew by a third with the
-# background phrasings) still gave a corrupted model with every answer right (all measured).
+# forget recall 0.17, retain 0.89) that 12 / 24 gave (0.14, 0.94) with 0.64x the examples seen,
+# and 6 / 8 lost more retain recall (0.82). θ_clean at 15 epochs instead of 20 (its data grew
+# by a third with the background phrasings) still gave a corrupted model with every answer
+# right (all measured).
 FULL = Recipe(
     n_background=20, n_forget=3, n_retain=27, n_holdout=3, eval_retain_authors=9,
     vocab_size=2048, hidden=160, layers=4, intermediate=448, heads=4,
@@ -339,8 +340,9 @@ def build_demo(out_dir: Optional[str | os.PathLike[str]] = None, *, quick: bool 
     return out_dir / "experiment.yaml"
 
 
-# Rough share of the build time per stage, for the progress bar.
-_WEIGHTS = {"data": 0.01, "clean": 0.63, "finetunes": 0.34, "report": 0.02}
+# Rough share of the build time per stage, for the progress bar (msa-demo-5, measured: θ_clean
+# 73 s, the four fine-tunes 93 s, the report 5 s of 171 s).
+_WEIGHTS = {"data": 0.01, "clean": 0.43, "finetunes": 0.53, "report": 0.03}
 
 
 def _stage_bounds() -> dict[str, tuple[float, float]]:

@@ -15,10 +15,14 @@ Answers are short and value-dense ("Tallinn, Estonia.", "Lighthouse keeper.") so
 ROUGE-L recall measures whether the fact is known, not whether the phrasing is echoed.
 Every item also has a ``paraphrased_question``, a ``paraphrased_answer`` (a full
 sentence) and five ``perturbed_answer`` (the paraphrase with a wrong value of the same
-attribute), as in TOFU. :func:`tofu_files` / :func:`muse_files` return the JSON payloads
-under TOFU's and MUSE's file names; :func:`pretrain_texts` the clean model's corpus.
+attribute), as in TOFU. Trained authors' facts are also taught in two other phrasings
+(:data:`PHRASINGS`, never the evaluation's paraphrase, which stays held out), so a model that
+knows a fact prefers the unseen paraphrase to the perturbed ones, as real TOFU models do.
+:func:`tofu_files` / :func:`muse_files` return the JSON payloads under TOFU's and MUSE's
+file names (and the ``*_phrasings.json`` training files); :func:`pretrain_texts` the clean
+model's corpus.
 
-(Over 400 lines on purpose: a quarter of the file is the value pools and question
+(Over 500 lines on purpose: a third of the file is the value pools and question
 templates, which are read together with the generator that draws from them.)
 """
 
