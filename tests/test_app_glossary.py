@@ -31,7 +31,9 @@ def test_every_metric_tile_links_to_its_glossary_entry(tiny_yaml):
     at = load_experiment(new_app(), tiny_yaml)
     at.switch_page("pages/playground.py").run()
     at.number_input(key="w_pg_subset").set_value(4).run()
-    at.button(key="w_pg_metrics").click().run()
+    button = at.button(key="w_pg_metrics")
+    if not button.disabled:  # disabled when an earlier test of the session already stored these points
+        button.click().run()
     no_exceptions(at)
     tiles = [m for m in at.metric if m.help]
     assert tiles, "no metric tiles after Compute metrics"

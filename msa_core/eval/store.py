@@ -22,14 +22,15 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
 from msa_core.eval.results import METRIC_ORDER, EvalResult, metric_info
 from msa_core.eval.settings import settings_lookup_key
+from msa_core.sqlite_db import connect
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -46,7 +47,6 @@ CREATE TABLE IF NOT EXISTS results (
     PRIMARY KEY (fingerprint, alpha, beta, tier, settings_key)
 )
 """
-BUSY_TIMEOUT_MS = 30_000
 GRID_COLUMNS = ("alpha", "beta", "tier", "benchmark", "settings_key", "seconds", "subset", "model")
 # The "best" point must stay useful: it keeps at least this share of the corrupted model's
 # utility (α = β = 0), so a point that forgets everything by breaking the model never wins.
@@ -125,21 +125,8 @@ class ResultStore:
         with self._connect() as con:
             con.execute(SCHEMA)
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        try:
-            con = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise OSError(f"results store {self.path}: cannot open ({exc})") from None
-        try:
-            con.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            con.execute("PRAGMA journal_mode = WAL")
-            con.execute("PRAGMA synchronous = NORMAL")
-            yield con
-        except sqlite3.DatabaseError as exc:
-            raise OSError(f"results store {self.path}: {exc}") from None
-        finally:
-            con.close()
+    def _connect(self) -> AbstractContextManager[sqlite3.Connection]:
+        return connect(self.path, "results store")
 
     def put(self, result: EvalResult) -> None:
         """Store (or replace) one point atomically."""

@@ -14,13 +14,13 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
 from msa_core.rtt.measure import ItemScores
+from msa_core.sqlite_db import connect
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rtt_runs (
@@ -37,7 +37,6 @@ CREATE TABLE IF NOT EXISTS rtt_runs (
     PRIMARY KEY (fingerprint, model, alpha, beta, settings_key, fold, lr)
 )
 """
-BUSY_TIMEOUT_MS = 30_000
 
 
 def coefficient_key(x: float) -> float:
@@ -77,20 +76,8 @@ class RttStore:
         with self._connect() as con:
             con.execute(SCHEMA)
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        try:
-            con = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise OSError(f"relearning store {self.path}: cannot open ({exc})") from None
-        try:
-            con.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            con.execute("PRAGMA journal_mode = WAL")
-            yield con
-        except sqlite3.DatabaseError as exc:
-            raise OSError(f"relearning store {self.path}: {exc}") from None
-        finally:
-            con.close()
+    def _connect(self) -> AbstractContextManager[sqlite3.Connection]:
+        return connect(self.path, "relearning store")
 
     def put(self, fingerprint: str, key: str, run: StoredRun) -> None:
         """Store (or replace) one run atomically."""
