@@ -3,7 +3,9 @@ the ★ off the grid, stored runs and clearing one, selectable scatter axes, oth
 named points, CSV download, refinement and the message after a cancelled sweep.
 
 Each test uses its own "Items per set" value, so its points form their own runs in the
-session-wide store (tests/test_app.py sweeps with all items)."""
+session-wide store; the module starts from a store without the experiment's composed points,
+because the first visit derives its default grid from every stored point (tests/test_app.py
+and others sweep the same tiny experiment earlier in the session)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import json
 from dataclasses import replace
 
 import numpy as np
+import pytest
 from app_fixtures import (  # noqa: F401  (fixtures and helpers)
     TIMEOUT,
     _navigation_mode,
@@ -27,6 +30,15 @@ from msa_core.eval.store import method_model
 from msa_core.experiment import load_experiment as read_experiment
 from msa_core.fingerprints import experiment_fingerprint
 from studio import charts
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_earlier_points(app_env, tiny_yaml):
+    """Delete the composed points earlier test files stored for the tiny experiment (their runs only)."""
+    store = ResultStore(app_env / "results.sqlite")
+    fingerprint = experiment_fingerprint(read_experiment(tiny_yaml))
+    for run in store.runs(fingerprint):
+        store.delete_run(fingerprint, run.settings_key, tier=run.tier)
 
 
 def _tradeoff(tiny_yaml, subset: int):
