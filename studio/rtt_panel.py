@@ -25,7 +25,7 @@ from msa_core.rtt import AttackSettings, RttReport, RttStore, entity_folds, load
 from msa_core.rtt.folds import fold_of_entity
 from msa_core.rtt.run import stored_reports
 from msa_core.targets import Side, Target
-from studio import labels, resources, session, widgets
+from studio import charts, labels, resources, session, widgets
 
 if TYPE_CHECKING:
     from msa_core.engine import Engine
@@ -267,6 +267,8 @@ def recovery_panel(engine: Engine) -> None:
                       yaxis_title="recovery of p(gold), % (lower is better)",
                       legend={"orientation": "h", "y": -0.25})
     if x == "forget_quality" and (shown[x] > 0).all():
-        fig.update_xaxes(type="log")  # forget quality is a p-value: decades apart on the demo
+        # forget quality is a p-value: decades apart on the demo; ticks as numbers (0.01, 0.1), not "2, 3, …"
+        ticks = charts.log_ticks(float(shown[x].min()), float(shown[x].max()))
+        fig.update_xaxes(type="log", tickvals=ticks, ticktext=[charts.tick_text(t) for t in ticks])
     st.plotly_chart(fig, width="stretch", key="rtt_recovery_chart")
     st.dataframe(df, hide_index=True, width="stretch")
