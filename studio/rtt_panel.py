@@ -266,7 +266,7 @@ def recovery_panel(engine: Engine) -> None:
     fig.update_layout(height=380, margin={"l": 60, "r": 20, "t": 30, "b": 50}, xaxis_title=x_title,
                       yaxis_title="recovery of p(gold), % (lower is better)",
                       legend={"orientation": "h", "y": -0.25})
-    if x == "forget_quality" and (shown[x] > 0).all():
+    if x == "forget_quality" and not shown.empty and (shown[x] > 0).all():
         # forget quality is a p-value: decades apart on the demo; ticks as numbers (0.01, 0.1), not "2, 3, …"
         ticks = charts.log_ticks(float(shown[x].min()), float(shown[x].max()))
         fig.update_xaxes(type="log", tickvals=ticks, ticktext=[charts.tick_text(t) for t in ticks])
