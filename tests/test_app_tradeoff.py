@@ -69,6 +69,11 @@ def _values(v) -> list:
     return list(v)
 
 
+def _title(spec: dict) -> str:
+    """A figure's title text ("" for an untitled one, e.g. the relearning panel's chart)."""
+    return str(spec["layout"].get("title", {}).get("text", ""))
+
+
 def _fingerprint(tiny_yaml) -> str:
     return experiment_fingerprint(read_experiment(tiny_yaml))
 
@@ -91,7 +96,7 @@ def test_a_ragged_grid_marks_missing_cells_and_the_star_sits_between_cells(tiny_
     _sweep(at, "0.5", "0")  # a second sweep with the same settings: one run, one cell of a new column
     assert any("sweep finished" in s.value for s in at.success)
     specs = _specs(at)
-    heat = [s for s in specs if s["data"][0]["type"] == "heatmap"]
+    heat = [s for s in specs if s["data"] and s["data"][0]["type"] == "heatmap"]
     assert heat, "no heatmap"
     first = heat[0]
     assert first["data"][0]["x"] == ["0", "0.5", "1"]
@@ -106,16 +111,16 @@ def test_a_ragged_grid_marks_missing_cells_and_the_star_sits_between_cells(tiny_
     set_alpha(at, 0.75)
     at.sidebar.number_input(key="w_beta_num").set_value(1.0).run()
     no_exceptions(at)
-    heat = [s for s in _specs(at) if s["data"][0]["type"] == "heatmap"]
+    heat = [s for s in _specs(at) if s["data"] and s["data"][0]["type"] == "heatmap"]
     star = [a for a in heat[0]["layout"]["annotations"] if a["text"] == "★"]
     assert [(a["x"], a["y"]) for a in star] == [(1.5, 1.0)]
-    scatter = [s for s in _specs(at) if s["layout"]["title"]["text"].startswith("Forgetting vs utility")][0]
+    scatter = [s for s in _specs(at) if _title(s).startswith("Forgetting vs utility")][0]
     names = [t.get("name") for t in scatter["data"]]
     # (0.75, 1) lies between (0.5, 1), which was not evaluated, and (1, 1): interpolated between
     # the evaluated points (0, 1) and (1, 1), and said so.
     assert "current point (interpolated from the grid)" in names
     # The lines along α: one small chart (own y axis) per metric.
-    lines = [s for s in _specs(at) if s["layout"]["title"]["text"].startswith("Metrics along α")][0]
+    lines = [s for s in _specs(at) if _title(s).startswith("Metrics along α")][0]
     assert len({t["yaxis"] for t in lines["data"]}) == len(lines["data"]) > 1
 
 
@@ -156,7 +161,7 @@ def test_other_methods_axes_csv_and_the_reference_target(tiny_yaml, app_env):
     assert charts.metric_label("model_utility_tf") in at.selectbox(key="w_to_y").options
     at.selectbox(key="w_to_y").set_value("model_utility_tf").run()
     no_exceptions(at)
-    scatter = [s for s in _specs(at) if s["layout"]["title"]["text"].startswith("Forgetting vs utility")][0]
+    scatter = [s for s in _specs(at) if _title(s).startswith("Forgetting vs utility")][0]
     by_name = {t.get("name"): t for t in scatter["data"]}
     assert _values(by_name["NPO-test"]["y"]) == [0.3, 0.25]
     assert _values(by_name["NPO-test"]["x"]) == [0.02, 0.2] and by_name["NPO-test"]["text"] == ["epoch 1", "epoch 2"]
@@ -167,7 +172,7 @@ def test_other_methods_axes_csv_and_the_reference_target(tiny_yaml, app_env):
     # Another y metric that the named points lack: the axis follows, the method series is left out.
     at.selectbox(key="w_to_y").set_value("forget_truth_ratio").run()
     no_exceptions(at)
-    scatter = [s for s in _specs(at) if s["layout"]["title"]["text"].startswith("Forgetting vs utility")][0]
+    scatter = [s for s in _specs(at) if _title(s).startswith("Forgetting vs utility")][0]
     ytitle = scatter["layout"]["yaxis"]["title"]["text"]
     assert charts.metric_label("forget_truth_ratio", with_direction=False) in ytitle
     assert "NPO-test" not in {t.get("name") for t in scatter["data"]}
