@@ -183,14 +183,29 @@ choices = charts.axis_choices(rows, methods)
 dx, dy = charts.default_axes(rows)
 x_metric: Optional[str] = None
 y_metric: Optional[str] = None
+
+
+def follow_default(key: str, default: Optional[str], fallback: int) -> None:
+    """Keep an axis picker on the page's default while the user has not chosen another value:
+    the default changes as points arrive (none stored → a sweep's metrics), and a value picked
+    before that (e.g. another method's metric) would hide every grid point."""
+    memo = f"{key}_default"
+    want = default if default in choices else choices[min(fallback, len(choices) - 1)]
+    current = st.session_state.get(key)
+    if current is None or current not in choices or current == st.session_state.get(memo):
+        st.session_state[key] = want
+    st.session_state[memo] = want
+
+
 if choices:
     a1, a2, a3 = st.columns([4, 4, 3], vertical_alignment="bottom")
-    x_metric = a1.selectbox("Scatter x (forgetting)", choices, index=choices.index(dx) if dx in choices else 0,
+    follow_default("w_to_x", dx, 0)
+    follow_default("w_to_y", dy, 1)
+    x_metric = a1.selectbox("Scatter x (forgetting)", choices,
                             format_func=labels.metric_label, key="w_to_x",
                             help="Forget quality is drawn on a log scale; lower-is-better metrics on a reversed "
                                  "axis, so right is always better.")
     y_metric = a2.selectbox("Scatter y (utility)", choices,
-                            index=choices.index(dy) if dy in choices else min(1, len(choices) - 1),
                             format_func=labels.metric_label, key="w_to_y",
                             help="Default: model utility, unless it is 0 at most unlearned points (the tiny demo's "
                                  "full tier), then the teacher-forced utility.")
