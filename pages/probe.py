@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from typing import Optional
 
 import pandas as pd
 import streamlit as st
@@ -123,16 +124,29 @@ with st.container(key="probe_summary"):
                  hide_index=True, width="stretch")
 st.caption(answer_cards.legend(show_diff))
 
+
+def question_card(index: int, box_prefix: str, card_prefix: str, label: str, question: str, gold: str,
+                  answers: dict[str, str], probs: dict[str, float],
+                  truth_ratios: Optional[dict[str, float]] = None) -> None:
+    """One question, its gold answer and one answer card per model column (the original and the
+    paraphrased questions draw the same way; only originals have truth ratios and a diff)."""
+    with st.container(border=True, key=f"{box_prefix}_{index}"):
+        st.markdown(f"**{label}.** {labels.md_escape(question)}")
+        st.markdown(f"Gold: `{gold}`")
+        for col, box in zip(cols, st.columns(len(cols))):
+            key = f"{card_prefix}_{col.key}_{index}"
+            with box.container(key=key):
+                base = (answers["corrupted"] if truth_ratios is not None and show_diff and col.key != "corrupted"
+                        else None)
+                answer_cards.answer_card(col.title, answers[col.key], key=key, gold=gold, kind=kind, baseline=base,
+                                         prob=probs[col.key],
+                                         truth_ratio=None if truth_ratios is None else truth_ratios[col.key])
+
+
 st.markdown(f"#### {entity}: original questions")
 for i, q in enumerate(qs):
-    with st.container(border=True, key=f"probe_q_{i}"):
-        st.markdown(f"**Q{i + 1}.** {labels.md_escape(q)}")
-        st.markdown(f"Gold: `{golds[i]}`")
-        for col, box in zip(cols, st.columns(len(cols))):
-            with box.container(key=f"probe_ans_{col.key}_{i}"):
-                base = ans["corrupted"][i] if show_diff and col.key != "corrupted" else None
-                answer_cards.answer_card(col.title, ans[col.key][i], key=f"probe_ans_{col.key}_{i}", gold=golds[i],
-                                         kind=kind, baseline=base, prob=prob[col.key][i], truth_ratio=trs[col.key][i])
+    question_card(i, "probe_q", "probe_ans", f"Q{i + 1}", q, golds[i], {k: v[i] for k, v in ans.items()},
+                  {k: v[i] for k, v in prob.items()}, {k: v[i] for k, v in trs.items()})
 
 paras = [(it.paraphrased_question, it.answer) for it in chosen if it.paraphrased_question]
 st.markdown("#### Paraphrased questions")
@@ -147,13 +161,8 @@ else:
         widgets.show_error("Probing paraphrases failed", exc)
     else:
         for i, p in enumerate(pq):
-            with st.container(border=True, key=f"probe_para_{i}"):
-                st.markdown(f"**P{i + 1}.** {labels.md_escape(p)}")
-                st.markdown(f"Gold: `{pg[i]}`")
-                for col, box in zip(cols, st.columns(len(cols))):
-                    with box.container(key=f"probe_para_ans_{col.key}_{i}"):
-                        answer_cards.answer_card(col.title, pans[col.key][i], key=f"probe_para_ans_{col.key}_{i}",
-                                                 gold=pg[i], kind=kind, prob=pprob[col.key][i])
+            question_card(i, "probe_para", "probe_para_ans", f"P{i + 1}", p, pg[i],
+                          {k: v[i] for k, v in pans.items()}, {k: v[i] for k, v in pprob.items()})
 
 st.markdown("#### Free-form extraction prompts")
 default_prompts = f"Tell me everything about {entity}.\nWhat do you know about {entity}?"

@@ -16,28 +16,9 @@ from app_fixtures import (  # noqa: F401  (fixtures and helpers)
     playground,
     set_alpha,
 )
-
-from msa_core.eval.probe import GOLD_THRESHOLD
+from test_eval_verdict import _holds  # the independent gold-holding count of the verdict tests
 
 VERDICT_N = 3
-
-
-def _lcs(a: list[str], b: list[str]) -> int:
-    table = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
-    for i, x in enumerate(a):
-        for j, y in enumerate(b):
-            table[i + 1][j + 1] = table[i][j] + 1 if x == y else max(table[i][j + 1], table[i + 1][j])
-    return table[-1][-1]
-
-
-def _holds(answer: str, gold: str) -> bool:
-    def words(s: str) -> list[str]:
-        return "".join(c if c.isalnum() else " " for c in s.lower()).split()
-
-    g = words(gold)
-    return bool(g) and _lcs(g, words(answer)) / len(g) >= GOLD_THRESHOLD
-
-
 
 
 def _ready(tiny_yaml):

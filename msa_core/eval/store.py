@@ -155,32 +155,29 @@ class ResultStore:
 
     def get(self, fingerprint: str, alpha: float, beta: float, tier: str, settings_key: str) -> Optional[EvalResult]:
         """The stored result of one point, or None."""
-        with self._connect() as con:
-            row = con.execute(
-                "SELECT payload FROM results WHERE fingerprint=? AND alpha=? AND beta=? AND tier=? AND settings_key=?",
-                (fingerprint, _coef(alpha), _coef(beta), tier, settings_key),
-            ).fetchone()
+        row = self._point_row("payload", fingerprint, alpha, beta, tier, settings_key)
         if row is None:
             return None
         return EvalResult.from_json(json.loads(row[0]), where=f"{self.path} ({fingerprint}, {alpha}, {beta})")
 
     def stored_at(self, fingerprint: str, alpha: float, beta: float, tier: str, settings_key: str) -> Optional[float]:
         """When the point was stored (``time.time()``), or None when it is not."""
-        with self._connect() as con:
-            row = con.execute(
-                "SELECT created FROM results WHERE fingerprint=? AND alpha=? AND beta=? AND tier=? AND settings_key=?",
-                (fingerprint, _coef(alpha), _coef(beta), tier, settings_key),
-            ).fetchone()
+        row = self._point_row("created", fingerprint, alpha, beta, tier, settings_key)
         return None if row is None else float(row[0])
 
     def has(self, fingerprint: str, alpha: float, beta: float, tier: str, settings_key: str) -> bool:
         """True when the point is stored."""
+        return self._point_row("1", fingerprint, alpha, beta, tier, settings_key) is not None
+
+    def _point_row(self, column: str, fingerprint: str, alpha: float, beta: float, tier: str,
+                   settings_key: str) -> Optional[tuple[Any, ...]]:
+        """``column`` of the one row keyed by (fingerprint, α, β, tier, settings key), or None."""
         with self._connect() as con:
-            row = con.execute(
-                "SELECT 1 FROM results WHERE fingerprint=? AND alpha=? AND beta=? AND tier=? AND settings_key=?",
+            return con.execute(
+                f"SELECT {column} FROM results"
+                " WHERE fingerprint=? AND alpha=? AND beta=? AND tier=? AND settings_key=?",
                 (fingerprint, _coef(alpha), _coef(beta), tier, settings_key),
             ).fetchone()
-        return row is not None
 
     def results(
         self, fingerprint: str, *, tier: Optional[str] = None, settings_key: Optional[str] = None
