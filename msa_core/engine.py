@@ -243,6 +243,11 @@ class Engine:
         load_seconds: float = 0.0,
     ):
         self.experiment = experiment
+        # The experiment as loaded; :meth:`swap_vectors` changes ``experiment`` (another θ_clean /
+        # epoch choice, msa_core.choices) but never this. ``choice`` is the active choice (None: the
+        # experiment's own checkpoints).
+        self.base_experiment = experiment
+        self.choice: Optional[object] = None
         self.model = model
         self.tokenizer = tokenizer
         self.vectors = vectors
@@ -300,6 +305,33 @@ class Engine:
                 f"(e.g. {shown}); α/β would change nothing"
             )
         return kept, RecomposePlan(live, pristine, tau_f, tau_r)
+
+    def swap_vectors(self, experiment: Experiment, vectors: VectorSet, *, fingerprint: str = "",
+                     choice: Optional[object] = None) -> None:
+        """Use another (θ_clean, θ_forget, θ_retain) choice of the same θ_corrupted: ``experiment``
+        names its checkpoints (the corrupted one must be this engine's) and ``vectors`` are its τ_f, τ_r.
+
+        The working model is not reloaded: the plan is rebuilt over the same parameters with the new
+        vectors, the working model is reset to θ_corrupted (α = β = 0), and the side models of the
+        roles that changed (clean, forget, retain) are dropped so they load from the new folders.
+        Holds the lock, so no session sees a half-swapped engine."""
+        if Path(experiment.checkpoints.corrupted).resolve() != Path(self.experiment.checkpoints.corrupted).resolve():
+            raise ValueError(
+                f"cannot swap vectors: the new choice's corrupted checkpoint {experiment.checkpoints.corrupted} is not "
+                f"this engine's {self.experiment.checkpoints.corrupted}"
+            )
+        with self.lock:
+            self.alpha = self.beta = math.nan
+            self.plan.compose(0.0, 0.0)  # θ_c: the old plan's pristine copy, before it is replaced
+            names, plan = self._build_plan(vectors, self.module_filter)
+            self.param_names, self.plan, self.vectors = names, plan, vectors
+            self.experiment = experiment
+            self.choice = choice
+            self.fingerprint = fingerprint or experiment_fingerprint(experiment)
+            with self._side_lock:
+                for role in ("clean", "forget", "retain"):
+                    self._side.pop(role, None)
+            self.alpha = self.beta = 0.0
 
     @classmethod
     def load(
@@ -420,6 +452,17 @@ class Engine:
         if f is not None and (f.include is not None or f.layers is not None):
             filt = {"include": f.include, "layers": None if f.layers is None else list(f.layers)}
         return {"dtype": str(self.dtype).replace("torch.", ""), "device": self.device.type, "module_filter": filt}
+
+    def release_side_model(self, role: str) -> bool:
+        """Drop the loaded side model of ``role`` (its memory is freed once no caller holds it);
+        True when one was loaded. A later :meth:`side_model` loads it again."""
+        with self._side_lock:
+            model = self._side.pop(role, None)
+        if model is not None and self.device.type == "cuda":
+            del model
+            torch.cuda.empty_cache()
+            return True
+        return model is not None
 
     def loaded_side_models(self) -> list[str]:
         """Roles whose side models are currently loaded."""

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from typing import Optional
 
-from msa_core.cli import evaluation, interop, models, training
+from msa_core.cli import baseline, evaluation, interop, models, plan, training
 from msa_core.cli import init as init_cmd
 from msa_core.cli import rtt as rtt_cmd
 from msa_core.log_setup import configure_logging
@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     init_cmd.register(sub)
     interop.register(sub)
     rtt_cmd.register(sub)
+    plan.register(sub)
+    baseline.register(sub)
     return parser
 
 
