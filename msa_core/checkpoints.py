@@ -10,6 +10,8 @@ with ``torch.load(weights_only=True)`` — never an unrestricted unpickle — an
 
 from __future__ import annotations
 
+import importlib
+import logging
 import os
 import pickle
 from contextlib import ExitStack
@@ -20,6 +22,8 @@ import torch
 
 from msa_core.safetensors_stream import SafetensorsFile, read_header
 from msa_core.untrusted import json_type, read_json_object, read_text
+
+log = logging.getLogger(__name__)
 
 TensorInfo = tuple[str, tuple[int, ...]]  # (dtype string, shape)
 
@@ -184,16 +188,107 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def attention_backend(device: torch.device) -> str:
-    """flash_attention_2 when importable on CUDA, else sdpa."""
-    if device.type == "cuda":
-        try:
-            import flash_attn  # noqa: F401  (optional GPU extra)
+# Model dtypes flash-attention 2 runs in.
+_FA2_DTYPES = (torch.float16, torch.bfloat16)
 
-            return "flash_attention_2"
-        except ImportError:
-            pass
-    return "sdpa"
+
+def _flash_attn_problem() -> tuple[bool, Optional[str]]:
+    """(installed, problem): whether ``flash_attn`` is installed and, if it is, why it cannot be
+    used (None: it imports cleanly and has ``flash_attn_func``)."""
+    try:
+        module = importlib.import_module("flash_attn")
+    except ModuleNotFoundError as exc:
+        if exc.name in (None, "flash_attn"):
+            return False, None
+        return True, f"importing flash_attn failed: {type(exc).__name__}: {exc}"  # a dependency is missing
+    except Exception as exc:  # noqa: BLE001 - a broken CUDA extension raises anything (ImportError, OSError, …)
+        return True, f"importing flash_attn failed: {type(exc).__name__}: {exc}"
+    if module is None or not callable(getattr(module, "flash_attn_func", None)):
+        return True, "flash_attn has no flash_attn_func (an incomplete or incompatible install)"
+    return True, None
+
+
+def _transformers_has_fa2() -> bool:
+    """Whether transformers itself accepts attn_implementation='flash_attention_2' here."""
+    try:
+        from transformers.utils import is_flash_attn_2_available
+    except ImportError:
+        return False
+    return bool(is_flash_attn_2_available())
+
+
+def attention_backend(device: torch.device, dtype: Optional[torch.dtype] = None) -> str:
+    """'flash_attention_2' when flash-attn imports cleanly, the device is CUDA and the model dtype
+    is fp16/bf16; else 'sdpa'. Logs one line saying which and why (a warning when flash-attn is
+    installed but broken, never an exception)."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        log.info("attention: sdpa (device %s; flash-attention 2 needs CUDA)", dev)
+        return "sdpa"
+    if dtype is not None and dtype not in _FA2_DTYPES:
+        log.info("attention: sdpa (model dtype %s; flash-attention 2 needs float16 or bfloat16)",
+                 str(dtype).removeprefix("torch."))
+        return "sdpa"
+    installed, problem = _flash_attn_problem()
+    if not installed:
+        log.info("attention: sdpa (flash-attn is not installed)")
+        return "sdpa"
+    if problem is None and not _transformers_has_fa2():
+        problem = "transformers reports flash-attention 2 as unavailable (version or GPU not supported)"
+    if problem is not None:
+        log.warning("attention: sdpa, not flash-attention 2: flash-attn is installed but unusable (%s); "
+                    "reinstall it for this torch/CUDA or uninstall it", problem)
+        return "sdpa"
+    log.info("attention: flash_attention_2 (flash-attn importable, device %s, dtype %s)", dev,
+             str(dtype).removeprefix("torch.") if dtype is not None else "of the checkpoint")
+    return "flash_attention_2"
+
+
+def _map_devices(device_map: Any) -> list[str]:
+    """The placements an explicit device map names ('cpu', 'cuda:0', 'disk', …; ints are CUDA indices)."""
+    values = device_map.values() if isinstance(device_map, dict) else [device_map]
+    out = []
+    for v in values:
+        if isinstance(v, int) and not isinstance(v, bool):
+            out.append(f"cuda:{v}")
+        else:
+            out.append(str(v))
+    return out
+
+
+def _not_resident(device_map: Any, model: Any = None) -> list[str]:
+    """Modules a device map puts on 'disk' or 'meta' (plus parameters left on meta after loading)."""
+    bad = []
+    if isinstance(device_map, dict):
+        bad = [str(k) or "(whole model)" for k, v in device_map.items() if str(v) in ("disk", "meta")]
+    elif str(device_map) in ("disk", "meta"):
+        bad = ["(whole model)"]
+    if model is not None:
+        hf_map = getattr(model, "hf_device_map", None) or {}
+        bad += [str(k) or "(whole model)" for k, v in hf_map.items() if str(v) in ("disk", "meta")]
+        if not bad:  # no map recorded: name the parameters left on meta
+            bad = [n for n, p in model.named_parameters() if p.device.type == "meta"]
+    return bad
+
+
+def _offload_error(folder: Path, modules: list[str]) -> ValueError:
+    shown = ", ".join(modules[:6]) + (f" and {len(modules) - 6} more" if len(modules) > 6 else "")
+    return ValueError(
+        f"{folder}: the device map leaves {len(modules)} module(s) off the devices (disk offload or meta): {shown}; "
+        "composition needs every weight resident on a device: give more max_memory, more devices, or 'cpu' "
+        "for those modules"
+    )
+
+
+def map_main_device(device_map: Any) -> torch.device:
+    """The device that decides dtype and attention for a device map: its first CUDA placement
+    ('auto': cuda when available), else the CPU."""
+    if isinstance(device_map, str) and device_map in ("auto", "balanced", "balanced_low_0", "sequential"):
+        return default_device()
+    for name in _map_devices(device_map):
+        if name.startswith("cuda"):
+            return torch.device(name)
+    return torch.device("cpu")
 
 
 # The tokenizer files that are JSON objects (validated before transformers parses them).
@@ -230,33 +325,58 @@ def load_model(
     device: Any = "cpu",
     dtype: Any = None,
     trust_remote_code: bool = False,
+    device_map: Any = None,
+    max_memory: Optional[dict[Any, Any]] = None,
 ) -> Any:
-    """Load a causal LM from a local HF folder onto ``device`` in eval mode (no gradients)."""
+    """Load a causal LM from a local HF folder in eval mode (no gradients): onto ``device``, or,
+    with ``device_map`` ('auto', a device name, or a module → device dict), dispatched over the
+    devices by transformers/accelerate (``max_memory``: device → bytes or '70GiB', for 'auto').
+
+    A map that leaves modules on 'disk' or 'meta' (disk offload) is refused, naming them: the
+    engine composes weights in place, so every weight must be resident on a device.
+    """
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # keep CLI/app output clean; callers report progress themselves
     read_config(Path(folder))  # config.json: named errors for bad bytes / a non-object / bad architectures
-    dev = torch.device(device)
+    kwargs: dict[str, Any] = {}
+    if device_map is not None:
+        offloaded = _not_resident(device_map)
+        if offloaded:
+            raise _offload_error(Path(folder), offloaded)
+        dev = map_main_device(device_map)
+        kwargs["device_map"] = device_map
+        if max_memory is not None:
+            kwargs["max_memory"] = dict(max_memory)
+    else:
+        dev = torch.device(device)
     torch_dtype = resolve_dtype(dtype, dev, Path(folder))
     try:
         model, info = AutoModelForCausalLM.from_pretrained(
             str(folder),
             dtype=torch_dtype,
             trust_remote_code=trust_remote_code,
-            attn_implementation=attention_backend(dev),
+            attn_implementation=attention_backend(dev, torch_dtype),
             use_safetensors=any(Path(folder).glob("*.safetensors")) or None,
             output_loading_info=True,
+            **kwargs,
         )
     except (OSError, ValueError, RuntimeError, KeyError, TypeError, AttributeError, IndexError) as exc:
         # A config that contradicts the weights (e.g. num_key_value_heads) surfaces here as a
-        # RuntimeError size mismatch, or a TypeError/KeyError from a config of the wrong type.
+        # RuntimeError size mismatch, or a TypeError/KeyError from a config of the wrong type;
+        # an 'auto' map that needs disk offload, as a ValueError asking for an offload folder.
         raise ValueError(f"{folder}: cannot load model ({type(exc).__name__}: {exc})") from None
     missing = sorted(info.get("missing_keys") or ())
     if missing:
         # transformers would fill these with random values and only log a warning.
         raise ValueError(f"{folder}: the weights lack {len(missing)} tensor(s) the model needs, e.g. {missing[:3]}")
-    model.to(dev)
+    if device_map is None:
+        model.to(dev)
+    else:
+        offloaded = _not_resident(None, model)
+        if offloaded:
+            raise _offload_error(Path(folder), offloaded)
     model.eval()
     model.requires_grad_(False)
     return model

@@ -1,9 +1,11 @@
 """The live engine: one working model on a device, rewritten in place for each (α, β).
 
-The engine loads (or computes) the vectors and ONE working ``transformers`` model, keeps
-the pristine θ_corrupted tensors (as stored in the checkpoint: the model dtype, or the
+The engine loads (or computes) the vectors and ONE working ``transformers`` model (on one
+device, or dispatched over several by ``accelerate`` with a ``device_map``), keeps the
+pristine θ_corrupted tensors (as stored in the checkpoint: the model dtype, or the
 checkpoint's own where it differs, so the compose rounds once; see :class:`_StoredCorrupted`)
-and τ_f, τ_r (fp32) on the device, and hands
+and τ_f, τ_r (fp32, or bf16 with ``vector_dtype``: storage only, the arithmetic stays fp32)
+on each parameter's own device, frees the CPU copies of the vectors, and hands
 them to a :class:`msa_core.recompose.RecomposePlan` built once in its constructor, which does
 the arithmetic ``w = cast(θ_c − α·τ_f + β·τ_r)`` (fp32) on every move: never incrementally
 (no drift) and never by building a new model (no extra memory). Tied weights are one
@@ -24,9 +26,9 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import torch
 
@@ -52,6 +54,13 @@ MODEL_DTYPES: dict[str, torch.dtype] = {
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
     "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
 }
+# Storage dtypes of τ_f, τ_r on the device (name or alias → dtype); the compose computes in fp32.
+VECTOR_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+}
+# device_map strings accelerate plans itself.
+AUTO_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 # How many parameter names an error about a module filter quotes as examples.
 _EXAMPLE_NAMES = 4
 
@@ -100,6 +109,104 @@ def resolve_model_dtype(dtype: Union[str, torch.dtype, None]) -> Optional[torch.
     elif isinstance(dtype, str) and dtype.strip().lower() in MODEL_DTYPES:
         return MODEL_DTYPES[dtype.strip().lower()]
     raise ValueError(f"unknown model dtype {dtype!r}; expected one of float32, bfloat16, float16 (or auto)")
+
+
+def resolve_vector_dtype(dtype: Union[str, torch.dtype, None]) -> torch.dtype:
+    """The storage dtype of the vectors for a name ('float32', 'bfloat16', 'bf16', …) or dtype
+    (None/'': float32). Raises ValueError naming the value and the accepted names otherwise."""
+    if dtype is None or (isinstance(dtype, str) and not dtype.strip()):
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        if dtype in VECTOR_DTYPES.values():
+            return dtype
+    elif isinstance(dtype, str) and dtype.strip().lower() in VECTOR_DTYPES:
+        return VECTOR_DTYPES[dtype.strip().lower()]
+    raise ValueError(f"unknown vector dtype {dtype!r}; expected float32 or bfloat16")
+
+
+def resolve_device_map(device_map: Any) -> Any:
+    """A checked ``device_map``: None; 'auto' (or another accelerate strategy); a device name
+    ('cpu', 'cuda:1', checked like :func:`resolve_device`) as ``{"": name}``; or a dict of module
+    name → device name or CUDA index, every device checked against this machine. 'disk' and
+    'meta' placements are refused, naming the modules: composition needs the weights resident."""
+    if device_map is None:
+        return None
+    if isinstance(device_map, str):
+        text = device_map.strip()
+        if text.lower() in AUTO_MAPS:
+            return text.lower()
+        if text.lower() in ("disk", "meta"):
+            raise ValueError(f"device map {text!r} would offload the whole model; composition needs the weights "
+                             "resident on a device (cpu or cuda)")
+        return {"": str(resolve_device(text))}
+    if not isinstance(device_map, dict) or not device_map:
+        raise ValueError(f"device map must be 'auto', a device name or a non-empty module → device object, "
+                         f"got {type(device_map).__name__}")
+    out: dict[str, Union[int, str]] = {}
+    offloaded = []
+    for module, where in device_map.items():
+        if not isinstance(module, str):
+            raise ValueError(f"device map key {module!r} must be a module name (string)")
+        if isinstance(where, bool) or not isinstance(where, (int, str, torch.device)):
+            raise ValueError(f"device map entry {module!r}: {where!r} is not a device name or CUDA index")
+        if isinstance(where, int):
+            resolve_device(f"cuda:{where}")
+            out[module] = where
+            continue
+        name = str(where).strip()
+        if name in ("disk", "meta"):
+            offloaded.append(module or "(whole model)")
+            continue
+        try:
+            out[module] = str(resolve_device(name))
+        except ValueError as exc:
+            raise ValueError(f"device map entry {module!r}: {exc}") from None
+    if offloaded:
+        raise ValueError(f"device map puts {', '.join(offloaded)} on disk/meta (offload); composition needs every "
+                         "weight resident on a device (cpu or cuda): place those modules on a device")
+    return out
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(text: Union[int, str], what: str = "size") -> int:
+    """Bytes from an int or a size like '70GiB', '500MB', '1.5TiB', '123' (units: B, KB, MB, GB, TB
+    powers of 1000; KiB, MiB, GiB, TiB powers of 1024; case-insensitive). ValueError names ``what``."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text < 0:
+            raise ValueError(f"{what}: {text} is negative")
+        return text
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
+    if m is None or m.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(f"{what}: {text!r} is not a size like 70GiB, 500MB or a byte count")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+def resolve_max_memory(max_memory: Optional[dict[Any, Any]]) -> Optional[dict[Union[int, str], int]]:
+    """``max_memory`` for accelerate: keys 'cpu', 'disk', 'mps', a CUDA index or 'cuda'/'cuda:N'
+    (→ the index), values bytes or a size (:func:`parse_size`) → bytes. ValueError names a bad
+    key or value."""
+    if max_memory is None:
+        return None
+    if not isinstance(max_memory, dict):
+        raise ValueError(f"max_memory must be a device → size object, got {type(max_memory).__name__}")
+    out: dict[Union[int, str], int] = {}
+    for key, size in max_memory.items():
+        k: Union[int, str]
+        if isinstance(key, int) and not isinstance(key, bool):
+            k = key
+        elif isinstance(key, str) and key.strip() in ("cpu", "disk", "mps"):
+            k = key.strip()
+        elif isinstance(key, str) and re.fullmatch(r"cuda(:\d+)?", key.strip()):
+            k = int(key.strip().partition(":")[2] or 0)
+        else:
+            raise ValueError(f"max_memory key {key!r}: expected cpu, disk, mps, cuda:N or a CUDA index")
+        if isinstance(size, bool) or not isinstance(size, (int, str)):
+            raise ValueError(f"max_memory[{key!r}] = {size!r}: expected bytes or a size like '70GiB'")
+        out[k] = parse_size(size, f"max_memory[{key!r}]")
+    return out
 
 
 def check_finite(named: Iterable[tuple[str, torch.Tensor]], what: str) -> None:
@@ -241,6 +348,9 @@ class Engine:
         compat: Optional[CompatReport] = None,
         fingerprint: str = "",
         load_seconds: float = 0.0,
+        vector_dtype: Union[str, torch.dtype, None] = "float32",
+        device_map: Any = None,
+        max_memory: Optional[dict[Any, Any]] = None,
     ):
         self.experiment = experiment
         # The experiment as loaded; :meth:`swap_vectors` changes ``experiment`` (another θ_clean /
@@ -260,22 +370,33 @@ class Engine:
         self.compose_path = ""  # how the last recompose ran (benchmarks and the app's status)
         self._side: dict[str, PreTrainedModel] = {}
         self._side_lock = threading.Lock()
+        # τ_f, τ_r storage on the devices; the device map / max memory the model was loaded with
+        # (side models load the same way).
+        self.vector_dtype: torch.dtype = resolve_vector_dtype(vector_dtype)
+        self.device_map = device_map
+        self.max_memory = max_memory
         first = next(model.parameters())
-        self.device: torch.device = first.device
+        self.device: torch.device = first.device  # where inputs go (a dispatched model's first device)
         self.dtype: torch.dtype = first.dtype
+        self.devices: tuple[torch.device, ...] = tuple(
+            sorted({p.device for p in model.parameters()}, key=lambda d: (d.type != first.device.type, str(d)))
+        )
         self.parameter_count = sum(p.numel() for p in model.parameters())
         # Once, at load: a NaN/Inf in θ_c would otherwise give empty answers at every point.
         check_finite(model.named_parameters(), f"corrupted checkpoint {experiment.checkpoints.corrupted}")
-        # the names of the parameters α/β apply to, parallel to the plan's tensors
-        self.param_names, self.plan = self._build_plan(vectors, module_filter)
+        # the names of the parameters α/β apply to, parallel to the plan's tensors; ``vectors``
+        # becomes the placed copies (the caller's CPU fp32 tensors are not kept)
+        self.param_names, self.plan, self.vectors = self._build_plan(vectors, module_filter)
         self.alpha = 0.0  # the working model starts as θ_corrupted
         self.beta = 0.0
 
     def _build_plan(
         self, vectors: VectorSet, module_filter: Optional[ModuleFilter]
-    ) -> tuple[list[str], RecomposePlan]:
-        """Pair every (filtered) parameter with a pristine copy and its vectors on the device;
-        returns the parameter names and the plan over them."""
+    ) -> tuple[list[str], RecomposePlan, VectorSet]:
+        """Pair every (filtered) parameter with a pristine copy and its vectors on that parameter's
+        device (in :attr:`vector_dtype`); returns the parameter names, the plan over them and
+        ``vectors`` holding only those placed copies (by vector name: fingerprint, path and norms
+        kept), so the caller's CPU tensors are freed once it drops them."""
         kept: list[str] = []
         names = _resolve_names(self.model, set(vectors.forget))
         params = dict(self.model.named_parameters())
@@ -283,6 +404,8 @@ class Engine:
         pristine: list[torch.Tensor] = []
         tau_f: list[torch.Tensor] = []
         tau_r: list[torch.Tensor] = []
+        placed_f: dict[str, torch.Tensor] = {}
+        placed_r: dict[str, torch.Tensor] = {}
         with torch.no_grad(), _StoredCorrupted(self.experiment.checkpoints.corrupted, self.dtype) as stored:
             for pname, vname in names.items():
                 p = params[pname]
@@ -296,15 +419,17 @@ class Engine:
                 kept.append(pname)
                 live.append(p.data)
                 pristine.append(stored.pristine(vname, p.data))
-                tau_f.append(tf.to(device=self.device, dtype=torch.float32))
-                tau_r.append(tr.to(device=self.device, dtype=torch.float32))
+                # on THIS parameter's device: a dispatched model composes without crossing devices
+                tau_f.append(tf.to(device=p.device, dtype=self.vector_dtype))
+                tau_r.append(tr.to(device=p.device, dtype=self.vector_dtype))
+                placed_f[vname], placed_r[vname] = tau_f[-1], tau_r[-1]
         if module_filter is not None and not kept:
             shown = ", ".join(list(names)[:_EXAMPLE_NAMES])
             raise ValueError(
                 f"module filter ({module_filter.describe()}) matches none of the model's {len(names)} parameters "
                 f"(e.g. {shown}); α/β would change nothing"
             )
-        return kept, RecomposePlan(live, pristine, tau_f, tau_r)
+        return kept, RecomposePlan(live, pristine, tau_f, tau_r), replace(vectors, forget=placed_f, retain=placed_r)
 
     def swap_vectors(self, experiment: Experiment, vectors: VectorSet, *, fingerprint: str = "",
                      choice: Optional[object] = None) -> None:
@@ -323,8 +448,8 @@ class Engine:
         with self.lock:
             self.alpha = self.beta = math.nan
             self.plan.compose(0.0, 0.0)  # θ_c: the old plan's pristine copy, before it is replaced
-            names, plan = self._build_plan(vectors, self.module_filter)
-            self.param_names, self.plan, self.vectors = names, plan, vectors
+            names, plan, placed = self._build_plan(vectors, self.module_filter)
+            self.param_names, self.plan, self.vectors = names, plan, placed
             self.experiment = experiment
             self.choice = choice
             self.fingerprint = fingerprint or experiment_fingerprint(experiment)
@@ -343,18 +468,35 @@ class Engine:
         cache_dir: Optional[Path] = None,
         module_filter: Optional[ModuleFilter] = None,
         progress: Optional[Progress] = None,
+        vector_dtype: Union[str, torch.dtype, None] = "float32",
+        device_map: Any = None,
+        max_memory: Optional[dict[Any, Any]] = None,
     ) -> Engine:
-        """Check the checkpoints, load (or compute) the vectors, load the working model."""
+        """Check the checkpoints, load (or compute) the vectors, load the working model.
+
+        ``vector_dtype`` ('float32' | 'bfloat16'): how τ_f, τ_r are stored on the device (bf16:
+        half the memory; the compose still computes in fp32). ``device_map`` (None: the whole
+        model on ``device``; 'auto'; a device name; or a module → device dict) loads the model
+        through accelerate, with ``max_memory`` (device → bytes or '70GiB'; CUDA devices as
+        indices or 'cuda:N') for 'auto'; each parameter's θ_c, τ_f, τ_r then live on its device.
+        """
         t0 = time.perf_counter()
-        dev = resolve_device(device)  # before anything heavy: a bad --device/--dtype fails at once
+        # before anything heavy: a bad --device/--dtype/--vector-dtype/--device-map fails at once
+        if device_map is not None and device not in (None, "", "auto"):
+            raise ValueError(f"give a device ({device!r}) or a device map ({device_map!r}), not both")
+        device_map = resolve_device_map(device_map)
+        max_memory = resolve_max_memory(max_memory)
+        dev = resolve_device(device) if device_map is None else None
         dtype = resolve_model_dtype(dtype)
+        vdtype = resolve_vector_dtype(vector_dtype)
         report(progress, 0.0, "checking checkpoints")
         compat = check_compatible(experiment)
         vectors = compute_vectors(experiment, cache_dir, sub_progress(progress, 0.05, 0.8), check=False)
         report(progress, 0.8, "loading the working model")
         tok = load_tokenizer(experiment.checkpoints.corrupted, trust_remote_code=experiment.trust_remote_code)
         model = load_model(
-            experiment.checkpoints.corrupted, device=dev, dtype=dtype, trust_remote_code=experiment.trust_remote_code
+            experiment.checkpoints.corrupted, device=dev, dtype=dtype, trust_remote_code=experiment.trust_remote_code,
+            device_map=device_map, max_memory=max_memory,
         )
         engine = cls(
             experiment,
@@ -364,7 +506,11 @@ class Engine:
             module_filter=module_filter,
             compat=compat,
             fingerprint=experiment_fingerprint(experiment),
+            vector_dtype=vdtype,
+            device_map=device_map,
+            max_memory=max_memory,
         )
+        del vectors  # the CPU fp32 tensors: the engine holds the placed copies
         engine.load_seconds = time.perf_counter() - t0
         report(progress, 1.0, "engine ready")
         return engine
@@ -389,8 +535,10 @@ class Engine:
             # (0, 0) is a copy of θ_c, checked at load; any other point costs one read of the
             # weights (a sum per tensor or slice). The sum's sync also waits for a GPU compose.
             bad = self.plan.first_non_finite() if (alpha, beta) != (0.0, 0.0) else None
-            if bad is None and self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
+            if bad is None:
+                for dev in self.plan.devices:
+                    if dev.type == "cuda":
+                        torch.cuda.synchronize(dev)
             if bad is not None:
                 dtype = str(self.dtype).removeprefix("torch.")
                 self.plan.compose(0.0, 0.0)  # θ_c itself (a copy, finite: checked at load)
@@ -436,7 +584,8 @@ class Engine:
         with self._side_lock:
             if role not in self._side:
                 model = load_model(
-                    folder, device=self.device, dtype=self.dtype, trust_remote_code=self.experiment.trust_remote_code
+                    folder, device=self.device, dtype=self.dtype, trust_remote_code=self.experiment.trust_remote_code,
+                    device_map=self.device_map, max_memory=self.max_memory,
                 )
                 check_finite(model.named_parameters(), f"{role} checkpoint {folder}")  # once, before it is kept
                 self._side[role] = model
@@ -445,20 +594,27 @@ class Engine:
     @property
     def model_settings(self) -> dict[str, object]:
         """What besides the checkpoints changes this engine's outputs, as JSON: the model dtype,
-        the device type ('cpu', 'cuda', …) and the module filter (None when α/β apply everywhere).
-        Part of the key of every stored result and of the app's memos."""
+        the device type ('cpu', 'cuda', …; 'cpu+cuda' for a model dispatched over both), the
+        module filter (None when α/β apply everywhere) and, only when not float32, the vectors'
+        storage dtype (so results stored before that option keep their keys). Part of the key of
+        every stored result and of the app's memos."""
         f = self.module_filter
         filt = None
         if f is not None and (f.include is not None or f.layers is not None):
             filt = {"include": f.include, "layers": None if f.layers is None else list(f.layers)}
-        return {"dtype": str(self.dtype).replace("torch.", ""), "device": self.device.type, "module_filter": filt}
+        device = "+".join(sorted({d.type for d in self.devices})) or self.device.type
+        out: dict[str, object] = {"dtype": str(self.dtype).replace("torch.", ""), "device": device,
+                                  "module_filter": filt}
+        if self.vector_dtype != torch.float32:
+            out["vector_dtype"] = _dtype_name(self.vector_dtype)
+        return out
 
     def release_side_model(self, role: str) -> bool:
         """Drop the loaded side model of ``role`` (its memory is freed once no caller holds it);
         True when one was loaded. A later :meth:`side_model` loads it again."""
         with self._side_lock:
             model = self._side.pop(role, None)
-        if model is not None and self.device.type == "cuda":
+        if model is not None and any(d.type == "cuda" for d in self.devices):
             del model
             torch.cuda.empty_cache()
             return True
@@ -473,6 +629,11 @@ class Engine:
         so the first slider moves do not wait for the compiler; a compose that starts
         meanwhile waits for it. For long-lived processes (the app); None when not needed."""
         return self.plan.warm_up_async()
+
+    def memory_by_device(self) -> dict[str, dict[str, int]]:
+        """Per device (e.g. 'cuda:0'): bytes of the composed parameters, pristine θ_c, the vectors
+        and scratch there (parameters outside a module filter are not counted)."""
+        return self.plan.memory_by_device()
 
     def memory_bytes(self) -> dict[str, int]:
         """Bytes held by the working model, pristine θ_c, the vectors, scratch and side models."""

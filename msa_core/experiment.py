@@ -21,8 +21,17 @@ file's own folder, so a demo folder can be moved as a whole::
     conventions: {}                # optional metric conventions (msa_core.conventions)
     alpha_range: [0.0, 5.0]
     beta_range: [0.0, 5.0]
+    clean_history:                 # optional: other candidate θ_clean checkpoints, oldest first
+      - label: pretrain-e10        # unique, [A-Za-z0-9_.-]+ ; "default" means checkpoints: above
+        clean: models/history/pretrain-e10
+        forget: models/history/pretrain-e10-forget   # that clean fine-tuned on the forget set
+        retain: models/history/pretrain-e10-retain   # that clean fine-tuned on the retain set
+        before_forget: true        # optional: did this checkpoint precede the forget data?
+        step: 10                   # optional number (step / epoch / tokens) for ordering and plots
 
 :func:`load_experiment` validates every field and path, raising an error that names it.
+The clean history is not part of the experiment's fingerprint (msa_core.fingerprints): a
+choice among its candidates is a derived experiment with its own (msa_core.choices).
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
@@ -48,6 +58,12 @@ DEFAULT_BETA_RANGE = (0.0, 5.0)
 # A split is a file or folder name inside the data folder (forget10, retain_perturbed, ...):
 # no path separators, so a name like ``../../x`` cannot read outside it.
 _SPLIT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
+# A clean-history label: it appears in choice labels, plot legends and URLs.
+_CANDIDATE_LABEL = re.compile(r"[A-Za-z0-9_.\-]+")
+# The label of the experiment's own checkpoints (``checkpoints:``) among the θ_clean candidates.
+DEFAULT_CANDIDATE = "default"
+CANDIDATE_ROLES = ("clean", "forget", "retain")
+_CANDIDATE_KEYS = ("label", *CANDIDATE_ROLES, "before_forget", "step")
 
 
 def check_split_name(value: Any, where: str) -> str:
@@ -79,6 +95,23 @@ class Checkpoints:
 
 
 @dataclass(frozen=True)
+class CleanCandidate:
+    """One candidate θ_clean with its forget and retain fine-tunes (an entry of ``clean_history``).
+
+    ``before_forget``: whether this checkpoint precedes the forget data (None: unknown; the
+    task-vector baseline, θ_clean = θ_corrupted, is False). ``step``: training step, epoch or
+    tokens seen, for ordering and plots (None: not given).
+    """
+
+    label: str
+    clean: Path
+    forget: Path
+    retain: Path
+    before_forget: Optional[bool] = None
+    step: Optional[float] = None
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """Where the evaluation data lives and which splits to use."""
 
@@ -104,6 +137,8 @@ class Experiment:
     prompt_format: str = DEFAULT_PROMPT_FORMAT
     # (name, choice) pairs (a tuple, so experiments stay hashable); see :attr:`metric_conventions`.
     conventions: tuple[tuple[str, str], ...] = tuple(DEFAULT_CONVENTIONS.items())
+    # Other candidate θ_clean checkpoints, oldest first (msa_core.choices); not fingerprinted.
+    clean_history: tuple[CleanCandidate, ...] = ()
 
     @property
     def benchmarks(self) -> tuple[str, ...]:
@@ -170,6 +205,71 @@ def _range(raw: Any, default: tuple[float, float], where: str) -> tuple[float, f
     return (lo, hi)
 
 
+def check_candidate_label(value: Any, where: str) -> str:
+    """``value`` if it is a usable clean-history label, else a ValueError naming ``where``."""
+    if not isinstance(value, str) or not _CANDIDATE_LABEL.fullmatch(value):
+        raise ValueError(f"{where}: {value!r:.100} is not a label (letters, digits, '_', '-' and '.')")
+    if value == DEFAULT_CANDIDATE:
+        raise ValueError(f"{where}: {DEFAULT_CANDIDATE!r} is reserved for the experiment's own checkpoints")
+    return value
+
+
+def _candidate_from_dict(raw: Any, base: Path, where: str, check_paths: bool) -> CleanCandidate:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: expected a mapping with label/clean/forget/retain, got {type(raw).__name__}")
+    unknown = sorted(str(k) for k in raw if k not in _CANDIDATE_KEYS)
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {unknown}; expected {list(_CANDIDATE_KEYS)}")
+    for key in ("label", *CANDIDATE_ROLES):
+        if raw.get(key) is None:
+            raise KeyError(f"{where}.{key} is missing")
+    label = check_candidate_label(raw["label"], f"{where}.label")
+    folders = {role: _resolve(base, raw[role], f"{where}.{role}") for role in CANDIDATE_ROLES}
+    if check_paths:
+        for role, folder in folders.items():
+            _check_model_folder(folder, f"{where}.{role}")
+    before = raw.get("before_forget")
+    if before is not None and not isinstance(before, bool):
+        raise ValueError(f"{where}.before_forget: expected true or false, got {before!r:.100}")
+    step = raw.get("step")
+    if step is not None:
+        try:
+            number = float(step) if isinstance(step, (int, float)) and not isinstance(step, bool) else math.nan
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise ValueError(f"{where}.step: expected a finite number, got {step!r:.100}")
+        step = number
+    return CleanCandidate(label=label, before_forget=before, step=step, **folders)
+
+
+def check_clean_history(
+    history: Any, base: Path, where: str = "clean_history", *, check_paths: bool = True
+) -> tuple[CleanCandidate, ...]:
+    """Parse and validate a ``clean_history`` list (None: empty); paths resolve against ``base``.
+
+    Every entry needs a well-formed, unique label other than ``default`` and three model
+    folders (checked when ``check_paths``); errors name ``clean_history[i].field``.
+    """
+    if history is None:
+        return ()
+    if not isinstance(history, (list, tuple)):
+        raise ValueError(f"{where}: expected a list of checkpoints, got {type(history).__name__}")
+    out: list[CleanCandidate] = []
+    seen: dict[str, int] = {}
+    for i, raw in enumerate(history):
+        entry = raw
+        if isinstance(raw, CleanCandidate):
+            entry = {"label": raw.label, "clean": raw.clean, "forget": raw.forget, "retain": raw.retain,
+                     "before_forget": raw.before_forget, "step": raw.step}
+        cand = _candidate_from_dict(entry, base, f"{where}[{i}]", check_paths)
+        if cand.label in seen:
+            raise ValueError(f"{where}[{i}].label: {cand.label!r} is already used by {where}[{seen[cand.label]}]")
+        seen[cand.label] = i
+        out.append(cand)
+    return tuple(out)
+
+
 def experiment_from_dict(
     raw: Any, base: Path, *, source: Optional[Path] = None, check_paths: bool = True
 ) -> Experiment:
@@ -233,6 +333,9 @@ def experiment_from_dict(
         source=source,
         prompt_format=check_prompt_format(raw.get("prompt_format") or DEFAULT_PROMPT_FORMAT, f"{where}: prompt_format"),
         conventions=tuple(check_conventions(raw.get("conventions"), f"{where}: conventions").items()),
+        clean_history=check_clean_history(
+            raw.get("clean_history"), base, f"{where}: clean_history", check_paths=check_paths
+        ),
     )
 
 
@@ -269,7 +372,7 @@ def experiment_to_dict(exp: Experiment, base: Optional[Path] = None) -> dict[str
         "holdout_split": exp.data.holdout_split,
         "muse": rel(exp.data.muse),
     }
-    return {
+    out: dict[str, Any] = {
         "name": exp.name,
         "checkpoints": ck,
         "data": data,
@@ -280,6 +383,18 @@ def experiment_to_dict(exp: Experiment, base: Optional[Path] = None) -> dict[str
         "prompt_format": exp.prompt_format,
         "conventions": exp.metric_conventions,
     }
+    if exp.clean_history:  # written only when present, so files without one stay as they were
+        out["clean_history"] = [_candidate_to_dict(c, rel) for c in exp.clean_history]
+    return out
+
+
+def _candidate_to_dict(cand: CleanCandidate, rel: Callable[[Optional[Path]], Optional[str]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"label": cand.label, **{role: rel(getattr(cand, role)) for role in CANDIDATE_ROLES}}
+    if cand.before_forget is not None:
+        out["before_forget"] = cand.before_forget
+    if cand.step is not None:
+        out["step"] = int(cand.step) if float(cand.step).is_integer() else cand.step
+    return out
 
 
 def save_experiment(exp: Experiment, path: str | os.PathLike[str]) -> Path:

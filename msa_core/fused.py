@@ -1,22 +1,30 @@
-"""An optional fused recompose kernel for large models on the CPU.
+"""The one-pass fused recompose kernel, for large models on the CPU and on CUDA devices.
 
 On the CPU, ATen's bf16↔fp32 conversions run at about half the memory bandwidth, so the
 eager recompose of a bf16 model (convert θ_c to fp32, two multiply-adds, convert back, all
 on cache-resident slices) reaches only ~0.5 of the copy bandwidth (BENCHMARKS.md, figure 1),
-and every eager op on a slice costs a dispatch. A ``torch.compile``'d kernel (Inductor's
-vectorised C++) does the whole expression, conversions included, in registers in a single
-pass: read θ_c, τ_f, τ_r once, write w once.
+and every eager op on a slice costs a dispatch. On a GPU the eager foreach path makes three
+passes through an fp32 scratch (copy θ_c, add −α·τ_f, add β·τ_r, cast back): about three
+times the bytes of one pass. A ``torch.compile``'d kernel (Inductor: vectorised C++ on the
+CPU, a generated Triton kernel on CUDA) does the whole expression, conversions included, in
+registers in a single pass: read θ_c, τ_f, τ_r once, write w once.
 
-It is compiled on first use (a few seconds, once per process and term pattern; it needs a
-C++ compiler). Any failure to compile or run disables it for the rest of the process with
-one warning, and the caller falls back to the eager path, which rewrites every parameter.
-θ_c may be in another floating dtype than the model (an fp32 checkpoint in a bf16 model): it
-is read exactly into fp32 like the other terms, so the result is still rounded once.
-The value computed is the same fp32 expression rounded once to the model dtype, but the
-compiler may contract or order the multiply-adds differently: an element can differ from
-the eager path in its last bits (a unit or two in the last place of a bf16 model where the
-terms nearly cancel; fp32 rounding level for an fp32 model). Set ``MSA_FUSED_COMPOSE=0``
-to turn it off.
+Kernels come in two families, 'cpu' and 'cuda' (separate functions, so each has its own
+compile cache and recompile budget); the coefficients are 0-d fp32 tensors on the tensors'
+device and sizes are dynamic, so a new (α, β) never recompiles. A kernel is compiled on first
+use (a few seconds, once per process, family and term pattern; the CPU family needs a C++
+compiler, the CUDA family Triton). Any failure to compile or run disables that family for
+the rest of the process with one warning, and the caller falls back to its eager path, which
+rewrites every parameter. θ_c may be in another floating dtype than the model (an fp32
+checkpoint in a bf16 model) and the vectors may be bf16: every term is read exactly into
+fp32, so the result is still rounded once. The value computed is the same fp32 expression
+rounded once to the model dtype, but the compiler may contract or order the multiply-adds
+differently: an element can differ from the eager path in its last bits (a unit or two in
+the last place of a bf16 model where the terms nearly cancel; fp32 rounding level for an
+fp32 model). Set ``MSA_FUSED_COMPOSE=0`` to turn it off (both families).
+
+NOTE: the CUDA family has been tested on the CPU only (the same code compiled for CPU
+tensors, the dispatch and the fallback); it has not been measured on a GPU.
 """
 
 from __future__ import annotations
@@ -25,58 +33,86 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
 log = logging.getLogger(__name__)
 
+# Kernel families: the device types a compiled kernel exists for.
+FAMILIES = ("cpu", "cuda")
 _LOCK = threading.Lock()
-_KERNELS: dict[tuple[bool, bool], Callable[..., None]] = {}
-_DISABLED: Optional[str] = None
+_KERNELS: dict[tuple[str, bool, bool], Callable[..., None]] = {}
+_DISABLED: dict[str, str] = {}  # family → why it was disabled in this process
 
 
-def enabled() -> bool:
-    """Whether the fused kernel may be tried (not turned off by the environment, not failed)."""
+def enabled(family: str = "cpu") -> bool:
+    """Whether the fused kernel of ``family`` ('cpu' | 'cuda') may be tried (a known family, not
+    turned off by the environment, not failed)."""
     switch = os.environ.get("MSA_FUSED_COMPOSE", "1").strip().lower()
-    return _DISABLED is None and switch not in ("0", "false", "no", "off")
+    return family in FAMILIES and family not in _DISABLED and switch not in ("0", "false", "no", "off")
 
 
-def disabled_reason() -> Optional[str]:
-    """Why the kernel was disabled in this process (None when it was not)."""
-    return _DISABLED
+def disabled_reason(family: str = "cpu") -> Optional[str]:
+    """Why the kernel of ``family`` was disabled in this process (None when it was not)."""
+    return _DISABLED.get(family)
 
 
 # One top-level function per term pattern: torch.compile caches per code object, so three
 # closures over one function would share (and exhaust) a single recompile budget.
+# The vectors are cast to fp32 explicitly: a 0-d fp32 coefficient times a bf16 tensor would
+# otherwise compute in bf16 (0-d tensors do not promote), and for fp32 vectors it is a no-op.
 def _a(
     out: torch.Tensor, base: torch.Tensor, tau_f: torch.Tensor, tau_r: torch.Tensor, ca: torch.Tensor, cb: torch.Tensor
 ) -> None:
-    out.copy_((base.to(torch.float32) + ca * tau_f).to(out.dtype))
+    out.copy_((base.to(torch.float32) + ca * tau_f.to(torch.float32)).to(out.dtype))
 
 
 def _b(
     out: torch.Tensor, base: torch.Tensor, tau_f: torch.Tensor, tau_r: torch.Tensor, ca: torch.Tensor, cb: torch.Tensor
 ) -> None:
-    out.copy_((base.to(torch.float32) + cb * tau_r).to(out.dtype))
+    out.copy_((base.to(torch.float32) + cb * tau_r.to(torch.float32)).to(out.dtype))
 
 
 def _ab(
     out: torch.Tensor, base: torch.Tensor, tau_f: torch.Tensor, tau_r: torch.Tensor, ca: torch.Tensor, cb: torch.Tensor
 ) -> None:
-    out.copy_((base.to(torch.float32) + ca * tau_f + cb * tau_r).to(out.dtype))
+    out.copy_((base.to(torch.float32) + ca * tau_f.to(torch.float32) + cb * tau_r.to(torch.float32)).to(out.dtype))
 
 
-_PATTERNS = {(True, False): _a, (False, True): _b, (True, True): _ab}
+# The same three for CUDA tensors: their own code objects, so the CUDA kernels neither share
+# nor exhaust the CPU kernels' compile cache.
+def _a_cuda(
+    out: torch.Tensor, base: torch.Tensor, tau_f: torch.Tensor, tau_r: torch.Tensor, ca: torch.Tensor, cb: torch.Tensor
+) -> None:
+    out.copy_((base.to(torch.float32) + ca * tau_f.to(torch.float32)).to(out.dtype))
+
+
+def _b_cuda(
+    out: torch.Tensor, base: torch.Tensor, tau_f: torch.Tensor, tau_r: torch.Tensor, ca: torch.Tensor, cb: torch.Tensor
+) -> None:
+    out.copy_((base.to(torch.float32) + cb * tau_r.to(torch.float32)).to(out.dtype))
+
+
+def _ab_cuda(
+    out: torch.Tensor, base: torch.Tensor, tau_f: torch.Tensor, tau_r: torch.Tensor, ca: torch.Tensor, cb: torch.Tensor
+) -> None:
+    out.copy_((base.to(torch.float32) + ca * tau_f.to(torch.float32) + cb * tau_r.to(torch.float32)).to(out.dtype))
+
+
+_PATTERNS = {
+    ("cpu", True, False): _a, ("cpu", False, True): _b, ("cpu", True, True): _ab,
+    ("cuda", True, False): _a_cuda, ("cuda", False, True): _b_cuda, ("cuda", True, True): _ab_cuda,
+}
 # Tensors smaller than this are done eagerly: negligible bytes, and tiny sizes (0, 1) would
 # each cost the compiler a specialised recompile.
 _EAGER_BELOW = 4096
 
 
-def _kernel(use_a: bool, use_b: bool) -> Callable[..., None]:
+def _kernel(use_a: bool, use_b: bool, family: str = "cpu") -> Callable[..., None]:
     # dynamic=True: one kernel serves every tensor size; the coefficients are 0-d tensors so
     # a new (α, β) never recompiles.
-    return torch.compile(_PATTERNS[(use_a, use_b)], dynamic=True, fullgraph=True)
+    return torch.compile(_PATTERNS[(family, use_a, use_b)], dynamic=True, fullgraph=True)
 
 
 def _eager(p: torch.Tensor, b: torch.Tensor, f: torch.Tensor, r: torch.Tensor, ca: float, cb: float) -> None:
@@ -98,10 +134,14 @@ def prepare(
     tau_r: Sequence[torch.Tensor],
 ) -> Optional[Views]:
     """Flat (w, θ_c, τ_f, τ_r) views of every parameter, their sizes marked dynamic, built once
-    and reused on every move; None when some tensor is not a contiguous CPU tensor."""
+    and reused on every move; None when some tensor is not contiguous, or the tensors are not
+    all on one CPU or CUDA device."""
     views: Views = []
+    device = params[0].device if params else None
+    if device is not None and device.type not in FAMILIES:
+        return None
     for ts in zip(params, pristine, tau_f, tau_r):
-        if any(t.device.type != "cpu" or not t.is_contiguous() for t in ts):
+        if any(t.device != device or not t.is_contiguous() for t in ts):
             return None
         flat = tuple(t.view(-1) for t in ts)
         if flat[0].numel() >= _EAGER_BELOW:
@@ -111,65 +151,79 @@ def prepare(
     return views
 
 
-def compose_fused(views: Views, ca: float, cb: float) -> bool:
+def compose_fused(views: Views, ca: float, cb: float, *, family: Optional[str] = None) -> bool:
     """w = cast(θ_c + ca·τ_f + cb·τ_r) into every parameter of ``views`` (from :func:`prepare`)
-    with the fused kernel (zero coefficients skip their term). Returns False, having possibly
-    written some parameters, when the kernel is unavailable; the caller must then run its own
-    path over all of them.
+    with the fused kernel of ``family`` (default: the tensors' device type; zero coefficients skip
+    their term). Returns False, having possibly written some parameters, when the kernel is
+    unavailable or failed (then disabled for the process, with one warning); the caller must
+    then run its own path over all of them.
     """
-    global _DISABLED
-    if not enabled() or not views:
+    if not views:
+        return False
+    device = views[0][0].device
+    family = family or device.type
+    if not enabled(family):
         return False
     use_a, use_b = ca != 0.0, cb != 0.0
     if not (use_a or use_b):
         return False
-    ta = torch.tensor(ca, dtype=torch.float32)
-    tb = torch.tensor(cb, dtype=torch.float32)
+    # 0-d tensors on the tensors' device: a new value is data, not a new kernel.
+    ta = torch.tensor(ca, dtype=torch.float32, device=device)
+    tb = torch.tensor(cb, dtype=torch.float32, device=device)
     # no_grad always: grad mode is part of the compiled kernels' guards, so the warm-up and
     # the engine must call them in the same mode or the first real move recompiles.
     with _LOCK, torch.no_grad():  # compilation is not thread-safe; composes are serial per engine anyway
         try:
-            fn = _KERNELS.get((use_a, use_b))
+            fn = _KERNELS.get((family, use_a, use_b))
             if fn is None:
-                fn = _KERNELS[(use_a, use_b)] = _kernel(use_a, use_b)
+                fn = _KERNELS[(family, use_a, use_b)] = _kernel(use_a, use_b, family)
             for p, b, f, r in views:
                 if p.numel() < _EAGER_BELOW:
                     _eager(p, b, f, r, ca, cb)
                 else:
                     fn(p, b, f, r, ta, tb)
         except Exception as exc:  # noqa: BLE001 - any compiler/runtime failure means: use the eager path
-            _DISABLED = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-            log.warning("fused CPU recompose disabled for this process (%s); using the eager path", _DISABLED)
+            text = str(exc).strip()
+            _DISABLED[family] = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+            log.warning("fused %s recompose disabled for this process (%s); using the eager path",
+                        family.upper(), _DISABLED[family])
             return False
     return True
 
 
-def warm_up(dtype: torch.dtype, base_dtypes: Sequence[torch.dtype] = ()) -> bool:
-    """Compile the three term patterns for a model of ``dtype`` now, on small tensors, so the
-    first slider moves do not wait for the compiler; once per θ_c dtype in ``base_dtypes``
-    (default: the model's; an fp32 θ_c of a bf16 model is another kernel). Returns whether the
-    kernel is usable."""
+def warm_up(
+    dtype: torch.dtype,
+    base_dtypes: Sequence[torch.dtype] = (),
+    *,
+    vector_dtype: torch.dtype = torch.float32,
+    device: Union[str, torch.device] = "cpu",
+    family: Optional[str] = None,
+) -> bool:
+    """Compile the three term patterns for a model of ``dtype`` on ``device`` now, on small
+    tensors, so the first slider moves do not wait for the compiler; once per θ_c dtype in
+    ``base_dtypes`` (default: the model's; an fp32 θ_c of a bf16 model is another kernel), with
+    vectors of ``vector_dtype``. Returns whether the kernel is usable."""
     n = 2 * _EAGER_BELOW
+    dev = torch.device(device)
     for base in tuple(base_dtypes) or (dtype,):
         for shape in ((n,), (2, n // 2)):  # flat views of 1-D and 2-D parameters are guarded apart
             views = prepare(
-                [torch.empty(shape, dtype=dtype)],
-                [torch.zeros(shape, dtype=base)],
-                [torch.zeros(shape)],
-                [torch.zeros(shape)],
+                [torch.empty(shape, dtype=dtype, device=dev)],
+                [torch.zeros(shape, dtype=base, device=dev)],
+                [torch.zeros(shape, dtype=vector_dtype, device=dev)],
+                [torch.zeros(shape, dtype=vector_dtype, device=dev)],
             )
             for ca, cb in ((1.0, 1.0), (1.0, 0.0), (0.0, 1.0)):
-                if views is None or not compose_fused(views, ca, cb):
+                if views is None or not compose_fused(views, ca, cb, family=family):
                     return False
     return True
 
 
 def _reset_for_tests() -> None:
     """Forget compiled kernels and a recorded failure (tests only)."""
-    global _DISABLED
     with _LOCK:
         _KERNELS.clear()
-        _DISABLED = None
+        _DISABLED.clear()
 
 
-__all__ = ["enabled", "disabled_reason", "prepare", "compose_fused", "warm_up"]
+__all__ = ["FAMILIES", "enabled", "disabled_reason", "prepare", "compose_fused", "warm_up"]

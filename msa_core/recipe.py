@@ -22,6 +22,13 @@ reused, so a second run trains nothing. :func:`init_experiment` then writes
 ``OUT/experiment.yaml`` naming all checkpoints and the data folder, so
 ``msa init … && streamlit run app.py`` is the whole path. ``OUT`` holds the marker
 :data:`MARKER`; a folder that is neither empty nor marked is refused (never written into).
+
+The task-vector baseline (the paper's "MSA from the final model", ``msa init --task-vector``):
+θ_corrupted fine-tuned on the forget and on the retain data (the forget/retain roles' data
+and settings) into ``OUT/task-vector/forget`` and ``OUT/task-vector/retain``, written as the
+``clean_history`` candidate :data:`TASK_VECTOR` (clean = the corrupted folder, before_forget
+false). :func:`train_candidate` makes any such candidate (the embedded demo also uses it for
+an earlier θ_clean checkpoint).
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from msa_core.atomic import write_text
 from msa_core.experiment import Checkpoints, DataConfig, Experiment, check_split_name, save_experiment
@@ -50,10 +57,16 @@ from msa_core.finetune.data import available_tofu_splits
 from msa_core.finetune.train import check_causal_lm
 from msa_core.progress import Progress, report, sub_progress
 
+if TYPE_CHECKING:
+    from msa_core.experiment import CleanCandidate
+
 MARKER = "msa_init.json"
 # Roles in training order: the cheap forget/retain runs first, so a bad setting shows early.
 ROLES = ("forget", "retain", "corrupted", "reference")
 _FORGET = re.compile(r"forget(\d\d)")
+# The label and folder (inside OUT) of the task-vector candidate; its fine-tunes' roles.
+TASK_VECTOR = "task-vector"
+CANDIDATE_ROLES = ("forget", "retain")
 
 
 @dataclass(frozen=True)
@@ -228,6 +241,9 @@ def _made_by_finetune(entry: Path) -> bool:
     # `accelerate launch` on several GPUs) is taken as is: init then reuses those fine-tunes.
     if entry.name in ROLES:
         return entry.is_dir() and read_card(entry) is not None
+    if entry.name == TASK_VECTOR:
+        return entry.is_dir() and all(p.name in CANDIDATE_ROLES + tuple(f".{r}.train" for r in CANDIDATE_ROLES)
+                                      and _made_by_finetune(p) for p in entry.iterdir())
     return entry.name in {f".{role}.train" for role in ROLES}
 
 
@@ -297,6 +313,30 @@ def train_checkpoints(clean: Path, data: Mapping[str, TrainingData | Sequence[Tr
     return runs
 
 
+def train_candidate(label: str, clean: Path, data: Mapping[str, TrainingData | Sequence[TrainingData]], out: Path,
+                    config: TrainConfig, *, before_forget: Optional[bool] = None, step: Optional[float] = None,
+                    role_configs: Optional[Mapping[str, TrainConfig]] = None, progress: Optional[Progress] = None,
+                    reuse: bool = True) -> tuple[CleanCandidate, dict[str, FinetuneResult]]:
+    """Fine-tune ``clean`` on the forget and retain data of ``data`` into ``out/forget`` and
+    ``out/retain`` (:func:`train_checkpoints`, reused when the card matches) and describe the
+    result as a ``clean_history`` candidate.
+
+    ``data`` needs the ``forget`` and ``retain`` roles (others are ignored); ``role_configs``
+    overrides ``config`` for them as in :func:`train_checkpoints`. The task-vector baseline is
+    ``train_candidate(TASK_VECTOR, corrupted, …, before_forget=False)``.
+    """
+    from msa_core.experiment import CleanCandidate  # the clean-history names (owner: msa_core.experiment)
+
+    missing = [role for role in CANDIDATE_ROLES if role not in data]
+    if missing:
+        raise KeyError(f"candidate {label!r}: no training data for role(s) {missing}")
+    runs = train_checkpoints(clean, {role: data[role] for role in CANDIDATE_ROLES}, out, config,
+                             role_configs=role_configs, progress=progress, reuse=reuse)
+    candidate = CleanCandidate(label=label, clean=Path(clean).expanduser().resolve(), forget=runs["forget"].out,
+                               retain=runs["retain"].out, before_forget=before_forget, step=step)
+    return candidate, runs
+
+
 def _eval_splits(data_dir: Path, forget: str, retain: str, muse_dir: Optional[Path] = None) -> DataConfig:
     # The evaluation splits TOFU ships: retain_perturbed (the evaluated retain items) and the
     # holdout split of the forget size, when the folder has them.
@@ -312,12 +352,15 @@ def init_experiment(clean: Path, data_dir: Path, out: Path, stages: Stages = Sta
                     config: Optional[TrainConfig] = None, *,
                     role_configs: Optional[Mapping[str, TrainConfig]] = None, name: Optional[str] = None,
                     muse_dir: Optional[Path] = None, progress: Optional[Progress] = None,
-                    reuse: bool = True) -> InitResult:
+                    reuse: bool = True, task_vector: bool = False) -> InitResult:
     """Run (or reuse) the fine-tunes of ``stages`` from ``clean`` and write ``out/experiment.yaml``.
 
     ``config`` defaults to :class:`~msa_core.finetune.TrainConfig`'s (the reference recipe).
     ``muse_dir`` is the MUSE-format folder: ``muse:`` extra specs read from it, and the
     experiment's ``data.muse`` names it (so the MUSE metrics are computed on it).
+    ``task_vector`` also fine-tunes θ_corrupted on the forget and retain data (same data and
+    settings as the forget/retain roles) into ``out/task-vector/`` and lists that as the
+    ``clean_history`` candidate :data:`TASK_VECTOR` (runs keyed ``task-vector/forget`` …).
 
     Every input is checked before anything is trained: the clean folder, the data folder
     and its splits, and ``out`` (absent, empty or made by a previous ``msa init``).
@@ -337,15 +380,23 @@ def init_experiment(clean: Path, data_dir: Path, out: Path, stages: Stages = Sta
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / MARKER, json.dumps({"made_by": "msa init", "clean": str(clean), "data_dir": str(data_dir),
                                          "muse_dir": None if muse is None else str(muse),
-                                         "specs": stages.specs(),
+                                         "specs": stages.specs(), "task_vector": bool(task_vector),
                                          "extra": {r: list(s[1:]) for r, s in stages.all_specs().items() if s[1:]}},
                                         indent=1) + "\n")
+    main_end = 0.8 if task_vector else 0.99
     runs = train_checkpoints(clean, data, out, config, role_configs=role_configs,
-                             progress=sub_progress(progress, 0.0, 0.99), reuse=reuse)
+                             progress=sub_progress(progress, 0.0, main_end), reuse=reuse)
     ckpt = Checkpoints(clean=clean, corrupted=corrupted or runs["corrupted"].out, forget=runs["forget"].out,
                        retain=runs["retain"].out, reference=runs["reference"].out if "reference" in runs else None)
+    history: dict[str, Any] = {}
+    if task_vector:
+        candidate, tv_runs = train_candidate(TASK_VECTOR, ckpt.corrupted, data, out / TASK_VECTOR, config,
+                                             before_forget=False, role_configs=role_configs,
+                                             progress=sub_progress(progress, main_end, 0.99), reuse=reuse)
+        runs.update({f"{TASK_VECTOR}/{role}": run for role, run in tv_runs.items()})
+        history["clean_history"] = (candidate,)
     exp = Experiment(name=name or out.name, checkpoints=ckpt,
-                     data=_eval_splits(data_dir, stages.forget, stages.retain_split(), muse))
+                     data=_eval_splits(data_dir, stages.forget, stages.retain_split(), muse), **history)
     path = save_experiment(exp, out / "experiment.yaml")
     report(progress, 1.0, f"wrote {path}")
     return InitResult(experiment=path, runs=runs, seconds=time.perf_counter() - t0)

@@ -1,20 +1,29 @@
 """The recomposition arithmetic: w = cast(θ_c − α·τ_f + β·τ_r) into every parameter, in place.
 
 :class:`RecomposePlan` is built once per engine from four parallel lists of tensors (the
-working model's parameters, the pristine θ_corrupted copies, τ_f and τ_r in fp32) and then
-rewrites the parameters for any (α, β) without allocating a model. The pristine copies are in
-the model dtype or, per tensor, in the checkpoint's own floating dtype when that differs (an
-fp32 θ_c in a bf16 model): the arithmetic reads them exactly in fp32, so the result is rounded
-once, to the model dtype, on every path:
+working model's parameters, the pristine θ_corrupted copies, τ_f and τ_r) and then rewrites
+the parameters for any (α, β) without allocating a model. The pristine copies are in the
+model dtype or, per tensor, in the checkpoint's own floating dtype when that differs (an fp32
+θ_c in a bf16 model); the vectors are fp32, or bf16 when the engine keeps them narrow
+(``vector_dtype``: storage only). The arithmetic reads every term exactly in fp32, so the
+result is rounded once, to the model dtype, on every path.
 
-- on a GPU, foreach ops over groups of whole tensors, through a bounded fp32 scratch buffer
-  when the model dtype is not fp32 (few, large kernel launches);
-- on the CPU, a large model goes through the one-pass compiled kernel of
-  :mod:`msa_core.fused` when it is available; otherwise tensors are cut into cache-sized
-  slices, grouped into work items and spread over ``torch.get_num_threads()`` Python threads.
+Each parameter's four tensors live on that parameter's device (a model dispatched over
+several devices by ``accelerate``); the plan groups the tensors by device and composes each
+group where it lives, never across devices:
 
-Every path runs the same sequence, :func:`compose_items`: θ_c, then −α·τ_f, then +β·τ_r, in
-fp32 and left to right, then one cast; terms with a zero coefficient are skipped and (0, 0)
+- on a CUDA device, the one-pass compiled kernel of :mod:`msa_core.fused` (Inductor
+  generates a Triton kernel: read θ_c, τ_f, τ_r once, write w once) for a large model;
+  otherwise, and as the fallback when the kernel cannot compile or run, foreach ops over
+  groups of whole tensors through a bounded fp32 scratch buffer when the model dtype is not
+  fp32 (few, large kernel launches);
+- on the CPU, a large model goes through the same compiled kernel (Inductor's C++) when it is
+  available; otherwise tensors are cut into cache-sized slices, grouped into work items and
+  spread over ``torch.get_num_threads()`` Python threads;
+- on another accelerator (mps, …), the foreach path.
+
+Every eager path runs the same sequence, :func:`compose_items`: θ_c, then −α·τ_f, then +β·τ_r,
+in fp32 and left to right, then one cast; terms with a zero coefficient are skipped and (0, 0)
 is a plain copy of θ_c (bit-exact). The eager paths are bit-identical to whole-tensor
 arithmetic; the fused kernel may round the last bits differently (see its module).
 
@@ -48,7 +57,7 @@ _CPU_ITEM_SLICES = 8
 _CPU_SERIAL_STEP = 512 * 1024
 # Below this many elements the CPU compose stays in the calling thread (no pool hand-off).
 _CPU_THREADED_MIN = 1 << 20
-# Below this many elements the fused CPU kernel (msa_core.fused) is not used: its per-call
+# Below this many elements (per device) the fused kernel (msa_core.fused) is not used: its per-call
 # overhead outweighs the pass it saves on small models (BENCHMARKS.md, figure 1).
 _FUSED_MIN = 1 << 24
 # Parts per worker thread: parts are handed out on demand, so a worker that loses its core
@@ -160,52 +169,39 @@ def sliced_items(tensors: Tensors4, step: int, per_item: int) -> list[WorkItem]:
     return items
 
 
-class RecomposePlan:
-    """Everything needed to rewrite a set of parameters at any (α, β), built once.
+def device_kind(device: torch.device) -> str:
+    """How a plan composes on ``device``: 'cpu', 'cuda' (fused kernel, foreach fallback) or
+    'device' (any other accelerator: foreach only)."""
+    if device.type in ("cpu", "cuda"):
+        return device.type
+    return "device"
 
-    ``params`` are the working model's tensors (written in place), ``pristine`` θ_corrupted
-    (per tensor in the model dtype or in a floating dtype of its own, e.g. the fp32 values a bf16
-    model was loaded from), ``tau_f``/``tau_r`` the vectors in fp32, all four parallel lists on
-    one device with matching shapes. The tensors are held, never copied.
-    """
 
-    def __init__(
-        self,
-        params: Sequence[torch.Tensor],
-        pristine: Sequence[torch.Tensor],
-        tau_f: Sequence[torch.Tensor],
-        tau_r: Sequence[torch.Tensor],
-    ):
-        if not (len(params) == len(pristine) == len(tau_f) == len(tau_r)):
-            raise ValueError(
-                f"recompose plan needs parallel lists: {len(params)} params, {len(pristine)} pristine, "
-                f"{len(tau_f)} tau_f, {len(tau_r)} tau_r"
-            )
-        for i, ts in enumerate(zip(params, pristine, tau_f, tau_r)):
-            if len({tuple(t.shape) for t in ts}) != 1:
-                raise ValueError(f"recompose plan tensor {i}: shapes differ {[list(t.shape) for t in ts]}")
-        self._params = tuple(params)
-        self._pristine = tuple(pristine)
-        self._tau_f = tuple(tau_f)
-        self._tau_r = tuple(tau_r)
-        self._tensors: Tensors4 = (self._params, self._pristine, self._tau_f, self._tau_r)
-        first = self._params[0] if self._params else torch.empty(0)
-        self.device: torch.device = first.device
-        self.dtype: torch.dtype = first.dtype
-        self.elements = sum(p.numel() for p in self._params)
-        on_cpu = self.device.type == "cpu"
-        # GPU: groups of whole tensors and one fp32 scratch as large as the biggest group.
-        self._device_items: list[WorkItem] = [] if on_cpu else grouped_items(self._tensors, SCRATCH_ELEMENTS)
+def _group_key(t: torch.Tensor) -> torch.device:
+    """The device group a parameter belongs to (its device; tests split a CPU plan into fake
+    'cpu:N' groups through this)."""
+    return t.device
+
+
+class _DeviceGroup:
+    """The tensors of a plan that live on one device, and how they are composed there."""
+
+    def __init__(self, device: torch.device, tensors: Tensors4):
+        self.device = device
+        self.kind = device_kind(device)
+        self._tensors = tensors
+        params = tensors[0]
+        self.dtype: torch.dtype = params[0].dtype
+        self.elements = sum(p.numel() for p in params)
+        on_cpu = self.kind == "cpu"
+        # GPU: groups of whole tensors; the fp32 scratch (as large as the biggest group) is
+        # allocated on the first eager compose, so a device on the fused path never holds it.
+        self._device_items: list[WorkItem] = [] if on_cpu else grouped_items(tensors, SCRATCH_ELEMENTS)
         self._device_scratch: Optional[torch.Tensor] = None
-        if not on_cpu and self.dtype != torch.float32:
-            biggest = max((it.elements for it in self._device_items), default=0)
-            self._device_scratch = torch.empty(biggest, dtype=torch.float32, device=self.device)
-        # CPU: the fused kernel's flat views (only for a model big enough to use it; built here
+        # The fused kernel's flat views (only for a model big enough to use it; built here
         # because marking sizes dynamic per move costs ~2 ms of Python per 100 tensors).
         self._fused_views: Optional[fused.Views] = (
-            fused.prepare(self._params, self._pristine, self._tau_f, self._tau_r)
-            if on_cpu and self.elements >= _FUSED_MIN
-            else None
+            fused.prepare(*tensors) if self.kind in fused.FAMILIES and self.elements >= _FUSED_MIN else None
         )
         # CPU eager path: its work items depend on torch's thread count, which may change
         # between composes, so they are (re)built for the (step, slices per item) in use.
@@ -215,75 +211,31 @@ class RecomposePlan:
         self._pool: Optional[ThreadPoolExecutor] = None  # kept for the plan's lifetime, replaced when workers change
         self._pool_workers = 0
 
-    # ------------------------------------------------------------------ read-only views
-
-    @property
-    def params(self) -> tuple[torch.Tensor, ...]:
-        """The working model's tensors this plan writes (model dtype)."""
-        return self._params
-
-    @property
-    def pristine(self) -> tuple[torch.Tensor, ...]:
-        """θ_corrupted, one copy per parameter (model dtype, or the checkpoint's where it differs)."""
-        return self._pristine
-
-    @property
-    def tau_f(self) -> tuple[torch.Tensor, ...]:
-        """τ_f per parameter (fp32, on the plan's device)."""
-        return self._tau_f
-
-    @property
-    def tau_r(self) -> tuple[torch.Tensor, ...]:
-        """τ_r per parameter (fp32, on the plan's device)."""
-        return self._tau_r
-
-    @property
-    def tensor_count(self) -> int:
-        return len(self._params)
-
-    @property
-    def bytes_per_move(self) -> int:
-        """Bytes one full recompose must at least move: read θ_c, τ_f, τ_r, write w."""
-        per = sum(p.numel() * p.element_size() for p in (*self._params, *self._pristine))
-        return per + sum(t.numel() * 4 for t in self._tau_f) + sum(t.numel() * 4 for t in self._tau_r)
-
-    def memory_bytes(self) -> dict[str, int]:
-        """Bytes held by the pristine copies, the vectors and the fp32 scratch buffers."""
-
-        def nbytes(ts: Sequence[torch.Tensor]) -> int:
-            return sum(t.numel() * t.element_size() for t in ts)
-
-        scratch = [s for s in (self._device_scratch, self._cpu_scratch) if s is not None]
-        return {
-            "pristine": nbytes(self._pristine),
-            "vectors": nbytes(self._tau_f) + nbytes(self._tau_r),
-            "scratch": nbytes(scratch),
-        }
-
     @property
     def fused_eligible(self) -> bool:
-        """Whether composes may use msa_core.fused: a CPU plan of ≥ _FUSED_MIN elements whose
-        tensors are contiguous, the kernel not turned off or failed."""
-        return self._fused_views is not None and self.elements >= _FUSED_MIN and fused.enabled()
+        return self._fused_views is not None and self.elements >= _FUSED_MIN and fused.enabled(self.kind)
 
-    # ------------------------------------------------------------------ composing
+    def scratch_buffers(self) -> list[torch.Tensor]:
+        return [s for s in (self._device_scratch, self._cpu_scratch) if s is not None]
 
-    def first_non_finite(self) -> Optional[int]:
-        """Index (into :attr:`params`) of the first parameter holding NaN/Inf after a compose, or None."""
-        return first_non_finite(self._params)
+    def warm_up_args(self) -> Optional[tuple[torch.dtype, tuple[torch.dtype, ...], torch.dtype, torch.device, str]]:
+        """What :func:`msa_core.fused.warm_up` needs to compile this group's kernels (None: not used)."""
+        if not self.fused_eligible:
+            return None
+        bases = tuple(sorted({b.dtype for b in self._tensors[1]}, key=str))
+        vec = self._tensors[2][0].dtype
+        return self.dtype, bases, vec, self.device, self.kind
 
-    def compose(self, alpha: float, beta: float) -> str:
-        """Write cast(θ_c − α·τ_f + β·τ_r) into every parameter; returns the path taken.
-
-        The caller validates (α, β) and holds whatever lock guards the parameters.
-        """
-        ca, cb = -alpha, beta
-        if self.device.type != "cpu":
+    def compose(self, ca: float, cb: float) -> str:
+        views = self._fused_views if (ca != 0.0 or cb != 0.0) and self.fused_eligible else None
+        if views and fused.compose_fused(views, ca, cb, family=self.kind):
+            return PATH_FUSED
+        if self.kind != "cpu":
+            if self._device_scratch is None and self.dtype != torch.float32:
+                biggest = max((it.elements for it in self._device_items), default=0)
+                self._device_scratch = torch.empty(biggest, dtype=torch.float32, device=self.device)
             compose_items(self._device_items, ca, cb, self._device_scratch)
             return PATH_DEVICE
-        views = self._fused_views if (alpha != 0.0 or beta != 0.0) and self.fused_eligible else None
-        if views and fused.compose_fused(views, ca, cb):
-            return PATH_FUSED
         self._compose_cpu(ca, cb)
         return PATH_EAGER
 
@@ -332,13 +284,148 @@ class RecomposePlan:
             self._pool_workers = workers
         return self._pool
 
+
+def _nbytes(ts: Sequence[torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in ts)
+
+
+class RecomposePlan:
+    """Everything needed to rewrite a set of parameters at any (α, β), built once.
+
+    ``params`` are the working model's tensors (written in place), ``pristine`` θ_corrupted
+    (per tensor in the model dtype or in a floating dtype of its own, e.g. the fp32 values a bf16
+    model was loaded from), ``tau_f``/``tau_r`` the vectors (fp32 or bf16), parallel lists with
+    matching shapes; each parameter's four tensors on that parameter's device (the plan composes
+    per device, see the module docstring). The tensors are held, never copied.
+    """
+
+    def __init__(
+        self,
+        params: Sequence[torch.Tensor],
+        pristine: Sequence[torch.Tensor],
+        tau_f: Sequence[torch.Tensor],
+        tau_r: Sequence[torch.Tensor],
+    ):
+        if not (len(params) == len(pristine) == len(tau_f) == len(tau_r)):
+            raise ValueError(
+                f"recompose plan needs parallel lists: {len(params)} params, {len(pristine)} pristine, "
+                f"{len(tau_f)} tau_f, {len(tau_r)} tau_r"
+            )
+        by_device: dict[torch.device, list[int]] = {}
+        for i, ts in enumerate(zip(params, pristine, tau_f, tau_r)):
+            if len({tuple(t.shape) for t in ts}) != 1:
+                raise ValueError(f"recompose plan tensor {i}: shapes differ {[list(t.shape) for t in ts]}")
+            if len({t.device for t in ts}) != 1:
+                raise ValueError(
+                    f"recompose plan tensor {i}: devices differ {[str(t.device) for t in ts]} "
+                    "(θ_c, τ_f and τ_r must live on their parameter's device)"
+                )
+            by_device.setdefault(_group_key(ts[0]), []).append(i)
+        self._params = tuple(params)
+        self._pristine = tuple(pristine)
+        self._tau_f = tuple(tau_f)
+        self._tau_r = tuple(tau_r)
+        self._tensors: Tensors4 = (self._params, self._pristine, self._tau_f, self._tau_r)
+        first = self._params[0] if self._params else torch.empty(0)
+        self.device: torch.device = first.device  # the first parameter's (where a model's inputs go)
+        self.dtype: torch.dtype = first.dtype
+        self.elements = sum(p.numel() for p in self._params)
+        # One group per device; CUDA groups first so the GPUs work while a CPU group composes.
+        self._groups = [
+            _DeviceGroup(dev, tuple([lst[i] for i in idx] for lst in self._tensors))  # type: ignore[arg-type]
+            for dev, idx in sorted(by_device.items(), key=lambda kv: device_kind(kv[0]) == "cpu")
+        ]
+
+    # ------------------------------------------------------------------ read-only views
+
+    @property
+    def params(self) -> tuple[torch.Tensor, ...]:
+        """The working model's tensors this plan writes (model dtype)."""
+        return self._params
+
+    @property
+    def pristine(self) -> tuple[torch.Tensor, ...]:
+        """θ_corrupted, one copy per parameter (model dtype, or the checkpoint's where it differs)."""
+        return self._pristine
+
+    @property
+    def tau_f(self) -> tuple[torch.Tensor, ...]:
+        """τ_f per parameter (fp32 or bf16, on the parameter's device)."""
+        return self._tau_f
+
+    @property
+    def tau_r(self) -> tuple[torch.Tensor, ...]:
+        """τ_r per parameter (fp32 or bf16, on the parameter's device)."""
+        return self._tau_r
+
+    @property
+    def devices(self) -> tuple[torch.device, ...]:
+        """The devices the plan's tensors live on (composition order: CUDA devices first)."""
+        return tuple(g.device for g in self._groups)
+
+    @property
+    def tensor_count(self) -> int:
+        return len(self._params)
+
+    @property
+    def bytes_per_move(self) -> int:
+        """Bytes one full recompose must at least move: read θ_c, τ_f, τ_r, write w."""
+        return sum(_nbytes(ts) for ts in self._tensors)
+
+    def memory_bytes(self) -> dict[str, int]:
+        """Bytes held by the pristine copies, the vectors and the fp32 scratch buffers."""
+        return {
+            "pristine": _nbytes(self._pristine),
+            "vectors": _nbytes(self._tau_f) + _nbytes(self._tau_r),
+            "scratch": sum(_nbytes(g.scratch_buffers()) for g in self._groups),
+        }
+
+    def memory_by_device(self) -> dict[str, dict[str, int]]:
+        """:meth:`memory_bytes` per device (its name, e.g. 'cuda:0'), the working parameters included
+        as ``params`` (tied weights once)."""
+        out: dict[str, dict[str, int]] = {}
+        for g in self._groups:
+            p, b, f, r = g._tensors
+            out[str(g.device)] = {"params": _nbytes(p), "pristine": _nbytes(b), "vectors": _nbytes(f) + _nbytes(r),
+                                  "scratch": _nbytes(g.scratch_buffers())}
+        return out
+
+    @property
+    def fused_eligible(self) -> bool:
+        """Whether composes may use msa_core.fused on some device: a CPU or CUDA group of
+        ≥ _FUSED_MIN elements whose tensors are contiguous, the kernel not turned off or failed."""
+        return any(g.fused_eligible for g in self._groups)
+
+    # ------------------------------------------------------------------ composing
+
+    def first_non_finite(self) -> Optional[int]:
+        """Index (into :attr:`params`) of the first parameter holding NaN/Inf after a compose, or None."""
+        return first_non_finite(self._params)
+
+    def compose(self, alpha: float, beta: float) -> str:
+        """Write cast(θ_c − α·τ_f + β·τ_r) into every parameter; returns the path taken (one
+        device: its path; several: "path on device + …").
+
+        The caller validates (α, β) and holds whatever lock guards the parameters. A CUDA compose
+        is asynchronous: the caller synchronises before reporting a time.
+        """
+        ca, cb = -alpha, beta
+        paths = [(g.compose(ca, cb), g.device) for g in self._groups]
+        if len(paths) == 1:
+            return paths[0][0]
+        return " + ".join(f"{path} on {dev}" for path, dev in paths)
+
     def warm_up_async(self) -> Optional[threading.Thread]:
-        """Compile the fused kernel in a background thread when this plan will use it (None otherwise)."""
-        if not self.fused_eligible:
+        """Compile the fused kernels in a background thread when this plan will use them (None otherwise)."""
+        jobs = [args for g in self._groups if (args := g.warm_up_args()) is not None]
+        if not jobs:
             return None
-        bases = tuple(sorted({b.dtype for b in self._pristine}, key=str))
-        thread = threading.Thread(target=fused.warm_up, args=(self.dtype, bases), name="msa-fused-warm-up",
-                                  daemon=True)
+
+        def run() -> None:
+            for dtype, bases, vec, dev, family in jobs:
+                fused.warm_up(dtype, bases, vector_dtype=vec, device=dev, family=family)
+
+        thread = threading.Thread(target=run, name="msa-fused-warm-up", daemon=True)
         thread.start()
         return thread
 
@@ -367,7 +454,14 @@ def first_non_finite(tensors: Sequence[torch.Tensor]) -> Optional[int]:
             parts = [t.sum(dtype=torch.float32)]
         sums.extend(parts)
         owner.extend([i] * len(parts))
-    for k in torch.nonzero(~torch.isfinite(torch.stack(sums))).flatten().tolist():
+    # One stack per device (a dispatched model's tensors live on several), then one host copy each.
+    by_device: dict[torch.device, list[int]] = {}
+    for k, s in enumerate(sums):
+        by_device.setdefault(s.device, []).append(k)
+    finite = torch.empty(len(sums), dtype=torch.bool)
+    for ks in by_device.values():
+        finite[ks] = torch.isfinite(torch.stack([sums[k] for k in ks])).cpu()
+    for k in torch.nonzero(~finite).flatten().tolist():
         if not bool(torch.isfinite(tensors[owner[k]]).all()):
             return owner[k]
     return None

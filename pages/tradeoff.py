@@ -5,9 +5,11 @@ happens, "Suggest a grid" re-derives it from the stored points); *Run / resume s
 (progress with the time left and a Cancel button; a cancelled sweep keeps its points and
 resumes); *Refine* (adds points where the Pareto front bends); which stored runs to show,
 and clearing one (confirmed). Charts: per run, heatmaps (grey cells: not evaluated, ★ at the
-current point wherever it is); forgetting vs utility with selectable axes, other methods'
-named points as their own series, the Pareto front across all and the reference as the
-target; one small chart per metric along α. The shown rows download as CSV.
+current point wherever it is); forgetting vs utility with selectable axes, other θ_clean /
+epoch choices' α/β points and other methods' named points (gradient baselines, imports) as
+their own series, the Pareto front across all and the reference as the target; a table of
+each series' best point at ≥ 90% of the corrupted model's utility; one small chart per metric
+along α. The shown rows download as CSV.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pandas as pd
 import streamlit as st
 
 from msa_core.eval.results import EvalResult
-from msa_core.eval.store import StoredRun
+from msa_core.eval.store import UTILITY_KEEP, StoredRun
 from msa_core.eval.sweep import default_grid, parse_grid, refine_points, run_points
 from studio import charts, interop, labels, resources, rtt_panel, session, widgets
 
@@ -173,13 +175,41 @@ if runs:
 
 # ----------------------------------------------------------------------------- scatter axes, methods
 try:
-    methods = store.method_grid(engine.fingerprint)
+    methods = resources.comparison_methods(engine)
 except widgets.CORE_ERRORS as exc:
     widgets.show_error("Could not read other methods' results", exc)
     methods = pd.DataFrame()
 if not methods.empty and "benchmark" in methods.columns and benchmark != "all":
     methods = methods[methods["benchmark"].isin([benchmark, "all"])]
-choices = charts.axis_choices(rows, methods)
+
+
+def other_choice_rows() -> tuple[Optional[str], dict[str, pd.DataFrame], list[pd.DataFrame]]:
+    """(the current grid's series name, other θ_clean / epoch choices' composed rows of this
+    tier/benchmark/subset by Choice.label() — the newest evaluation per (α, β) —, their
+    reference rows) when the experiment offers choices, else (None, {}, [])."""
+    try:
+        if not resources.has_choices(engine):
+            return None, {}, []
+        name = f"MSA α/β · {resources.current_choice(engine).label()}"
+        grids = resources.other_choice_grids(engine, tier)
+    except widgets.CORE_ERRORS as exc:
+        widgets.show_error("Could not read the other θ_clean / epoch choices' results", exc)
+        return None, {}, []
+    out, refs = {}, []
+    for choice, df in grids.items():
+        picked = charts.select_rows(df, tier=tier, benchmark=benchmark, subset=subset_arg)
+        if picked.empty:
+            continue
+        comp = charts.composed(picked).drop_duplicates(subset=["alpha", "beta"], keep="last")
+        if not comp.empty:
+            out[choice.label()] = comp
+        refs.append(picked)
+    return name, out, refs
+
+
+grid_name, choice_rows, choice_refs = other_choice_rows()
+choices = charts.axis_choices(rows, pd.concat([methods, *choice_rows.values()], ignore_index=True)
+                              if choice_rows else methods)
 dx, dy = charts.default_axes(rows)
 x_metric: Optional[str] = None
 y_metric: Optional[str] = None
@@ -198,7 +228,7 @@ def follow_default(key: str, default: Optional[str], fallback: int) -> None:
 
 
 if choices:
-    a1, a2, a3 = st.columns([4, 4, 3], vertical_alignment="bottom")
+    a1, a2, a3, a4 = st.columns([4, 4, 3, 3], vertical_alignment="bottom")
     follow_default("w_to_x", dx, 0)
     follow_default("w_to_y", dy, 1)
     x_metric = a1.selectbox("Scatter x (forgetting)", choices,
@@ -216,6 +246,13 @@ if choices:
                                   "open-unlearning runs, gradient-based baselines), one series per method.")
     if not show_methods:
         methods = pd.DataFrame()
+    show_choices = a4.toggle(f"Other θ_clean / epochs ({len(choice_rows)})" if choice_rows
+                             else "Other θ_clean / epochs (none stored)",
+                             value=True, key="w_to_choices", disabled=not choice_rows,
+                             help="The α/β points stored for the experiment's other θ_clean candidates and "
+                                  "fine-tune epochs (the sidebar's pickers switch between them), one series each.")
+    if not show_choices:
+        choice_rows = {}
 
 
 def current_row() -> Optional[dict[str, Any]]:
@@ -255,6 +292,16 @@ refine = b2.button(f"Refine where the front bends (+{len(new_points)} point{'' i
 chart_slot = st.empty()
 
 
+def reference_of(df: pd.DataFrame) -> Optional[pd.Series]:
+    """The reference model's row: this choice's, else one stored with another choice (the same model)."""
+    ref = charts.reference_row(df)
+    for other in choice_refs:
+        if ref is not None:
+            break
+        ref = charts.reference_row(other)
+    return ref
+
+
 def draw(df: pd.DataFrame, version: int) -> None:
     with chart_slot.container():
         comp = charts.composed(df)
@@ -281,8 +328,9 @@ def draw(df: pd.DataFrame, version: int) -> None:
                                              config={"displaylogo": False})
         if x_metric and y_metric:
             names = {k: k[:8] for k in run_keys if k is not None}
-            st.plotly_chart(charts.tradeoff_scatter(df, x_metric, y_metric, here, charts.reference_row(df),
-                                                    methods=methods, run_names=names, current_row=current_row()),
+            st.plotly_chart(charts.tradeoff_scatter(df, x_metric, y_metric, here, reference_of(df),
+                                                    methods=methods, run_names=names, current_row=current_row(),
+                                                    choice_series=choice_rows, grid_name=grid_name),
                             key=f"scatter_{version}", config={"displaylogo": False})
         line_metrics = [m for m in charts.heatmap_metrics(comp, benchmark) if m in comp.columns]
         if line_metrics:
@@ -294,13 +342,49 @@ def draw(df: pd.DataFrame, version: int) -> None:
 draw(rows, 0)
 
 
+# ----------------------------------------------------------------------------- best point per series
+def best_table() -> None:
+    """Per series (this choice's runs, other choices, other methods): its best forget quality among the
+    points keeping ≥ UTILITY_KEEP of the corrupted model's utility."""
+    comp = charts.composed(rows)
+    name = grid_name or "MSA α/β"
+    keys = list(dict.fromkeys(comp["settings_key"])) if "settings_key" in comp.columns else []
+    series = {name if len(keys) == 1 else f"{name} · run {k[:8]}": comp[comp["settings_key"] == k] for k in keys}
+    series.update(choice_rows)
+    if not any(not v.empty for v in series.values()) and methods.empty:
+        return
+    pool = pd.concat([comp, *choice_rows.values()], ignore_index=True) if choice_rows else comp
+    base = pool[(pool["alpha"] == 0) & (pool["beta"] == 0)] if not pool.empty else pool
+    corrupted = base.iloc[-1] if not base.empty else None
+    table = charts.best_points(series, methods, corrupted, keep=UTILITY_KEEP)
+    util, floor = charts.utility_floor(corrupted, UTILITY_KEEP)
+    st.subheader(f"Best point per series at ≥ {UTILITY_KEEP:.0%} of the corrupted model's utility")
+    if util is None:
+        st.caption("The corrupted model's utility (α = β = 0) is not stored for these settings, so there is no "
+                   "utility floor: each series' best forget quality over all its points.")
+    else:
+        st.caption(f"Floor: {labels.metric_label(util, with_direction=False)} ≥ {floor:.3g} "
+                   f"({UTILITY_KEEP:.0%} of the corrupted model's {floor / UTILITY_KEEP:.3g}); among those points, "
+                   "the highest forget quality (else the forget truth ratio). Empty metrics: no point of the "
+                   "series keeps that utility.")
+    shown = table.rename(columns={c: f"{labels.metric_label(c, with_direction=False)} {labels.arrow(c)}"
+                                  for c in table.columns if c not in ("series", "point", "kept")})
+    st.dataframe(shown, hide_index=True, width="stretch", key="to_best",
+                 column_config={"kept": st.column_config.CheckboxColumn(f"keeps ≥ {UTILITY_KEEP:.0%}")})
+
+
+best_table()
+
+
 def shown_table() -> pd.DataFrame:
     """The shown rows (the selected runs, the reference) and other methods' named points, as one table."""
     parts = [rows.assign(method=np.where(rows["model"].fillna("composed") == "composed", "MSA α/β", rows["model"]))
              if not rows.empty else rows]
+    parts += [df.assign(method=label) for label, df in choice_rows.items()]
     if not methods.empty:
         parts.append(methods)
-    return pd.concat(parts, ignore_index=True) if not rows.empty or not methods.empty else pd.DataFrame()
+    parts = [p for p in parts if not p.empty]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
 table = shown_table()

@@ -21,6 +21,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from msa_core.eval.store import UTILITY_KEEP, UTILITY_METRICS
 from msa_core.targets import Point
 from msa_core.vectors import LayerNorms
 from studio.labels import arrow, metric_info, metric_label
@@ -51,6 +52,8 @@ TITLE_CHARS = 46
 TARGET_SCALE = [[0.0, "#440154"], [0.25, "#21918c"], [0.5, "#fde725"], [0.75, "#21918c"], [1.0, "#440154"]]
 # Interpolation looks this many grid values out on each side for a fully evaluated rectangle.
 BRACKET_TRIES = 3
+# Fixed colours of the other θ_clean / epoch choices' series (the current grid is coloured by α).
+SERIES_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 MARKER_SYMBOLS = ("circle", "square", "triangle-up", "diamond-open", "cross", "triangle-down", "pentagon", "hexagon")
 
 
@@ -319,6 +322,78 @@ def pareto_front(points: pd.DataFrame, x: str, y: str, *, by_direction: bool = F
     return pts.loc[front].sort_values(x)
 
 
+# Columns of the best-point table, where stored (the utility metric the floor used comes first).
+BEST_COLUMNS = ("forget_quality", "model_utility", "model_utility_tf", "forget_rouge", "retain_rouge",
+                "forget_truth_ratio")
+
+
+def utility_floor(corrupted: Optional[Mapping[str, Any]],
+                  keep: float = UTILITY_KEEP) -> tuple[Optional[str], Optional[float]]:
+    """(utility metric, floor): the first of :data:`msa_core.eval.store.UTILITY_METRICS` that the
+    corrupted model's row (α = β = 0) has, and ``keep`` × its value (the store's "best point" rule);
+    (None, None) when the corrupted model's utility is not stored."""
+    if corrupted is None:
+        return None, None
+    for name in UTILITY_METRICS:
+        value = corrupted.get(name)
+        if value is not None and pd.notna(value):
+            return name, keep * float(value)
+    return None, None
+
+
+def _forget_metric(rows: pd.DataFrame) -> Optional[str]:
+    """The metric a series' best point maximises: forget quality, else the forget truth ratio."""
+    return next((m for m in ("forget_quality", "forget_truth_ratio") if m in rows.columns and rows[m].notna().any()),
+                None)
+
+
+def best_points(
+    series: Mapping[str, pd.DataFrame],
+    methods: Optional[pd.DataFrame],
+    corrupted: Optional[Mapping[str, Any]],
+    *,
+    keep: float = UTILITY_KEEP,
+) -> pd.DataFrame:
+    """One row per series: its point with the best forget quality (else forget truth ratio) among
+    those keeping ≥ ``keep`` × the corrupted model's utility (see :func:`utility_floor`; every
+    point when that utility is not stored). ``series``: label → composed α/β rows (points named
+    "α=…, β=…"); ``methods``: :meth:`ResultStore.method_grid` rows, one series per method (points
+    named by their ``point``). Columns: series, point, kept (False: no point keeps the utility,
+    the metrics are then empty), then the :data:`BEST_COLUMNS` that any series stores."""
+    util, floor = utility_floor(corrupted, keep)
+    groups: list[tuple[str, pd.DataFrame, list[str]]] = []
+    for label, rows in series.items():
+        rows = composed(rows)
+        if rows.empty:
+            continue
+        names = [f"α={a:g}, β={b:g}" for a, b in zip(rows["alpha"], rows["beta"])]
+        groups.append((str(label), rows, names))
+    if methods is not None and not methods.empty:
+        for method, rows in methods.groupby("method", sort=False):
+            groups.append((str(method), rows, [str(p) for p in rows["point"]]))
+    out = []
+    for label, rows, names in groups:
+        rows = rows.assign(_point=names)
+        metric = _forget_metric(rows)
+        if metric is None:
+            continue
+        pool = rows[rows[metric].notna()]
+        if util is not None and floor is not None:
+            pool = pool[pool[util] >= floor] if util in pool.columns else pool.iloc[0:0]
+        entry: dict[str, Any] = {"series": label, "point": "none keeps the utility", "kept": not pool.empty}
+        if not pool.empty:
+            best = pool.loc[pool[metric].map(metric_info(metric).badness).idxmin()]
+            entry["point"] = best["_point"]
+            entry.update({c: best.get(c) for c in BEST_COLUMNS if c in rows.columns})
+        out.append(entry)
+    cols = ["series", "point", "kept"]
+    have = [c for c in BEST_COLUMNS if any(c in e and pd.notna(e[c]) for e in out)]
+    if util is not None and util in have:
+        have.remove(util)
+        have.insert(0, util)
+    return pd.DataFrame(out, columns=cols + have)
+
+
 def _axis_title(name: str, horizontal: bool) -> str:
     info = metric_info(name)
     side = "right" if horizontal else "up"
@@ -356,12 +431,16 @@ def tradeoff_scatter(
     methods: Optional[pd.DataFrame] = None,
     run_names: Optional[Mapping[str, str]] = None,
     current_row: Optional[Mapping[str, Any]] = None,
+    choice_series: Optional[Mapping[str, pd.DataFrame]] = None,
+    grid_name: Optional[str] = None,
 ) -> go.Figure:
     """``x`` (forgetting) vs ``y`` (utility): the α/β points (one series per run when several are
-    shown), other methods' named points (``methods``: :meth:`ResultStore.method_grid` rows, one
-    series per method), the Pareto front across all of them, the corrupted model, the reference
-    (retain-only) model as the target, and the current point — its grid row, else
-    ``current_row`` (a stored evaluation there), else interpolated from the grid."""
+    shown; ``grid_name``, e.g. the current choice, names them), the α/β points of other θ_clean / epoch choices
+    (``choice_series``: label → composed rows, one series each), other methods' named points
+    (``methods``: :meth:`ResultStore.method_grid` rows, one series per method), the Pareto front
+    across all of them, the corrupted model, the reference (retain-only) model as the target, and
+    the current point — its grid row, else ``current_row`` (a stored evaluation there), else
+    interpolated from the grid."""
     data = composed(df)
     data = data.assign(**{c: np.nan for c in (x, y) if c not in data.columns}).dropna(subset=[x, y])
     fig = go.Figure()
@@ -369,7 +448,8 @@ def tradeoff_scatter(
     everything = []
     for i, key in enumerate(runs or [None]):
         rows = data if key is None else data[data["settings_key"] == key]
-        name = "α/β grid" if len(runs) <= 1 else f"α/β run {(run_names or {}).get(key, str(key)[:8])}"
+        name = (grid_name or "α/β grid") if len(runs) <= 1 else \
+            f"α/β run {(run_names or {}).get(key, str(key)[:8])}" + (f" · {grid_name}" if grid_name else "")
         label = [f"α={a:g}, β={b:g}" for a, b in zip(rows["alpha"], rows["beta"])]
         fig.add_trace(go.Scatter(
             x=rows[x], y=rows[y], mode="markers", name=name, text=label,
@@ -377,6 +457,20 @@ def tradeoff_scatter(
                         colorscale="Cividis", showscale=i == 0,
                         colorbar=dict(title="α", thickness=12, x=1.0, len=0.6, y=0.7)),
             hovertemplate=f"{name}<br>%{{text}}<br>x=%{{x:.3g}}<br>y=%{{y:.3g}}<extra></extra>"))
+        everything.append(rows[[x, y]])
+    for j, (label, rows) in enumerate((choice_series or {}).items()):
+        rows = composed(rows)
+        if not {x, y} <= set(rows.columns):
+            continue
+        rows = rows.dropna(subset=[x, y])
+        if rows.empty:
+            continue
+        fig.add_trace(go.Scatter(
+            x=rows[x], y=rows[y], mode="markers", name=str(label),
+            text=[f"α={a:g}, β={b:g}" for a, b in zip(rows["alpha"], rows["beta"])],
+            marker=dict(size=9, symbol=MARKER_SYMBOLS[(len(runs) + j) % len(MARKER_SYMBOLS)],
+                        color=SERIES_COLORS[j % len(SERIES_COLORS)], line=dict(color="black", width=0.5)),
+            hovertemplate=f"{label}<br>%{{text}}<br>x=%{{x:.3g}}<br>y=%{{y:.3g}}<extra></extra>"))
         everything.append(rows[[x, y]])
     named = methods.dropna(subset=[x, y]) if methods is not None and {x, y} <= set(methods.columns) else None
     if named is not None and not named.empty:

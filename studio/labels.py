@@ -102,3 +102,19 @@ def eval_cli_lines(src: str, alpha: float, beta: float, metrics: Optional[dict[s
     else:
         lines = [f"{base} --tier fast --json -"]
     return lines + [f"{base} --tier full --json -", f"msa results {src}"]
+
+
+def candidate_label(label: str, step: Optional[float] = None, before_forget: Optional[bool] = None) -> str:
+    """A θ_clean candidate as the picker shows it, e.g. 'pretrain-e10 · step 10 · before forget data'
+    (the default: 'default (the experiment's checkpoints)')."""
+    parts = ["default (the experiment's checkpoints)" if label == "default" else label]
+    if step is not None:
+        parts.append(f"step {step:g}")
+    if before_forget is not None:
+        parts.append("before forget data" if before_forget else "after forget data")
+    return " · ".join(parts)
+
+
+def epoch_label(epoch: Optional[int]) -> str:
+    """An e_f / e_r option: 'final' (the fine-tune folder itself) or 'epoch K'."""
+    return "final" if epoch is None else f"epoch {epoch}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import streamlit as st
 
+from msa_core import side_cache
 from msa_core.atomic import write_json
 from msa_core.eval import ReferenceCache, ReferenceStats, ResultStore, evaluate, resolve_reference
 from msa_core.eval import probe as core_probe
@@ -31,14 +33,16 @@ from msa_core.eval.settings import lookup_settings
 from msa_core.experiment import Experiment, load_experiment
 from msa_core.paths import default_cache_dir
 from msa_core.progress import Progress
-from msa_core.targets import Point, Target
+from msa_core.targets import Point, Side, Target
 from studio import session
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from msa_core.choices import Choice
     from msa_core.engine import Engine
     from msa_core.eval.results import EvalResult
+    from msa_core.experiment import CleanCandidate
 
 RECENT_FILE = "recent_experiments.json"
 MAX_RECENT = 8
@@ -200,11 +204,19 @@ def answers(
     engine: Engine, target: Target, questions: Sequence[str], max_new_tokens: int, *, raw: bool = False
 ) -> core_probe.TimedAnswers:
     """Greedy answers of ``target`` (see :func:`msa_core.eval.probe.generate_for`), memoised per
-    question, so a slider move only generates for the unlearned column. The timings are those
+    question, so a slider move only generates for the unlearned column. A side model's answers
+    (corrupted, clean, reference, …) also go through the disk cache of :mod:`msa_core.side_cache`, so
+    a new process does not load that model for questions it answered before. The timings are those
     of this call's generation (0 when every answer came from the memo)."""
     timing = [0.0, 0.0]
 
     def compute(qs: list[str]) -> list[str]:
+        if isinstance(target, Side):  # a model that never changes: through the disk cache (msa_core.side_cache)
+            t0 = time.perf_counter()
+            texts = side_cache.side_answers(engine, target.role, qs, max_new_tokens=max_new_tokens, raw=raw,
+                                            cache_dir=default_cache_dir())
+            timing[:] = [0.0, time.perf_counter() - t0]
+            return texts
         out = core_probe.generate_for(engine, target, qs, max_new_tokens=max_new_tokens, raw=raw)
         timing[:] = [out.compose_seconds, out.generate_seconds]
         return out.texts
@@ -218,6 +230,9 @@ def gold_probabilities(engine: Engine, target: Target, questions: Sequence[str],
     """p(gold | question) per pair (:func:`msa_core.eval.probe.gold_probabilities`), memoised per pair."""
 
     def compute(pairs: list[tuple[str, str]]) -> list[float]:
+        if isinstance(target, Side):  # through the disk cache, like answers()
+            return side_cache.side_gold_probabilities(engine, target.role, [p[0] for p in pairs],
+                                                      [p[1] for p in pairs], cache_dir=default_cache_dir())
         return core_probe.gold_probabilities(engine, target, [p[0] for p in pairs], [p[1] for p in pairs])
 
     return memoized_per_item(memo("probs"), (*model_key(engine), target), list(zip(questions, golds)), compute)
@@ -227,6 +242,8 @@ def truth_ratio_values(engine: Engine, target: Target, items: Sequence[QAItem]) 
     """Per-item truth ratios (:func:`msa_core.eval.probe.truth_ratio_values`), memoised per item."""
 
     def compute(batch: list[QAItem]) -> list[float]:
+        if isinstance(target, Side):  # through the disk cache, like answers()
+            return side_cache.side_truth_ratios(engine, target.role, batch, cache_dir=default_cache_dir())
         return core_probe.truth_ratio_values(engine, target, batch)
 
     return memoized_per_item(memo("truth_ratios"), (*model_key(engine), target), list(items), compute)
@@ -389,3 +406,117 @@ def hidden_grams(engine: Engine, target: Target, pairs: tuple[tuple[str, str], .
 
     return _layer_memoized((*model_key(engine), "grams", target, pairs),
                            lambda: core_layers.target_grams(engine, target, pairs))
+
+
+# ----------------------------------------------------------------------------- θ_clean / epoch choices
+# The engine is per process, so its choice (msa_core.choices) is too: a switch applies to every
+# session on this experiment. Everything keyed by :func:`model_key` follows it (the fingerprint changes).
+# At most this many other choices are drawn as their own series on the Trade-off page (the
+# final-epoch ones of every θ_clean candidate come first).
+MAX_CHOICE_SERIES = 32
+
+
+def choice_candidates(engine: Engine) -> list[CleanCandidate]:
+    """The θ_clean candidates of the engine's experiment (:func:`msa_core.choices.candidates`), the default first."""
+    from msa_core import choices
+
+    return choices.candidates(engine.base_experiment)
+
+
+def choice_epochs(engine: Engine, clean: str) -> tuple[list[int], list[int]]:
+    """(forget epochs, retain epochs): the complete ``epoch-K`` folders of candidate ``clean``'s
+    fine-tunes (directory listings; [] when they kept none)."""
+    from msa_core import choices
+
+    cand = choices.candidate(engine.base_experiment, clean)
+    return choices.epochs_of(Path(cand.forget)), choices.epochs_of(Path(cand.retain))
+
+
+def has_choices(engine: Engine) -> bool:
+    """True when the experiment offers more than its default choice (a clean_history or epoch folders)."""
+    if len(choice_candidates(engine)) > 1:
+        return True
+    forget_epochs, retain_epochs = choice_epochs(engine, "default")
+    return bool(forget_epochs or retain_epochs)
+
+
+def current_choice(engine: Engine) -> Choice:
+    """The engine's active :class:`msa_core.choices.Choice` (the default when it never switched)."""
+    from msa_core import choices
+
+    return choices.current_choice(engine)
+
+
+def use_choice(engine: Engine, choice: Choice, progress: Optional[Progress] = None) -> None:
+    """Switch the engine to ``choice`` (:func:`msa_core.choices.use_choice`: its vectors from memory, the
+    disk cache or computed; θ_corrupted is not reloaded). Nothing happens when it is already active."""
+    from msa_core import choices
+
+    if choices.current_choice(engine) == choice:
+        return
+    choices.use_choice(engine, choice, progress=progress)
+
+
+def _folder_stamp(folder: Path) -> tuple[Hashable, ...]:
+    """(path, (name, size, mtime) of every file directly in ``folder``): changes when a checkpoint is rewritten."""
+    try:
+        entries = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in Path(folder).iterdir()
+                         if e.is_file())
+    except OSError:
+        entries = []
+    return (str(Path(folder).resolve()), tuple(entries))
+
+
+def choice_fingerprint(engine: Engine, choice: Choice) -> str:
+    """The experiment fingerprint ``choice``'s results are stored under
+    (:func:`msa_core.choices.choice_fingerprint`), memoised per version of its checkpoint folders."""
+    from msa_core import choices
+
+    derived = choices.experiment_for(engine.base_experiment, choice)
+    key = ("choice_fingerprint", choice, *(_folder_stamp(Path(p)) for p in derived.checkpoints.as_dict().values()))
+    found = memo("choice_fingerprints").get(key)
+    if found is None:
+        from msa_core.fingerprints import experiment_fingerprint
+
+        found = experiment_fingerprint(derived)
+        memo("choice_fingerprints").put(key, found)
+    return str(found)
+
+
+def other_choice_grids(engine: Engine, tier: Optional[str] = None) -> dict[Choice, pd.DataFrame]:
+    """The stored points of every other choice (not the engine's current one) that has any, as
+    :func:`results_grid` gives them for the current one (this engine's model settings, the
+    reference's rows included): Choice → grid. At most :data:`MAX_CHOICE_SERIES` choices are
+    looked at, final epochs first."""
+    from msa_core import choices
+
+    current = choices.current_choice(engine)
+    every = [c for c in choices.all_choices(engine.base_experiment) if c != current]
+    every.sort(key=lambda c: (c.forget_epoch is not None or c.retain_epoch is not None))
+    out = {}
+    for choice in every[:MAX_CHOICE_SERIES]:
+        df = results_store().grid(choice_fingerprint(engine, choice), tier, side_models=("reference",),
+                                  model_settings=engine.model_settings)
+        if not df.empty:
+            out[choice] = df
+    return out
+
+
+def comparison_methods(engine: Engine, tier: Optional[str] = None) -> pd.DataFrame:
+    """Other methods' named points for the trade-off plots: those stored under the experiment's own
+    fingerprint (gradient baselines and imports unlearn θ_corrupted, whatever θ_clean choice is
+    active) and, when another choice is active, those stored under its fingerprint; one row per
+    (method, point, settings)."""
+    import pandas as pd
+
+    from msa_core import choices
+
+    base = choice_fingerprint(engine, choices.Choice())
+    frames = [results_store().method_grid(base, tier)]
+    if engine.fingerprint != base:
+        frames.append(results_store().method_grid(engine.fingerprint, tier))
+    filled = [f for f in frames if not f.empty]
+    if len(filled) < 2:
+        return filled[0] if filled else frames[0]
+    df = pd.concat(filled, ignore_index=True)
+    return df.drop_duplicates(subset=["method", "point", "tier", "settings_key"], keep="first").reset_index(drop=True)

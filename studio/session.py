@@ -11,7 +11,7 @@ when the widget showing it is not drawn. Widget-key prefixes, one owner each:
     w_export_   the Export page                      w_msa_*   mirrors made by widget_mirror()
     w_pin_      the pin row (studio.compare)         w_fine    the fine-slider toggle
     w_guide_    the Guided demo page                 w_layers_ the Layers page
-    w_gloss_    the Glossary page
+    w_gloss_    the Glossary page                 w_choice_ the θ_clean / e_f / e_r pickers
 
 Every computation at a point runs inside ``engine.session(α, β)`` (through
 :func:`msa_core.targets.model_for`), so two sessions never see each other's weights.
@@ -49,11 +49,15 @@ K_SWEEP_MSG = "msa_sweep_msg"  # a finished sweep's message, shown once after th
 K_SWEEP_RUNNING = "msa_to_sweep_running"  # {"points": n} while a sweep runs; left set when a rerun cut it short
 K_GUIDE_STEP = "msa_guide_step"  # the guided demo's current step (0-based index into pages/guided.py's STEPS)
 K_THREADS = "msa_threads"  # the sidebar's CPU-thread setting: "auto" or a count (studio.threads_control)
+K_PENDING_CHOICE = "msa_pending_choice"  # a msa_core.choices.Choice picked in the sidebar, applied with progress
+K_CHOICE_MSG = "msa_choice_msg"  # ("success" | "error", text): the last choice switch, shown once under the pickers
 K_ENTRY = "_msa_entrypoint_running"  # True while app.py runs the page (see widgets.page_guard)
 
 # Widget keys shared between modules (the coefficient inputs in the sidebar).
 W_ALPHA_SLIDER, W_ALPHA_NUM = "w_alpha_slider", "w_alpha_num"
 W_BETA_SLIDER, W_BETA_NUM = "w_beta_slider", "w_beta_num"
+# The θ_clean candidate and epoch pickers (studio.widgets.choice_controls); the epochs as text ("final", "1", …).
+W_CHOICE_CLEAN, W_CHOICE_EF, W_CHOICE_ER = "w_choice_clean", "w_choice_ef", "w_choice_er"
 # Fine sliders: a window of ±FINE_HALF_WIDTH around the value in FINE_STEP steps (about 100 steps, as the
 # full-range slider has over 0–5, but ten times finer); their own widget keys (fine_key).
 W_FINE = "w_fine"

@@ -129,7 +129,11 @@ def _best_point_or_none() -> Optional[Point]:
 
 
 def coefficient_controls(exp: Experiment) -> None:
-    """The sidebar's α/β sliders with matching number inputs, the presets and the point caption."""
+    """The sidebar's α/β sliders with matching number inputs, the presets, the θ_clean / e_f / e_r
+    pickers (when the experiment offers choices) and the point caption."""
+    engine = resources.loaded_engine()
+    if engine is not None:
+        apply_pending_choice(engine)  # first: the presets' "Best" reads the chosen vectors' results
     session.clamp_point(exp.alpha_range, exp.beta_range)
     st.sidebar.subheader("Coefficients")
     st.sidebar.latex(r"\theta = \theta_c - \alpha\,\tau_f + \beta\,\tau_r")
@@ -173,8 +177,113 @@ def coefficient_controls(exp: Experiment) -> None:
                    "keeping ≥ 90% of the corrupted model's utility" if best
                    else "No sweep results yet (run one on the Trade-off page)",
                    on_click=session.set_point, args=(best.alpha, best.beta) if best else (0.0, 0.0))
+    if engine is not None:
+        choice_controls(engine)
     p = session.point()
     st.sidebar.container(key="point_caption").caption(f"Current point: α = {p.alpha:.3f}, β = {p.beta:.3f}")
+
+
+# ----------------------------------------------------------------------------- θ_clean / epoch choices
+def _epoch_value(text: str) -> Optional[int]:
+    """A picker's epoch text ("final" or "K") as a Choice's epoch (None: the final model)."""
+    return None if text == "final" else int(text)
+
+
+def _epoch_texts(epochs: list[int]) -> list[str]:
+    return ["final"] + [str(k) for k in epochs]
+
+
+def request_choice(which: str) -> None:
+    """on_change of a choice picker: remember the choice the pickers now show (applied, with a
+    progress bar, by :func:`apply_pending_choice` on this run). A new θ_clean keeps the epochs it has."""
+    from msa_core.choices import Choice
+
+    engine = resources.loaded_engine()
+    if engine is None:
+        return
+    ss = st.session_state
+    clean = str(ss[session.W_CHOICE_CLEAN])
+    ef, er = str(ss.get(session.W_CHOICE_EF, "final")), str(ss.get(session.W_CHOICE_ER, "final"))
+    try:
+        if which == "clean":
+            forget_epochs, retain_epochs = resources.choice_epochs(engine, clean)
+            ef = ef if ef in _epoch_texts(forget_epochs) else "final"
+            er = er if er in _epoch_texts(retain_epochs) else "final"
+        session.put(session.K_PENDING_CHOICE, Choice(clean, _epoch_value(ef), _epoch_value(er)))
+    except CORE_ERRORS as exc:
+        session.put(session.K_CHOICE_MSG, ("error", f"Cannot use that choice: {error_text(exc)}"))
+
+
+def apply_pending_choice(engine: Engine) -> None:
+    """Switch the engine to the choice asked for in the sidebar (if any), with a progress bar
+    there: its vectors come from memory or the cache (computed once per choice), θ_corrupted
+    stays loaded, the session's (α, β) stays. On failure the engine keeps its choice."""
+    choice = session.pop(session.K_PENDING_CHOICE)
+    if choice is None or choice == resources.current_choice(engine):
+        return
+    with st.sidebar.status(f"Switching to {choice.label()}…", expanded=True) as status:
+        bar = st.progress(0.0, text="vectors")
+        t0 = time.perf_counter()
+        try:
+            resources.use_choice(engine, choice, progress=bar_progress(bar))
+        except CORE_ERRORS as exc:
+            status.update(label="Switch failed", state="error")
+            log.warning("switching to %s failed: %s", choice.label(), error_text(exc))
+            session.put(session.K_CHOICE_MSG, ("error", f"Could not switch to {choice.label()}: "
+                                                        f"{type(exc).__name__}: {error_text(exc)}"))
+            return
+        vec = engine.vectors
+        status.update(label=f"Using {choice.label()}", state="complete", expanded=False)
+    # What this session showed belongs to the previous vectors (memos follow the new fingerprint).
+    for key in (session.K_ANSWERS, session.K_VERDICT, session.K_METRICS_WAIT, session.K_LAST_METRICS):
+        session.pop(key)
+    session.put(session.K_CHOICE_MSG, ("success", f"Using {choice.label()} (switched in "
+                                                  f"{labels.fmt_seconds(time.perf_counter() - t0)}, vectors "
+                                                  f"{'from cache' if vec.from_cache else 'computed'})."))
+
+
+def choice_controls(engine: Engine) -> None:
+    """The sidebar's θ_clean picker and e_f / e_r selectors, shown only when the experiment offers
+    more than its default choice (a clean_history, or fine-tunes that kept epoch folders)."""
+    try:
+        if not resources.has_choices(engine):
+            return
+        cands = resources.choice_candidates(engine)
+        current = resources.current_choice(engine)
+        forget_epochs, retain_epochs = resources.choice_epochs(engine, current.clean)
+    except CORE_ERRORS as exc:
+        show_error("Cannot list the θ_clean / epoch choices", exc, st.sidebar)
+        return
+    ss = st.session_state
+    # The pickers show the engine's choice (another session may have switched it; a failed switch
+    # leaves it as it was).
+    for key, value in ((session.W_CHOICE_CLEAN, current.clean),
+                       (session.W_CHOICE_EF, "final" if current.forget_epoch is None else str(current.forget_epoch)),
+                       (session.W_CHOICE_ER, "final" if current.retain_epoch is None else str(current.retain_epoch))):
+        if ss.get(key) != value:
+            ss[key] = value
+    names = {c.label: labels.candidate_label(c.label, c.step, c.before_forget) for c in cands}
+    shared = (" Applies to every session on this experiment in this server process (one engine each); "
+              "α and β stay, θ_corrupted is not reloaded.")
+    box = st.sidebar.container(key="choice_pickers")
+    box.selectbox("θ_clean checkpoint", list(names), format_func=names.__getitem__, key=session.W_CHOICE_CLEAN,
+                  on_change=request_choice, args=("clean",),
+                  help="Which checkpoint serves as θ_clean: τ_f = θ_forget − θ_clean and τ_r = θ_retain − θ_clean "
+                       "come from it and its own forget / retain fine-tunes. A checkpoint taken before the forget "
+                       "data entered training is what MSA assumes; 'task-vector' is θ_clean = θ_corrupted."
+                       + shared)
+    c1, c2 = box.columns(2)
+    for col, title, key, epochs, what in ((c1, "e_f (forget epochs)", session.W_CHOICE_EF, forget_epochs, "forget"),
+                                          (c2, "e_r (retain epochs)", session.W_CHOICE_ER, retain_epochs, "retain")):
+        col.selectbox(title, _epoch_texts(epochs), key=key, on_change=request_choice, args=(what,),
+                      format_func=lambda t: labels.epoch_label(_epoch_value(t)), disabled=not epochs,
+                      help=f"Which epoch of the {what} fine-tune of this θ_clean gives θ_{what} ('final': the "
+                           "fine-tune folder itself). Only epochs kept by `msa finetune --save-every-epoch` are listed."
+                           + shared)
+    msg = session.pop(session.K_CHOICE_MSG)
+    if msg:
+        kind, text = msg
+        (box.error if kind == "error" else box.caption)(text)
 
 
 # ----------------------------------------------------------------------------- demo and engine

@@ -78,6 +78,26 @@ def test_add_trains_a_role_on_extra_data_and_a_bad_add_is_refused(tmp_path, clea
     assert not bad.exists()
 
 
+def test_task_vector_and_epoch_folders_of_the_forget_and_retain_fine_tunes(tmp_path, clean_dir, tofu_dir, capsys):
+    out = tmp_path / "exp"
+    args = ["init", str(clean_dir), "--data-dir", str(tofu_dir), "--out", str(out), "--epochs", "2", "--lr", "1e-3",
+            "--batch-size", "4", "--seed", "0", "--task-vector", "--save-every-epoch", "--json", "-"]
+    assert main(args) == 0
+    runs = json.loads(capsys.readouterr().out)["runs"]
+    assert set(runs) == {"forget", "retain", "corrupted", "task-vector/forget", "task-vector/retain"}
+    # e_f / e_r: every forget/retain fine-tune keeps epoch-1 and epoch-2; the corrupted model keeps none
+    for folder in ("forget", "retain", "task-vector/forget", "task-vector/retain"):
+        assert sorted(p.name for p in (out / folder).glob("epoch-*")) == ["epoch-1", "epoch-2"], folder
+        assert (out / folder / "epoch-1" / "model.safetensors").is_file()
+    assert not list((out / "corrupted").glob("epoch-*"))
+    (cand,) = load_experiment(out / "experiment.yaml").clean_history
+    assert (cand.label, cand.clean, cand.forget, cand.before_forget) == (
+        "task-vector", out / "corrupted", out / "task-vector" / "forget", False)
+
+    assert main(args) == 0  # reused, task vector included
+    assert all(r["reused"] for r in json.loads(capsys.readouterr().out)["runs"].values())
+
+
 # ---------------------------------------------------------------- the demo rebuilt (slow)
 
 

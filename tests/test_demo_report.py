@@ -132,3 +132,87 @@ def test_truth_ratio_rows_on_the_quick_demo(quick_demo, cache_dir):
         for split, key in (("forget", "forget_tr_mean"), ("retain", "retain_tr_mean")):
             trs = truth_ratio_values(engine, target, sets[split])
             assert row[key] == pytest.approx(sum(trs) / len(trs), abs=2e-4), (target, split)
+
+
+# ---------------------------------------------------------------- the paper's comparison
+
+
+def _result(fq: float, mu: float):
+    from msa_core.eval.results import EvalResult, MetricValue
+
+    metrics = {"forget_quality": MetricValue("forget_quality", fq),
+               "model_utility_tf": MetricValue("model_utility_tf", mu)}
+    return EvalResult(alpha=None, beta=None, tier="fast", benchmark="tofu", fingerprint="f", settings={}, seconds=0.0,
+                      metrics=metrics)
+
+
+def test_the_comparison_grid_starts_at_the_corrupted_model_without_duplicates():
+    from msa_core.demo.report import comparison_grid
+
+    assert comparison_grid([1.0, 2], [0.0, 0.5]) == [(0.0, 0.0), (1.0, 0.0), (1.0, 0.5), (2.0, 0.0), (2.0, 0.5)]
+    assert comparison_grid([0.0, 1.0], [0.0]) == [(0.0, 0.0), (1.0, 0.0)]
+
+
+def test_the_best_point_is_the_highest_forget_quality_keeping_the_utility_floor():
+    from msa_core.demo.report import _best
+
+    pts = [((1.0, 0.0), _result(0.2, 0.50)), ((2.0, 0.0), _result(0.9, 0.30)), ((1.5, 0.5), _result(0.4, 0.46))]
+    # floor 0.9 × 0.5 = 0.45: (2, 0) forgets most but keeps 0.30 < 0.45; of the rest 0.4 > 0.2
+    assert _best(pts, 0.45)[0] == (1.5, 0.5) and _best(pts, 0.45)[2] is True
+    assert _best(pts, None)[0] == (2.0, 0.0)
+    point, result, kept = _best(pts, 0.6)  # no point keeps 0.6: the best of all, flagged
+    assert (point, result.get("forget_quality"), kept) == ((2.0, 0.0), 0.9, False)
+
+
+def test_the_claims_compare_the_best_forget_qualities():
+    from msa_core.demo.report import _claims, comparison_table
+
+    claims = _claims({"default": 0.5, "default_beta0": 0.3, "pretrain-e3": 0.1, "task-vector": 0.6, "NPO": 0.01}, "NPO")
+    assert claims["msa_beats_task_vector"] is False and claims["msa_beats_NPO"] is True
+    assert claims["closer_checkpoint_better"] == {"pretrain-e3": True} and claims["beta0_forget_quality"] == 0.3
+    assert _claims({"default": 0.5}, None)["msa_beats_task_vector"] is None
+    table = comparison_table({"rows": [{"method": "NPO", "point": "epoch-2", "forget_quality": 0.0123,
+                                        "model_utility": 0.5, "forget_rougeL_recall": None,
+                                        "retain_rougeL_recall": 0.75, "keeps_utility": False}]})
+    assert table.splitlines()[-1] == "| NPO | epoch-2 (below 90% utility) | 0.0123 | 0.5 | — | 0.75 |"
+
+
+@pytest.mark.slow
+def test_the_quick_demo_stores_every_choice_and_the_baseline_and_its_table_is_their_best(quick_demo):
+    """The build's comparison (msa_core.demo.build._compare_into) against the store it filled:
+    each θ_clean choice has its grid under its own fingerprint, the baseline its epochs, and
+    every table row is the best stored point recomputed here from the store's rows."""
+    from pathlib import Path
+
+    from msa_core.choices import Choice, candidates, choice_fingerprint
+    from msa_core.demo import build as demo
+    from msa_core.eval.store import ResultStore
+    from msa_core.experiment import load_experiment
+
+    root = Path(quick_demo).parent
+    exp = load_experiment(quick_demo)
+    assert [(c.label, c.before_forget) for c in candidates(exp)] == [
+        ("default", True), (f"pretrain-e{demo.QUICK.history_epoch}", True), ("task-vector", False)]
+    assert exp.clean_history[1].clean == exp.checkpoints.corrupted
+    from msa_core.choices import epochs_of
+
+    assert epochs_of(exp.checkpoints.forget) == demo.kept_epochs(demo.QUICK) != []
+    comp = json.loads((root / "demo_report.json").read_text())["comparison"]
+    store = ResultStore(comp["store"])
+    assert Path(comp["store"]) == root / "results.sqlite"
+    grid = {tuple(p) for p in comp["grid"]}
+    rows = {r["choice"]: r for r in comp["rows"] if r["choice"] is not None and not r["method"].startswith("corr")}
+    floor = comp["utility_floor"]
+    for cand in candidates(exp):
+        df = store.grid(choice_fingerprint(exp, Choice(clean=cand.label)), tier="fast")
+        assert {(a, b) for a, b in zip(df["alpha"], df["beta"])} == grid, cand.label
+        unlearned = df[~((df["alpha"] == 0) & (df["beta"] == 0))]
+        ok = unlearned[unlearned["model_utility_tf"] >= floor]
+        assert rows[cand.label]["keeps_utility"] is (not ok.empty)
+        ok = unlearned if ok.empty else ok
+        best = ok.loc[ok["forget_quality"].idxmax()]
+        assert rows[cand.label]["forget_quality"] == round(float(best["forget_quality"]), 4), cand.label
+        assert rows[cand.label]["point"] == f"α={best['alpha']:g}, β={best['beta']:g}"
+    named = store.method_grid(choice_fingerprint(exp, Choice()), tier="fast")
+    assert sorted(named["point"]) == [f"epoch-{k}" for k in range(1, demo.QUICK.baseline.epochs + 1)]
+    assert any(r["method"] == demo.BASELINE_METHOD for r in comp["rows"])

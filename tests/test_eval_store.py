@@ -301,3 +301,65 @@ def test_runs_are_listed_per_settings_key_and_one_can_be_deleted(tmp_path):
     assert st.count("fp") == 2 and st.count("fp#reference") == 1 and st.count("other") == 1
     assert len(st.method_grid("fp")) == 1
     assert st.delete_run("fp", "k1") == 0
+
+
+def _rows(store: ResultStore) -> dict[tuple, tuple]:
+    """Every row of a store, keyed by its primary key (fingerprint, α, β, tier, settings key)."""
+    with sqlite3.connect(store.path) as con:
+        return {tuple(r[:5]): tuple(r[5:]) for r in con.execute("SELECT * FROM results").fetchall()}
+
+
+def test_merge_is_the_union_idempotent_and_keeps_the_newest_of_a_conflict(tmp_path, monkeypatch):
+    from msa_core.eval import store as store_module
+    from msa_core.eval.store import results_grid
+
+    clock = iter(float(t) for t in range(1000, 2000))
+    monkeypatch.setattr(store_module.time, "time", lambda: next(clock))
+    a, b = ResultStore(tmp_path / "r.rank0.sqlite"), ResultStore(tmp_path / "r.rank1.sqlite")
+    a.put(_result(0.0, 0.0, fq=0.1))
+    a.put(_result(2.0, 0.0, fq=0.3))
+    b.put(_result(1.0, 0.0, fq=0.2))
+    b.put(_result(2.0, 0.0, fq=0.35))  # the same point as a's, stored later: the newer row
+    a.put(_result(1.0, 0.5, fq=0.4, key="k2"))
+    b.put(_result(1.0, 0.5, fq=0.4, key="k2"))  # identical payload, stored later: not a conflict
+    src_a, src_b = _rows(a), _rows(b)
+    into = ResultStore(tmp_path / "merged.sqlite")
+
+    first = into.merge_from(a.path)
+    assert (first.rows, first.added, first.same, first.replaced, first.kept) == (3, 3, 0, 0, 0)
+    second = into.merge_from(b.path)
+    assert (second.rows, second.added, second.same, second.replaced, second.kept) == (3, 1, 1, 1, 0)
+    assert second.conflicts == (("fp", 2.0, 0.0, "fast", "k1"),)
+    assert "1 conflict(s) (newest kept: 1 taken from the source, 0 kept from the target)" in second.describe()
+    merged = _rows(into)
+    union = {**src_a, **{k: v for k, v in src_b.items() if k not in src_a or v[2] > src_a[k][2]}}
+    union[("fp", 1.0, 0.5, "fast", "k2")] = src_a[("fp", 1.0, 0.5, "fast", "k2")]  # the same payload: a's row stays
+    assert merged == union and len(merged) == 4
+    assert into.get("fp", 2.0, 0.0, "fast", "k1").flat()["forget_quality"] == 0.35  # the newest
+
+    again = [into.merge_from(a.path), into.merge_from(b.path)]  # twice = once
+    assert _rows(into) == merged
+    assert [(r.added, r.replaced) for r in again] == [(0, 0), (0, 0)]
+    assert again[0].kept == 1 and again[1].same == 3  # a's older row of (2, 0) loses again, and says so
+    assert _rows(a) == src_a and _rows(b) == src_b  # the sources are only read
+
+    df = results_grid([into.get("fp", 0.0, 0.0, "fast", "k1"), into.get("fp", 1.0, 0.0, "fast", "k1")])
+    assert list(df["forget_quality"]) == [0.1, 0.2] and list(df.columns) == list(into.grid("fp", settings_key="k1").columns)
+
+
+def test_merge_refuses_missing_foreign_and_self(tmp_path):
+    into = ResultStore(tmp_path / "r.sqlite")
+    with pytest.raises(FileNotFoundError, match="nope.sqlite: no such file"):
+        into.merge_from(tmp_path / "nope.sqlite")
+    with pytest.raises(ValueError, match="cannot merge a store into itself"):
+        into.merge_from(tmp_path / "r.sqlite")
+    other = tmp_path / "other.sqlite"
+    with sqlite3.connect(other) as con:
+        con.execute("CREATE TABLE results (x TEXT)")
+    with pytest.raises(ValueError, match=r"other.sqlite is not a results store .*columns \['x'\]"):
+        into.merge_from(other)
+    text = tmp_path / "notes.sqlite"
+    text.write_text("not a database at all, just some text long enough to have a header" * 20)
+    with pytest.raises(ValueError, match="notes.sqlite is not a results store"):
+        into.merge_from(text)
+    assert into.count() == 0

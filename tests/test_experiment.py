@@ -130,3 +130,86 @@ def test_prompt_format_and_conventions_are_read_validated_and_written(tiny_exper
     bad.write_text(src.read_text() + "conventions: {rouge: x}\n")
     with pytest.raises(ValueError, match="unknown convention 'rouge'"):
         load_experiment(bad)
+
+
+_HISTORY = """clean_history:
+  - label: pretrain-e10
+    clean: clean
+    forget: forget
+    retain: retain
+    before_forget: true
+    step: 10
+  - label: task-vector
+    clean: corrupted
+    forget: forget
+    retain: retain
+    before_forget: false
+"""
+
+
+def test_clean_history_is_read_written_and_not_fingerprinted(tiny_experiment, tmp_path):
+    from msa_core.experiment import CleanCandidate
+    from msa_core.fingerprints import experiment_fingerprint
+
+    src = tiny_experiment.checkpoints.clean.parent / "experiment.yaml"
+    assert "clean_history" not in src.read_text()  # not written when there is none
+    hist = src.parent / "hist.yaml"
+    hist.write_text(src.read_text() + _HISTORY)
+    exp = load_experiment(hist)
+    ck = tiny_experiment.checkpoints
+    assert exp.clean_history == (
+        CleanCandidate("pretrain-e10", ck.clean, ck.forget, ck.retain, before_forget=True, step=10.0),
+        CleanCandidate("task-vector", ck.corrupted, ck.forget, ck.retain, before_forget=False, step=None),
+    )
+    hash(exp)
+    assert experiment_fingerprint(exp) == experiment_fingerprint(tiny_experiment)
+    target = src.parent / "saved.yaml"  # beside the checkpoints: paths are written relative
+    save_experiment(exp, target)
+    text = target.read_text()
+    assert "label: pretrain-e10" in text and "clean: corrupted" in text and "step: 10\n" in text
+    assert load_experiment(target).clean_history == exp.clean_history
+    moved = tmp_path / "elsewhere" / "saved.yaml"  # outside: absolute paths, same candidates
+    save_experiment(exp, moved)
+    assert load_experiment(moved).clean_history == exp.clean_history
+
+
+@pytest.mark.parametrize("entry,error,field", [
+    ("- {clean: clean, forget: forget, retain: retain}", KeyError, r"clean_history\[0\]\.label is missing"),
+    ("- {label: a, forget: forget, retain: retain}", KeyError, r"clean_history\[0\]\.clean is missing"),
+    ("- {label: default, clean: clean, forget: forget, retain: retain}", ValueError,
+     r"clean_history\[0\]\.label: 'default' is reserved"),
+    ("- {label: 'a b', clean: clean, forget: forget, retain: retain}", ValueError,
+     r"clean_history\[0\]\.label: 'a b' is not a label"),
+    ("- {label: a, clean: clean, forget: forget, retain: retain}\n"
+     "  - {label: a, clean: clean, forget: forget, retain: retain}", ValueError,
+     r"clean_history\[1\]\.label: 'a' is already used by .*clean_history\[0\]"),
+    ("- {label: a, clean: nowhere, forget: forget, retain: retain}", FileNotFoundError,
+     r"clean_history\[0\]\.clean: model folder .*nowhere does not exist"),
+    ("- {label: a, clean: clean, forget: tok, retain: retain}", FileNotFoundError,
+     r"clean_history\[0\]\.forget: .*tok has no config.json"),
+    ("- {label: a, clean: clean, forget: forget, retain: retain, before_forget: maybe}", ValueError,
+     r"clean_history\[0\]\.before_forget: expected true or false"),
+    ("- {label: a, clean: clean, forget: forget, retain: retain, step: .inf}", ValueError,
+     r"clean_history\[0\]\.step: expected a finite number"),
+    ("- {label: a, clean: clean, forget: forget, retain: retain, step: ten}", ValueError,
+     r"clean_history\[0\]\.step: expected a finite number"),
+    ("- {label: a, clean: clean, forget: forget, retain: retain, epochs: 3}", ValueError,
+     r"clean_history\[0\]: unknown field\(s\) \['epochs'\]"),
+    ("- just-a-string", ValueError, r"clean_history\[0\]: expected a mapping"),
+    ("{label: a}", ValueError, r"clean_history: expected a list"),
+])
+def test_bad_clean_history_entries_name_the_field(tiny_experiment, entry, error, field):
+    src = tiny_experiment.checkpoints.clean.parent / "experiment.yaml"
+    bad = src.parent / "bad.yaml"
+    body = f"  {entry}" if entry.startswith("-") else f" {entry}"
+    bad.write_text(src.read_text() + "clean_history:\n" + body + "\n")
+    with pytest.raises(error, match=r"bad.yaml: " + field):
+        load_experiment(bad)
+
+
+def test_clean_history_paths_are_checked_only_when_asked(tiny_experiment):
+    src = tiny_experiment.checkpoints.clean.parent / "experiment.yaml"
+    later = src.parent / "later.yaml"
+    later.write_text(src.read_text() + "clean_history:\n  - {label: a, clean: x, forget: y, retain: z}\n")
+    exp = load_experiment(later, check_paths=False)
+    assert exp.clean_history[0].clean == src.parent / "x"

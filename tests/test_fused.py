@@ -43,7 +43,7 @@ def test_fused_kernel_failure_falls_back_to_eager(tiny_experiment_bf16, cache_di
     monkeypatch.delenv("MSA_FUSED_COMPOSE", raising=False)
     fused._reset_for_tests()
 
-    def broken(use_a: bool, use_b: bool):
+    def broken(use_a: bool, use_b: bool, family: str = "cpu"):
         raise RuntimeError("no C++ compiler")
 
     monkeypatch.setattr(fused, "_kernel", broken)
@@ -69,7 +69,7 @@ def test_fused_warm_up_compiles_before_the_first_move(tiny_experiment_bf16, cach
     thread.join(timeout=300)
     if fused.disabled_reason():
         pytest.skip(f"fused kernel unavailable here: {fused.disabled_reason()}")
-    assert set(fused._KERNELS) == {(True, True), (True, False), (False, True)}
+    assert set(fused._KERNELS) == {("cpu", True, True), ("cpu", True, False), ("cpu", False, True)}
     from torch._dynamo.utils import counters
 
     graphs = counters["stats"]["unique_graphs"]

@@ -223,3 +223,33 @@ def test_extra_data_for_a_role_not_trained_or_without_a_muse_folder_is_refused(t
         load_stage_data(tofu_dir, Stages(extra={"forget": ("muse:raw/forget",)}))
     with pytest.raises(FileNotFoundError, match="raw/holdout.json"):
         load_stage_data(tofu_dir, Stages(extra={"forget": ("muse:raw/holdout",)}), muse_dir)
+
+
+def test_the_task_vector_candidate_fine_tunes_the_corrupted_model_and_is_written(tmp_path, clean_dir, tofu_dir):
+    from msa_core.recipe import TASK_VECTOR
+
+    out = tmp_path / "out"
+    first = init_experiment(clean_dir, tofu_dir, out, config=CONFIG, task_vector=True)
+    assert set(first.runs) == {"forget", "retain", "corrupted", "task-vector/forget", "task-vector/retain"}
+    exp = load_experiment(first.experiment)
+    (cand,) = exp.clean_history
+    assert (cand.label, cand.before_forget, cand.step) == (TASK_VECTOR, False, None)
+    assert cand.clean == out / "corrupted" == exp.checkpoints.corrupted
+    assert (cand.forget, cand.retain) == (out / "task-vector" / "forget", out / "task-vector" / "retain")
+    for role in ("forget", "retain"):
+        card = json.loads((out / "task-vector" / role / "msa_finetune.json").read_text())
+        default_card = json.loads((out / role / "msa_finetune.json").read_text())
+        # the same data and settings as the default role, from the corrupted model instead of θ_clean
+        assert card["base"] == str(out / "corrupted") and default_card["base"] == str(clean_dir)
+        assert card["data"] == default_card["data"] and card["config"] == default_card["config"]
+
+    mtimes = {r: (out / r / "model.safetensors").stat().st_mtime_ns for r in first.runs}
+    again = init_experiment(clean_dir, tofu_dir, out, config=CONFIG, task_vector=True)
+    assert all(r.reused for r in again.runs.values())
+    assert {r: (out / r / "model.safetensors").stat().st_mtime_ns for r in again.runs} == mtimes
+    assert load_experiment(again.experiment).clean_history == exp.clean_history
+
+
+def test_without_the_task_vector_no_history_is_written(tmp_path, clean_dir, tofu_dir):
+    res = init_experiment(clean_dir, tofu_dir, tmp_path / "out", Stages(full=None, corrupted=clean_dir), config=CONFIG)
+    assert load_experiment(res.experiment).clean_history == ()

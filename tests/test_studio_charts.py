@@ -218,3 +218,47 @@ def test_tradeoff_scatter_with_a_metric_only_the_named_points_have():
     fig = charts.tradeoff_scatter(df, "forget_quality", "model_utility", Point(0, 0), None, methods=_methods())
     by_name = {t.name: t for t in fig.data}
     assert len(by_name["α/β grid"].x) == 0 and list(by_name["NPO"].y) == [0.95, 0.85]
+
+
+def _choice_grid(shift: float) -> pd.DataFrame:
+    """Composed rows of another θ_clean choice: same corrupted point (α = β = 0), other trade-off."""
+    return pd.DataFrame([{"alpha": a, "beta": 0.0, "model": "composed", "settings_key": "k9",
+                          "forget_quality": 1e-5 * 10 ** (a * shift), "model_utility": 1.0 - a * 0.02}
+                         for a in (0.0, 1.0, 2.0)])
+
+
+def test_the_scatter_draws_other_choices_and_their_points_join_the_pareto_front():
+    other = _choice_grid(3.0)  # FQ 1e-5, 1e-2, 10 at utility 1, 0.98, 0.96: dominates the grid's α=2 point
+    fig = charts.tradeoff_scatter(_grid(), "forget_quality", "model_utility", Point(1.0, 0.0), None,
+                                  choice_series={"θ_clean=pretrain-e10, e_f=final, e_r=final": other},
+                                  grid_name="α/β grid · θ_clean=default")
+    by_name = {t.name: t for t in fig.data}
+    assert "α/β grid · θ_clean=default" in by_name
+    series = by_name["θ_clean=pretrain-e10, e_f=final, e_r=final"]
+    assert list(series.x) == list(other["forget_quality"]) and list(series.text)[1] == "α=1, β=0"
+    front = by_name["Pareto front (all series)"]
+    # Every grid point has FQ ≤ 2.001e-3 and utility ≤ 1; the choice's (10, 0.96) and (1e-2, 0.98)
+    # beat all grid points but the corrupted ones at utility 1; the front: (1e-5, 1), (1e-2, .98), (10, .96)
+    # (the grid's own α=0 points tie at FQ 1e-6 < 1e-5 with the same utility, so they are dominated).
+    assert sorted(zip(front.x, front.y)) == [(1e-5, 1.0), (1e-2, 0.98), (10.0, 0.96)]
+
+
+def test_best_points_keep_ninety_percent_of_the_corrupted_utility_per_series():
+    grid = charts.composed(_grid())
+    corrupted = grid[(grid["alpha"] == 0) & (grid["beta"] == 0)].iloc[0]
+    assert charts.utility_floor(corrupted) == ("model_utility", pytest.approx(0.9))
+    table = charts.best_points({"MSA": grid, "other": _choice_grid(3.0)}, _methods(), corrupted)
+    rows = {r["series"]: r for r in table.to_dict("records")}
+    # MSA: utility 1 − α/10 ≥ 0.9 keeps α ≤ 1; the best FQ there is α = 1: 1e-6 · 1001.
+    assert rows["MSA"]["point"] == "α=1, β=0" and rows["MSA"]["forget_quality"] == pytest.approx(1.001e-3)
+    # The other choice keeps its utility everywhere (≥ 0.96): its α = 2 point (FQ 10) wins.
+    assert rows["other"]["point"] == "α=2, β=0" and rows["other"]["forget_quality"] == pytest.approx(10.0)
+    # NPO epoch 2 (FQ 0.5) falls below 0.9 utility (0.85): epoch 1 is its best kept point.
+    assert rows["NPO"]["point"] == "epoch 1" and rows["NPO"]["model_utility"] == 0.95
+    # GradDiff's one run keeps 0.2: no point qualifies, said so, no numbers.
+    assert rows["GradDiff"]["point"] == "none keeps the utility" and not rows["GradDiff"]["kept"]
+    assert math.isnan(rows["GradDiff"]["forget_quality"])
+    assert list(table.columns)[:4] == ["series", "point", "kept", "model_utility"]
+    # Without the corrupted point stored there is no floor: the best forget quality of every point.
+    loose = {r["series"]: r for r in charts.best_points({}, _methods(), None).to_dict("records")}
+    assert loose["NPO"]["point"] == "epoch 2" and loose["GradDiff"]["kept"]

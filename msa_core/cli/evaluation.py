@@ -3,7 +3,16 @@
     msa eval EXPERIMENT --alpha A --beta B [--tier fast|full] [--benchmark tofu|muse|all]
              [--subset N] [--open-unlearning-dir DIR] [--json FILE|-]
     msa sweep EXPERIMENT --alphas 0,0.5,1,1.5,2 --betas 0:1:0.5 [--tier ...] [--json FILE|-]
+              [--processes N] [--store-per-rank]
+    accelerate launch [--multi_gpu --num_processes N …] -m msa_core sweep EXPERIMENT …
     msa results EXPERIMENT [--tier fast|full] [--columns a,b | --all-columns] [--json FILE|-]
+    msa results --merge A.sqlite B.sqlite … [--into STORE]
+
+Sweeps over several processes (:mod:`msa_core.eval.distributed`): a ``msa sweep`` started by
+``accelerate launch`` (``$WORLD_SIZE`` > 1) evaluates its share of the grid on its own device;
+``msa sweep --processes N`` starts N such processes on this host itself and waits for them. The
+main process prints the table (or JSON) of the whole grid; a failed process makes the command
+exit 1 after saying how much is stored (running it again finishes the grid).
 
 Results go to the results store (``cache/results.sqlite`` unless ``--store``), the same
 store the app reads. Each run owns one :class:`ReferenceCache`. A point already in the store is
@@ -18,15 +27,17 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import subprocess
 import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from msa_core.cli.models import add_engine_args, add_point_args, experiment_at_point, load_engine
+from msa_core.cli.models import add_engine_args, add_point_args, experiment_at_point, load_engine, requested_threads
 from msa_core.cli.output import add_output_args, chatty, emit, note, progress_for
 from msa_core.eval.results import METRIC_INFO, METRIC_ORDER, EvalResult
 
@@ -34,6 +45,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from msa_core.eval.store import ResultStore
+    from msa_core.experiment import Experiment
 
 
 # The columns ``msa results`` shows by default, per tier: the headline numbers of each tier.
@@ -188,34 +200,150 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from msa_core.eval.run import ReferenceCache
-    from msa_core.eval.store import ResultStore
-    from msa_core.eval.sweep import parse_grid, run_sweep
+    from msa_core.eval.distributed import launched_processes
+
+    if launched_processes() > 1:
+        return _sweep_process(args)
+    if getattr(args, "processes", 1) > 1:
+        return _launch_sweep(args)
+    return _sweep_here(args)
+
+
+def _grids(args: argparse.Namespace) -> tuple[Experiment, list[float], list[float]]:
+    """The experiment and the checked --alphas / --betas (before anything heavy is loaded)."""
+    from msa_core.eval.sweep import parse_grid
     from msa_core.experiment import load_experiment
 
     experiment = load_experiment(args.experiment)
-    columns = _columns(args)
     alphas = parse_grid(args.alphas, name="--alphas", within=experiment.alpha_range)
     betas = parse_grid(args.betas, name="--betas", within=experiment.beta_range)
+    return experiment, alphas, betas
+
+
+def _point_printer(args: argparse.Namespace, prefix: str = "") -> Callable[[EvalResult, bool], None]:
+    def on_point(res: EvalResult, was_stored: bool) -> None:
+        if chatty(args):
+            fq, mu = res.get("forget_quality"), res.get("model_utility", res.get("model_utility_tf"))
+            tag = "stored" if was_stored else f"{res.seconds:.1f}s"
+            print(f"\n{prefix}α={res.alpha:g} β={res.beta:g}  forget_quality={_fmt(fq)}  utility={_fmt(mu)}  ({tag})",
+                  file=sys.stderr)
+    return on_point
+
+
+def _sweep_process(args: argparse.Namespace) -> int:
+    """One of the processes of a launched sweep (module docstring)."""
+    from msa_core.eval.distributed import PLAN_ENV, join_process_group, rank_store_path, run_sweep_share
+    from msa_core.eval.run import ReferenceCache
+    from msa_core.eval.store import ResultStore, results_grid
+    from msa_core.paths import default_results_path
+
+    if args.no_store:
+        raise ValueError("--no-store: the processes of a sweep share their work through the results store")
+    experiment, alphas, betas = _grids(args)
+    columns = _columns(args)
+    group = join_process_group(args.device)
+    try:
+        engine_args = argparse.Namespace(**vars(args))
+        engine_args.device = group.device
+        if not group.is_main:
+            engine_args.quiet = True  # one progress bar: the main process's
+        engine = load_engine(engine_args, experiment)
+        if group.device == "cpu" and requested_threads(args) is None:
+            import torch
+
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // group.local_count))
+        base = Path(args.store).expanduser() if args.store else default_results_path()
+        per_rank = bool(args.store_per_rank) or group.multi_node
+        if per_rank:
+            store = ResultStore(rank_store_path(base, group.index))
+            also = [ResultStore(base)] if base.is_file() else []
+        else:
+            store, also = ResultStore(base), []
+        plan = os.environ.get(PLAN_ENV)
+        results = run_sweep_share(
+            engine, store, [(a, b) for a in alphas for b in betas], group, shared_store=not per_rank,
+            also_read=also, tier=args.tier, benchmark=args.benchmark, subset=args.subset,
+            progress=progress_for(engine_args), on_point=_point_printer(args, f"[{group.label()}] "),
+            batch_size=args.batch_size, reference_cache=ReferenceCache(), plan_file=Path(plan) if plan else None)
+    finally:
+        group.close()
+    if not group.is_main:
+        return 0
+    if per_rank:
+        note(args, f"{group.count} per-rank stores next to {base} ({rank_store_path(base, 0).name} …); "
+                   f"combine them with: msa results --merge {base.parent}/{base.stem}.rank*.sqlite --into {base}")
+    emit(args.json, [r.to_json() for r in results], lambda: print_table(results_grid(results), columns=columns))
+    return 0
+
+
+def _launch_sweep(args: argparse.Namespace) -> int:
+    """``msa sweep --processes N``: start N processes of this sweep on this host and wait for them."""
+    from msa_core.eval.distributed import free_port, launch_command, launch_env, read_plan
+
+    if args.no_store:
+        raise ValueError("--no-store: the processes of a sweep share their work through the results store")
+    raw = getattr(args, "_sweep_argv", None)
+    if raw is None:
+        raise ValueError("--processes: this sweep's command line is unknown (call msa_core.cli.main with argv)")
+    _grids(args)  # bad grids and experiment files answer before any process starts
+    if args.device not in (None, "cpu", "cuda"):
+        raise ValueError(f"--device {args.device}: with --processes each process takes cuda:<local rank>; "
+                         "pass --device cuda or --device cpu (or leave it out)")
+    if args.device != "cpu":
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if gpus and args.processes > gpus:
+            raise ValueError(f"--processes {args.processes}: this host has {gpus} GPU(s); "
+                             "start at most one process per GPU (or pass --device cpu)")
+    lead = (["-v"] if getattr(args, "verbose", False) else []) + \
+        (["--threads", str(args.global_threads)] if getattr(args, "global_threads", None) is not None else [])
+    with tempfile.TemporaryDirectory(prefix="msa-sweep-") as tmp:
+        plan_file = Path(tmp) / "plan.json"
+        cmd = launch_command(args.processes, [*lead, "sweep", *raw], port=free_port())
+        note(args, f"starting {args.processes} processes: {' '.join(cmd)}")
+        rc = subprocess.run(cmd, env=launch_env(plan_file), check=False).returncode
+        plan = read_plan(plan_file)
+    if plan is not None:
+        stored = len(plan.stored())
+        note(args, f"{stored} of {len(plan.points)} grid point(s) stored in {', '.join(plan.stores)}")
+    if rc != 0:
+        done = "" if plan is None else f"; {len(plan.stored())} of {len(plan.points)} grid point(s) are stored"
+        print(f"msa sweep: a process failed (exit status {rc}){done}; run the same command again to finish "
+              "the grid", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _sweep_here(args: argparse.Namespace) -> int:
+    from msa_core.eval.run import ReferenceCache
+    from msa_core.eval.store import ResultStore
+    from msa_core.eval.sweep import run_sweep
+
+    experiment, alphas, betas = _grids(args)
+    columns = _columns(args)
     engine = load_engine(args, experiment)
     if args.no_store:  # a sweep resumes through a store: use a throw-away one
         store = ResultStore(Path(tempfile.mkdtemp(prefix="msa-sweep-")) / "results.sqlite")
     else:
         store = _open_store(args.store)
 
-    def on_point(res: EvalResult, was_stored: bool) -> None:
-        if chatty(args):
-            fq, mu = res.get("forget_quality"), res.get("model_utility", res.get("model_utility_tf"))
-            tag = "stored" if was_stored else f"{res.seconds:.1f}s"
-            print(f"\nα={res.alpha:g} β={res.beta:g}  forget_quality={_fmt(fq)}  utility={_fmt(mu)}  ({tag})",
-                  file=sys.stderr)
-
     results = run_sweep(engine, store, alphas, betas, tier=args.tier, benchmark=args.benchmark, subset=args.subset,
-                        progress=progress_for(args), on_point=on_point, batch_size=args.batch_size,
+                        progress=progress_for(args), on_point=_point_printer(args), batch_size=args.batch_size,
                         reference_cache=ReferenceCache())
     grid = store.grid(engine.fingerprint, tier=args.tier, settings_key=results[0].settings_key)
     emit(args.json, [r.to_json() for r in results], lambda: print_table(grid, columns=columns))
     return 0
+
+
+def _process_count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n}: at least 1 process")
+    return n
 
 
 def _columns(args: argparse.Namespace) -> Optional[list[str]]:
@@ -234,6 +362,12 @@ def _columns(args: argparse.Namespace) -> Optional[list[str]]:
 def cmd_results(args: argparse.Namespace) -> int:
     from msa_core.experiment import load_experiment
 
+    if args.merge:
+        return _merge(args)
+    if args.into:
+        raise ValueError("--into: only with --merge")
+    if not args.experiment:
+        raise ValueError("msa results needs an experiment file (or --merge STORE …)")
     columns = _columns(args)
     experiment = load_experiment(args.experiment)
     from msa_core.fingerprints import experiment_fingerprint  # torch: after the checks above
@@ -249,6 +383,51 @@ def cmd_results(args: argparse.Namespace) -> int:
 
     emit(args.json, [r.to_json() for r in stored], human)
     return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    """``msa results --merge A.sqlite B.sqlite … [--into STORE]``: combine stores (per-rank ones)."""
+    from msa_core.eval.store import ResultStore
+    from msa_core.paths import default_results_path
+
+    if args.experiment:
+        raise ValueError(f"--merge takes store files, not an experiment ({args.experiment}); "
+                         "list every store after --merge")
+    into = Path(args.into or args.store or default_results_path()).expanduser()
+    sources = [Path(s).expanduser() for s in dict.fromkeys(args.merge)]
+    for src in sources:  # every file is checked before anything is written
+        if not src.is_file():
+            raise FileNotFoundError(f"--merge {src}: no such file")
+        if into.exists() and src.resolve() == into.resolve():
+            raise ValueError(f"--merge {src}: this is the --into store itself")
+    target = ResultStore(into)
+    reports = [target.merge_from(src) for src in sources]
+    payload = {"into": str(into), "rows": target.count(), "sources": [
+        {"source": str(r.source), "rows": r.rows, "added": r.added, "same": r.same, "replaced": r.replaced,
+         "kept": r.kept, "conflicts": [list(k) for k in r.conflicts]} for r in reports]}
+
+    def human() -> None:
+        for r in reports:
+            print(r.describe())
+        added = sum(r.added + r.replaced for r in reports)
+        print(f"{into}: {added} row(s) written, {target.count()} row(s) in all")
+
+    emit(args.json, payload, human)
+    return 0
+
+
+def record_argv(parser: argparse.ArgumentParser) -> None:
+    """Keep the command line a subcommand parser parsed (as ``args._sweep_argv``), so
+    ``msa sweep --processes N`` can hand the very same arguments to its processes."""
+    parse_known = parser.parse_known_args
+
+    def recording(args: Optional[Sequence[str]] = None, namespace: Optional[argparse.Namespace] = None,
+                  ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, rest = parse_known(args, namespace)
+        parsed._sweep_argv = list(sys.argv[1:] if args is None else args)
+        return parsed, rest
+
+    parser.parse_known_args = recording  # type: ignore[method-assign]
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -270,11 +449,24 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _add_eval_args(p)
     p.add_argument("--columns", default=None, metavar="M1,M2",
                    help="metrics in the final table (default: the tier's compact set)")
+    p.add_argument("--processes", type=_process_count, default=1, metavar="N",
+                   help="split the grid over N processes on this host, one per GPU (cuda:0 … cuda:N-1) or "
+                        "N CPU processes with --device cpu, started through accelerate launch (default 1); "
+                        "on several hosts run `accelerate launch … -m msa_core sweep …` on each instead")
+    p.add_argument("--store-per-rank", action="store_true",
+                   help="each process writes <store>.rank<R>.sqlite (automatic when the processes span several "
+                        "hosts); combine them with msa results --merge")
     add_output_args(p)
     p.set_defaults(func=cmd_sweep)
+    record_argv(p)
 
-    p = sub.add_parser("results", help="stored results of an experiment (table or JSON)")
-    p.add_argument("experiment", help="experiment YAML file")
+    p = sub.add_parser("results", help="stored results of an experiment (table or JSON), or merge stores")
+    p.add_argument("experiment", nargs="?", default=None, help="experiment YAML file (not with --merge)")
+    p.add_argument("--merge", nargs="+", default=None, metavar="STORE",
+                   help="copy these stores' rows (e.g. a sweep's per-rank stores) into --into; merging twice "
+                        "adds nothing, and where two rows of one point differ the newest is kept (and reported)")
+    p.add_argument("--into", default=None, metavar="STORE",
+                   help="the store --merge writes into (default: --store, else cache/results.sqlite)")
     p.add_argument("--tier", choices=("fast", "full"), default=None, help="only this tier (default: each, in turn)")
     p.add_argument("--store", default=None, help="results database (default: cache/results.sqlite)")
     shown = p.add_mutually_exclusive_group()

@@ -3,12 +3,17 @@
 Fine-tunes θ_forget, θ_retain, θ_corrupted (and optionally the reference) with
 :func:`msa_core.recipe.init_experiment` — reusing any that a previous run already made
 with the same settings — and writes ``OUT/experiment.yaml`` for ``streamlit run app.py``,
-``msa vectors``, ``msa sweep`` and ``msa compose``.
+``msa vectors``, ``msa sweep`` and ``msa compose``. ``--task-vector`` adds the task-vector
+baseline (θ_corrupted fine-tuned on the forget and retain data) to the experiment's
+``clean_history``; ``--save-every-epoch`` keeps the forget/retain fine-tunes' epoch folders
+(the paper's e_f, e_r) — the corrupted and reference fine-tunes keep none unless
+``--set corrupted.save_every_epoch=true``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -57,16 +62,24 @@ def cmd_init(args: argparse.Namespace) -> int:
                     corrupted=Path(args.corrupted) if args.corrupted else None, reference=args.reference,
                     extra=parse_extra_data(args.add))
     config = training_config(args)
+    role_configs = parse_role_settings(config, args.set)
+    if config.save_every_epoch:
+        # e_f / e_r are epochs of the forget and retain fine-tunes only: the corrupted and
+        # reference models would keep whole-model copies per epoch for nothing.
+        plain = dataclasses.replace(config, save_every_epoch=False)
+        own = [s for s in args.set if str(s).split(".", 1)[0].strip() in ("corrupted", "reference")]
+        role_configs.update({role: plain for role in ("corrupted", "reference")})
+        role_configs.update(parse_role_settings(plain, own))
     result = init_experiment(Path(args.clean), Path(args.data_dir), Path(args.out), stages, config,
-                             role_configs=parse_role_settings(config, args.set),
-                             muse_dir=Path(args.muse_dir) if args.muse_dir else None, progress=progress_for(args))
+                             role_configs=role_configs, muse_dir=Path(args.muse_dir) if args.muse_dir else None,
+                             progress=progress_for(args), task_vector=args.task_vector)
     payload = result.summary()
 
     def human() -> None:
         for role, run in payload["runs"].items():
             loss = "" if run["final_loss"] is None else f" (loss {run['final_loss']:.4f})"
             what = "reused" if run["reused"] else f"trained in {run['seconds']:.1f}s{loss}"
-            print(f"{role:<10} {what}: {run['out']}")
+            print(f"{role:<20} {what}: {run['out']}")
         print(payload["experiment"])
 
     emit(args.json, payload, human)
@@ -92,6 +105,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--add", action="append", default=[], metavar="ROLE=SPEC",
                    help="extra data one fine-tune also trains on, after its split, e.g. "
                         "corrupted=muse:raw/forget (muse: from --muse-dir, tofu: from --data-dir; repeatable)")
+    p.add_argument("--task-vector", action="store_true",
+                   help="also fine-tune the corrupted model on the forget and retain data (OUT/task-vector/): "
+                        "the task-vector baseline, listed in experiment.yaml's clean_history")
     p.add_argument("--out", required=True, help="output folder: one sub-folder per model, and experiment.yaml")
     add_training_args(p)
     add_output_args(p)

@@ -7,10 +7,11 @@ Each command validates its arguments, calls one library function and prints (see
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from msa_core.cli.output import add_output_args, emit, note, progress_for
 from msa_core.experiment import Experiment, load_experiment
@@ -21,12 +22,21 @@ if TYPE_CHECKING:
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
-    """The experiment and how its engine is loaded (device, dtype, which parameters move)."""
+    """The experiment and how its engine is loaded (device or device map, dtypes, which parameters move)."""
     parser.add_argument("experiment", help="experiment YAML file")
     parser.add_argument("--device", default=None,
                         help="cpu / cuda / cuda:N, checked against this machine (default: cuda if available)")
     parser.add_argument("--dtype", default=None,
                         help="float32 / bfloat16 / float16 (default: checkpoint's; bf16 on GPU)")
+    parser.add_argument("--vector-dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="how τ_f, τ_r are stored on the device: float32 (default) or bfloat16 (half the memory; "
+                             "the compose still computes in float32; results are stored apart)")
+    parser.add_argument("--device-map", default=None, metavar="MAP",
+                        help="load through accelerate: auto | a device (cuda:0) | a JSON object or .json file mapping "
+                             "module names to devices (e.g. '{\"model.layers.0\": 0, \"lm_head\": 1}'); "
+                             "instead of --device. Disk offload is refused")
+    parser.add_argument("--max-memory", default=None, metavar="SIZES",
+                        help="memory per device for --device-map auto, e.g. cuda:0=70GiB,cuda:1=70GiB,cpu=100GiB")
     parser.add_argument("--only", default=None, help="apply α/β only to parameters matching this regex (e.g. mlp)")
     parser.add_argument("--layers", default=None, help="apply α/β only to this layer range, e.g. 0-7")
 
@@ -70,13 +80,59 @@ def module_filter(only: Optional[str], layers: Optional[str]) -> Optional[Module
     return ModuleFilter(include=only, layers=span)
 
 
+def parse_device_map(text: Optional[str]) -> Any:
+    """``--device-map``: None; 'auto' (or balanced / balanced_low_0 / sequential); a JSON object
+    (text starting with '{', or a .json file) mapping module names to devices; else a device name.
+    Raises ValueError naming the option (and the file) when the JSON is not an object."""
+    if text is None or not text.strip():
+        return None
+    raw = text.strip()
+    if raw.startswith("{"):
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--device-map: not valid JSON ({exc})") from None
+        if not isinstance(value, dict):
+            raise ValueError("--device-map: the JSON must be an object mapping module names to devices")
+        return value
+    path = Path(raw).expanduser()
+    if raw.lower().endswith(".json") or path.is_file():
+        from msa_core.untrusted import read_json_object
+
+        if not path.is_file():
+            raise FileNotFoundError(f"--device-map: {path} does not exist")
+        return read_json_object(path)
+    return raw
+
+
+def parse_max_memory(text: Optional[str]) -> Optional[dict[str, str]]:
+    """``--max-memory 'cuda:0=70GiB,cpu=100GiB'`` → {'cuda:0': '70GiB', 'cpu': '100GiB'} (checked
+    further by :func:`msa_core.engine.resolve_max_memory`). ValueError names a malformed item."""
+    if text is None or not text.strip():
+        return None
+    out: dict[str, str] = {}
+    for item in text.split(","):
+        key, sep, size = item.partition("=")
+        if not sep or not key.strip() or not size.strip():
+            raise ValueError(f"--max-memory: {item.strip()!r} must look like DEVICE=SIZE, e.g. cuda:0=70GiB")
+        if key.strip() in out:
+            raise ValueError(f"--max-memory: device {key.strip()!r} is given twice")
+        out[key.strip()] = size.strip()
+    return out
+
+
 def load_engine(args: argparse.Namespace, experiment: Experiment) -> Engine:
     """The engine of ``experiment`` as the engine arguments ask (progress on stderr)."""
     from msa_core.engine import Engine
 
     flt = module_filter(args.only, args.layers)
+    device_map = parse_device_map(getattr(args, "device_map", None))
+    max_memory = parse_max_memory(getattr(args, "max_memory", None))
+    if max_memory is not None and device_map is None:
+        raise ValueError("--max-memory needs --device-map (e.g. --device-map auto)")
     engine = Engine.load(experiment, device=args.device, dtype=args.dtype, module_filter=flt,
-                         progress=progress_for(args))
+                         progress=progress_for(args), vector_dtype=getattr(args, "vector_dtype", None) or "float32",
+                         device_map=device_map, max_memory=max_memory)
     choice = apply_threads(choose_threads(engine.parameter_count, requested_threads(args)))
     note(args, f"torch threads: {choice.describe()}")
     return engine

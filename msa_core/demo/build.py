@@ -42,6 +42,17 @@ What the built demo measures is in README.md ("The embedded demo and what it sho
 each build writes its own numbers into ``demo_report.json``
 (:func:`msa_core.demo.report.score_targets` through the engine).
 
+The paper's comparisons (since msa-demo-6): θ_clean keeps an earlier pretraining epoch
+(:attr:`Recipe.history_epoch`, ``models/history/pretrain-eK/clean``, which like the final
+θ_clean precedes the forget authors: they enter training only in the fine-tunes), and that
+checkpoint and θ_corrupted (the task vector) get their own forget and retain fine-tunes
+(:func:`msa_core.recipe.train_candidate`), listed in ``experiment.yaml``'s ``clean_history``;
+the default forget and retain fine-tunes keep their epoch folders (e_f, e_r). Once the folder
+is in place (the stored results key the data folders' paths),
+:func:`msa_core.demo.report.measure_comparison` stores a fast-tier grid per θ_clean choice and a
+gradient baseline's epochs (:attr:`Recipe.baseline`, trained into ``models/baselines/<method>``)
+in the results store, and its table goes into ``demo_report.json`` (``comparison``).
+
 It writes the TOFU/MUSE data, ``experiment.yaml``, ``demo_report.json`` and, last, the
 marker ``build.json``. A build goes to a temporary folder beside the target
 (:func:`msa_core.atomic.temp_dir_beside`, whose owner file lets a later build remove the
@@ -55,7 +66,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -66,18 +79,22 @@ import torch
 
 from msa_core.atomic import clean_stale_temp, recover_replacement, replace_dir, temp_dir_beside, write_text
 from msa_core.demo import data as dd
-from msa_core.demo.report import score_targets
+from msa_core.demo.report import COMPARE_ALPHAS, COMPARE_BETAS, BaselineSpec, measure_comparison, score_targets
 from msa_core.engine import Engine
 from msa_core.experiment import Checkpoints, DataConfig, Experiment, save_experiment
 from msa_core.finetune import CARD, FinetuneResult, TrainConfig, TrainingData, finetune, qa_data, text_data
 from msa_core.progress import Progress, report, sub_progress
-from msa_core.recipe import Stages, load_stage_data, train_checkpoints
+from msa_core.recipe import TASK_VECTOR, Stages, load_stage_data, train_candidate, train_checkpoints
 from msa_core.targets import Point, Side, Target
 
 if TYPE_CHECKING:
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-BUILD_VERSION = "msa-demo-5"
+    from msa_core.eval.store import ResultStore
+
+log = logging.getLogger(__name__)
+
+BUILD_VERSION = "msa-demo-6"
 MARKER = "build.json"
 ROLES = ("clean", "corrupted", "forget", "retain", "reference")
 
@@ -98,6 +115,8 @@ class Recipe:
     ``clean`` trains θ_clean from random weights; ``finetune`` trains the corrupted and the
     reference models from it, ``vectors`` the forget and retain models (see :data:`FULL` for
     why gentler). :func:`init_args` turns the two into ``msa init`` options that rebuild them.
+    ``history_epoch``: the θ_clean epoch kept as the earlier candidate; ``baseline``: the
+    :data:`BASELINE_METHOD` run; ``compare_*``: the (α, β) grid measured per θ_clean choice.
     """
 
     n_background: int
@@ -113,6 +132,10 @@ class Recipe:
     clean: Stage
     finetune: Stage
     vectors: Stage
+    history_epoch: int
+    baseline: Stage
+    compare_alphas: tuple[float, ...] = COMPARE_ALPHAS
+    compare_betas: tuple[float, ...] = COMPARE_BETAS
 
 
 # Sizing (measured on a shared 2-core CPU, one torch thread): a 1.9M-parameter Llama
@@ -134,12 +157,17 @@ FULL = Recipe(
     n_background=20, n_forget=3, n_retain=27, n_holdout=3, eval_retain_authors=9,
     vocab_size=2048, hidden=160, layers=4, intermediate=448, heads=4,
     clean=Stage(15, 1e-3, 8), finetune=Stage(8, 1e-3, 8), vectors=Stage(12, 4.5e-4, 8),
+    history_epoch=5, baseline=Stage(5, 5e-4, 8),
 )
 QUICK = Recipe(
     n_background=6, n_forget=2, n_retain=6, n_holdout=2, eval_retain_authors=3,
     vocab_size=1024, hidden=96, layers=2, intermediate=256, heads=2,
     clean=Stage(8, 2e-3, 8), finetune=Stage(12, 2e-3, 8), vectors=Stage(12, 7e-4, 8),
+    history_epoch=3, baseline=Stage(2, 1e-3, 8), compare_alphas=(1.0, 2.0), compare_betas=(0.0, 0.5),
 )
+# The gradient baseline of the comparison (msa_core.baselines): NPO only needs the forget set
+# and θ_corrupted as its reference, so it is the cheapest of the three per epoch.
+BASELINE_METHOD = "NPO"
 # The four fine-tunes: the demo's TOFU splits, then the same facts in other phrasings (the
 # *_phrasings files, see the module docstring), and the biographies of the authors a role
 # learns (MUSE raw texts, read from data/muse); the retain role has no biographies.
@@ -223,7 +251,7 @@ def init_args(recipe: Recipe, seed: int = 0, *, muse_dir: os.PathLike[str] | str
     ``muse_dir`` (the demo's ``data/muse`` folder)."""
     ft, vec = recipe.finetune, recipe.vectors
     args = ["--epochs", str(ft.epochs), "--lr", repr(ft.lr), "--batch-size", str(ft.batch_size), "--seed", str(seed),
-            "--group-by-length"]
+            "--group-by-length", "--save-every-epoch"]
     for role in ("forget", "retain"):
         args += ["--set", f"{role}.epochs={vec.epochs}", "--set", f"{role}.lr={vec.lr!r}",
                  "--set", f"{role}.batch_size={vec.batch_size}"]
@@ -252,6 +280,35 @@ def finetune_config(stage: Stage, seed: int) -> TrainConfig:
 
 
 # ---------------------------------------------------------------- building
+
+
+def vector_config(recipe: Recipe, seed: int) -> TrainConfig:
+    """The forget and retain fine-tunes' config (the gentler :attr:`Recipe.vectors` stage, by length)."""
+    return finetune_config(recipe.vectors, seed)
+
+
+def kept_epochs(recipe: Recipe) -> list[int]:
+    """The epoch folders (e_f, e_r) the default forget and retain fine-tunes keep: about three,
+    evenly spaced, the last epoch left out (it is the fine-tune folder itself)."""
+    n = recipe.vectors.epochs
+    stride = max(1, n // 4)
+    return [k for k in range(stride, n, stride)][:3]
+
+
+def _prune_epochs(folder: Path, keep: Sequence[int]) -> list[str]:
+    """Remove ``folder``'s epoch folders not in ``keep`` (all made by this build) and record the
+    rest in its card's ``epoch_dirs``; returns the kept names."""
+    kept = []
+    for d in sorted(folder.glob("epoch-*")):
+        if d.is_dir() and d.name.split("-", 1)[1].isdigit() and int(d.name.split("-", 1)[1]) in keep:
+            kept.append(d.name)
+        elif d.is_dir():
+            shutil.rmtree(d)
+    kept.sort(key=lambda name: int(name.split("-", 1)[1]))
+    card = json.loads((folder / CARD).read_text(encoding="utf-8"))
+    card["epoch_dirs"] = kept
+    _write_json(folder / CARD, card)
+    return kept
 
 
 def _write_json(path: Path, payload: Any) -> None:
@@ -295,13 +352,19 @@ def _may_replace(folder: Path) -> bool:
 
 
 def build_demo(out_dir: Optional[str | os.PathLike[str]] = None, *, quick: bool = False, seed: int = 0,
-               progress: Optional[Progress] = None, force: bool = False, num_threads: int = 1) -> Path:
+               progress: Optional[Progress] = None, force: bool = False, num_threads: int = 1,
+               store: Optional[ResultStore] = None) -> Path:
     """Build (or reuse) the demo experiment; returns the path of its ``experiment.yaml``.
 
     Training uses ``num_threads`` torch threads (1 by default: the matrices are tiny, and
     on a shared CPU two threads were measured ~10x slower than one). Weights are
-    reproducible for a given seed and thread count.
+    reproducible for a given seed and thread count. The comparison's points (every θ_clean
+    choice's grid, the baseline's epochs) go to ``store``; when None, to the default results
+    store (the app's) for the default folder, else to ``<out_dir>/results.sqlite`` (the choices'
+    vectors likewise to the default cache, else ``<out_dir>/vectors``). A demo already built is
+    returned as is.
     """
+    own_store = out_dir is not None
     if out_dir is None:
         from msa_core.paths import default_cache_dir
 
@@ -324,9 +387,10 @@ def build_demo(out_dir: Optional[str | os.PathLike[str]] = None, *, quick: bool 
     clean_stale_temp(out_dir)
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(num_threads)))
+    recipe = recipe_for(quick)
     try:
         with temp_dir_beside(out_dir) as tmp:
-            _build_into(tmp, recipe_for(quick), seed=seed, quick=quick, progress=progress)
+            _build_into(tmp, recipe, seed=seed, quick=quick, progress=sub_progress(progress, 0.0, _BUILD_SHARE))
             try:
                 replace_dir(tmp, out_dir, may_replace=_may_replace, is_complete=is_demo_folder)
             except FileExistsError:
@@ -334,15 +398,68 @@ def build_demo(out_dir: Optional[str | os.PathLike[str]] = None, *, quick: bool 
                     f"{out_dir} appeared during the build and was not created by `msa demo`; "
                     "refusing to replace it (the new build was discarded)"
                 ) from None
+        _compare_into(out_dir, recipe, seed=seed, store=store, own_store=own_store,
+                      progress=sub_progress(progress, _BUILD_SHARE, 1.0))
     finally:
         torch.set_num_threads(threads)
     report(progress, 1.0, f"demo built in {out_dir}")
     return out_dir / "experiment.yaml"
 
 
+def _compare_into(root: Path, recipe: Recipe, *, seed: int, store: Optional[ResultStore], own_store: bool,
+                  progress: Optional[Progress]) -> None:
+    """The comparison on the demo in place: stored points, the baseline's folder, and the table in
+    ``demo_report.json`` (rewritten with a ``comparison`` entry; the build made that file, and a
+    build that wrote none has nothing to compare). ``own_store``: the store (when None) and the
+    vectors go inside ``root`` instead of the default cache."""
+    from transformers.utils import logging as hf_logging
+
+    from msa_core.eval.store import ResultStore
+
+    path = root / "demo_report.json"
+    if not path.is_file():
+        log.debug("no %s: the comparison is skipped", path)
+        return
+    if store is None:
+        store = ResultStore(root / "results.sqlite") if own_store else ResultStore()
+    cache_dir = root / "vectors" if own_store else None
+    t = time.perf_counter()
+    baseline = None
+    try:
+        from msa_core.baselines import BASELINE_CONFIG  # owner: msa_core/baselines.py
+    except ModuleNotFoundError:
+        log.warning("msa_core.baselines is missing: the demo's comparison has no gradient baseline")
+    else:
+        # open-unlearning's trainer settings (no warm-up, linear decay), sized for the tiny model:
+        # its lr, one optimizer step per batch (the forget set is a few batches).
+        st = recipe.baseline
+        config = dataclasses.replace(BASELINE_CONFIG, epochs=st.epochs, lr=st.lr, batch_size=st.batch_size,
+                                     grad_accum=1, seed=seed, resumable=False)
+        baseline = BaselineSpec(BASELINE_METHOD, config, root / "models" / "baselines" / BASELINE_METHOD)
+    det = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        result = measure_comparison(root / "experiment.yaml", store, alphas=recipe.compare_alphas,
+                                    betas=recipe.compare_betas, baseline=baseline, cache_dir=cache_dir,
+                                    num_threads=None, progress=progress)
+    finally:
+        torch.use_deterministic_algorithms(det)
+        hf_logging.set_verbosity(verbosity)
+    payload = json.loads(path.read_text(encoding="utf-8"))
+    payload["comparison"] = {**result, "store": str(store.path)}
+    payload.setdefault("seconds", {})["comparison"] = round(time.perf_counter() - t, 2)
+    seconds = payload["seconds"]
+    seconds["total_with_comparison"] = round(seconds.get("total", 0.0) + seconds["comparison"], 2)
+    _write_json(path, payload)
+
+
 # Rough share of the build time per stage, for the progress bar (msa-demo-5, measured: θ_clean
-# 73 s, the four fine-tunes 93 s, the report 5 s of 171 s).
-_WEIGHTS = {"data": 0.01, "clean": 0.43, "finetunes": 0.53, "report": 0.03}
+# 73 s, the four fine-tunes 93 s, the report 5 s of 171 s; msa-demo-6 adds the history's fine-tunes
+# in the build and the comparison after it).
+_WEIGHTS = {"data": 0.01, "clean": 0.35, "finetunes": 0.42, "history": 0.19, "report": 0.03}
+_BUILD_SHARE = 0.8
 
 
 def _stage_bounds() -> dict[str, tuple[float, float]]:
@@ -391,24 +508,52 @@ def _build_into(root: Path, recipe: Recipe, *, seed: int, quick: bool, progress:
             # NOTE: not group_by_length, although 35% faster here: batches of like-length
             # examples separate texts from QA and θ_clean learnt the format worse (loss 0.72
             # vs 0.45; the corrupted model then knew only 90% of the full set).
-            runs["clean"] = finetune(init, clean_training_data(data), models / "clean",
-                                     train_config(recipe.clean, seed), progress=stage("clean"), reuse=False)
+            # Every epoch is saved; one (history_epoch) is kept as the earlier θ_clean candidate.
+            clean_config = dataclasses.replace(train_config(recipe.clean, seed), save_every_epoch=True)
+            runs["clean"] = finetune(init, clean_training_data(data), models / "clean", clean_config,
+                                     progress=stage("clean"), reuse=False)
+        earlier = f"pretrain-e{recipe.history_epoch}"
+        history_dir = models / "history" / earlier
+        history_dir.mkdir(parents=True)
+        os.replace(models / "clean" / f"epoch-{recipe.history_epoch}", history_dir / "clean")
+        _prune_epochs(models / "clean", ())
         seconds["clean"] = time.perf_counter() - t
 
-        # The four fine-tunes exactly as `msa init` runs them, on the demo's own TOFU and MUSE files.
-        gentle = finetune_config(recipe.vectors, seed)
+        # The four fine-tunes exactly as `msa init --save-every-epoch` runs them, on the demo's own
+        # TOFU and MUSE files; the forget and retain ones keep a few epoch folders (e_f, e_r).
+        gentle = vector_config(recipe, seed)
+        epochs = dataclasses.replace(gentle, save_every_epoch=True)
         stage_data = load_stage_data(root / "data" / "tofu", STAGES, root / "data" / "muse")
         tuned = train_checkpoints(models / "clean", stage_data, models,
-                                  finetune_config(recipe.finetune, seed), role_configs={"forget": gentle, "retain": gentle},  # noqa: E501
+                                  finetune_config(recipe.finetune, seed), role_configs={"forget": epochs, "retain": epochs},  # noqa: E501
                                   progress=stage("finetunes"), reuse=False)
         runs.update(tuned)
         seconds.update({role: r.seconds for role, r in tuned.items()})
+        for role in ("forget", "retain"):
+            _prune_epochs(models / role, kept_epochs(recipe))
+
+        # The checkpoint history: the earlier θ_clean and θ_corrupted (the task vector), each with
+        # forget and retain fine-tunes of the same data and settings as the default ones.
+        t = time.perf_counter()
+        history = []
+        for i, (label, clean, before, step, out) in enumerate((
+                (earlier, history_dir / "clean", True, float(recipe.history_epoch), history_dir),
+                (TASK_VECTOR, models / "corrupted", False, float(recipe.clean.epochs + recipe.finetune.epochs),
+                 models / "history" / TASK_VECTOR))):
+            lo, hi = bounds["history"]
+            cand, cand_runs = train_candidate(label, clean, stage_data, out, gentle, before_forget=before, step=step,
+                                              progress=sub_progress(progress, lo + (hi - lo) * i / 2,
+                                                                    lo + (hi - lo) * (i + 1) / 2), reuse=False)
+            history.append(cand)
+            runs.update({f"{label}/{role}": r for role, r in cand_runs.items()})
+        seconds["history"] = time.perf_counter() - t
 
         exp = Experiment(
             name="demo-quick" if quick else "demo",
             checkpoints=Checkpoints(**{role: models / role for role in ROLES}),
             data=DataConfig(tofu=root / "data" / "tofu", forget_split="forget10", retain_split="retain_perturbed",
                             holdout_split="holdout10", muse=root / "data" / "muse"),
+            clean_history=tuple(history),
         )
         save_experiment(exp, root / "experiment.yaml")
 

@@ -14,6 +14,12 @@ with α = β = 0; :meth:`ResultStore.method_grid` lists them as series for the t
 Runs: the points of one experiment stored under one settings key and tier (one sweep, or
 several sweeps with the same settings) form a run (:class:`StoredRun`); :meth:`ResultStore.runs`
 lists them and :meth:`ResultStore.delete_run` removes one (only rows this tool stored live here).
+
+Merging: a sweep spread over several hosts writes one store per rank
+(``<stem>.rank<R>.sqlite``, :mod:`msa_core.eval.distributed`); :meth:`ResultStore.merge_from`
+copies such a store's rows into this one in one transaction. The primary key makes a duplicate
+impossible; merging the same file twice adds nothing; where both hold a different row for the same
+key, the newer one (``created``) is kept and the conflict is counted in the :class:`MergeReport`.
 """
 
 from __future__ import annotations
@@ -110,6 +116,56 @@ def _coef(x: Optional[float]) -> float:
 def store_fingerprint(result: EvalResult) -> str:
     """The fingerprint a result is stored under (side models get a '#role' suffix)."""
     return result.fingerprint if result.model == "composed" else f"{result.fingerprint}#{result.model}"
+
+
+@dataclass(frozen=True)
+class MergeReport:
+    """What :meth:`ResultStore.merge_from` did with one source store's rows."""
+
+    source: Path
+    rows: int  # rows read from the source
+    added: int  # keys the target did not hold
+    same: int  # keys the target already held with the same payload (nothing done)
+    replaced: int  # conflicts where the source row was newer: it replaced the target's
+    kept: int  # conflicts where the target's row was newer (or as new): it stayed
+    conflicts: tuple[tuple[str, float, float, str, str], ...] = ()  # the keys of replaced + kept rows
+
+    def describe(self) -> str:
+        """One line: '<source>: 12 rows, 10 added, 2 already there, 0 conflicts'."""
+        text = (f"{self.source}: {self.rows} row(s), {self.added} added, {self.same} already there, "
+                f"{self.replaced + self.kept} conflict(s)")
+        if self.replaced + self.kept:
+            text += f" (newest kept: {self.replaced} taken from the source, {self.kept} kept from the target)"
+        return text
+
+
+def _result_row(result: EvalResult, model: str) -> dict[str, Any]:
+    """One grid row (:data:`GRID_COLUMNS` then the flat metrics) of a result."""
+    return {"alpha": result.alpha, "beta": result.beta, "tier": result.tier, "benchmark": result.benchmark,
+            "settings_key": result.settings_key, "seconds": result.seconds, "subset": result.settings.get("subset"),
+            "model": model, **result.flat()}
+
+
+def _grid_frame(rows: list[dict[str, Any]]) -> Any:
+    """The DataFrame of grid rows: :data:`GRID_COLUMNS`, then the metrics in METRIC_ORDER."""
+    import pandas as pd
+
+    base = list(GRID_COLUMNS)
+    if not rows:
+        return pd.DataFrame(columns=base)
+    df = pd.DataFrame(rows)
+    order = {name: i for i, name in enumerate(METRIC_ORDER)}
+    extra = sorted((c for c in df.columns if c not in base), key=lambda c: (order.get(c, len(order)), c))
+    return df[base + extra].reset_index(drop=True)
+
+
+def results_grid(results: Sequence[EvalResult]) -> Any:
+    """The DataFrame :meth:`ResultStore.grid` would give for these composed-model results (in the
+    order given): for results that are not all in one store, e.g. gathered from per-rank stores."""
+    return _grid_frame([_result_row(r, "composed") for r in results])
+
+
+_KEY_COLUMNS = ("fingerprint", "alpha", "beta", "tier", "settings_key")
 
 
 class ResultStore:
@@ -261,8 +317,6 @@ class ResultStore:
         (:attr:`msa_core.engine.Engine.model_settings`) keeps only the rows of models with those
         settings (side models: the same dtype and device; the module filter never applies to them),
         so a bf16 or filtered sweep is never drawn as a float32 one."""
-        import pandas as pd
-
         rows = []
         for fp, model in [(fingerprint, "composed")] + [(f"{fingerprint}#{role}", role) for role in side_models]:
             want = None
@@ -271,18 +325,50 @@ class ResultStore:
             for r in self.results(fp, tier=tier, settings_key=settings_key):
                 if want is not None and r.settings.get("model") != want:
                     continue
-                rows.append(
-                    {"alpha": r.alpha, "beta": r.beta, "tier": r.tier, "benchmark": r.benchmark,
-                     "settings_key": r.settings_key, "seconds": r.seconds, "subset": r.settings.get("subset"),
-                     "model": model, **r.flat()}
-                )
-        base = list(GRID_COLUMNS)
-        if not rows:
-            return pd.DataFrame(columns=base)
-        df = pd.DataFrame(rows)
-        order = {name: i for i, name in enumerate(METRIC_ORDER)}
-        extra = sorted((c for c in df.columns if c not in base), key=lambda c: (order.get(c, len(order)), c))
-        return df[base + extra].reset_index(drop=True)
+                rows.append(_result_row(r, model))
+        return _grid_frame(rows)
+
+    def merge_from(self, source: Union[str, os.PathLike]) -> MergeReport:
+        """Copy every row of the results store ``source`` into this one, in one transaction (see the
+        module docstring: no duplicates, idempotent, the newest row wins a conflict). ``source`` is
+        opened read-only and never changed. FileNotFoundError when it is missing, ValueError when it
+        is this store or not a results store, OSError naming the file when SQLite fails."""
+        src = Path(source)
+        if not src.is_file():
+            raise FileNotFoundError(f"results store to merge {src}: no such file")
+        if src.resolve() == self.path.resolve():
+            raise ValueError(f"results store {src}: cannot merge a store into itself")
+        rows = _read_all_rows(src)
+        added = same = replaced = kept = 0
+        conflicts = []
+        where = " AND ".join(f"{c}=?" for c in _KEY_COLUMNS)
+        with self._connect() as con:
+            try:
+                con.execute("BEGIN IMMEDIATE")
+                try:
+                    for row in rows:
+                        key = tuple(row[:5])
+                        mine = con.execute(f"SELECT created, payload FROM results WHERE {where}", key).fetchone()
+                        if mine is None:
+                            added += 1
+                        elif mine[1] == row[9]:
+                            same += 1
+                            continue
+                        else:
+                            conflicts.append(key)
+                            if float(row[7]) <= float(mine[0]):
+                                kept += 1
+                                continue
+                            replaced += 1
+                        con.execute("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?)", row)
+                    con.execute("COMMIT")
+                except BaseException:
+                    if con.in_transaction:
+                        con.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise OSError(f"results store {self.path}: cannot merge {src} ({exc})") from None
+        return MergeReport(src, len(rows), added, same, replaced, kept, tuple(conflicts))
 
     def method_grid(self, fingerprint: str, tier: Optional[str] = None) -> Any:
         """A pandas DataFrame of the experiment's named points (see the module docstring), one row
@@ -379,6 +465,26 @@ class ResultStore:
         if util is not None and not base.empty and base[util].notna().any():
             floor = {util: keep_utility * float(base[util].max())}
         return _best_row(df, None, floor, fingerprint) or _best_row(df, None, {}, fingerprint)
+
+
+def _read_all_rows(path: Path) -> list[tuple[Any, ...]]:
+    """Every row of the results table of the store at ``path``, opened read-only (columns in
+    SCHEMA order). ValueError when the file is not a results store."""
+    try:
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)
+    except sqlite3.Error as exc:
+        raise OSError(f"results store to merge {path}: cannot open ({exc})") from None
+    try:
+        names = [r[1] for r in con.execute("PRAGMA table_info(results)").fetchall()]
+        expected = ["fingerprint", "alpha", "beta", "tier", "settings_key", "benchmark", "model", "created",
+                    "seconds", "payload"]
+        if names != expected:
+            raise ValueError(f"{path} is not a results store (its 'results' table has columns {names or 'none'})")
+        return con.execute(f"SELECT {', '.join(expected)} FROM results ORDER BY created").fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise ValueError(f"{path} is not a results store ({exc})") from None
+    finally:
+        con.close()
 
 
 def _best_row(

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from msa_core.eval.results import EvalResult
 from msa_core.eval.run import ReferenceCache, evaluate, resolve_reference
-from msa_core.eval.settings import eval_settings, max_length_for
+from msa_core.eval.settings import EvalSettings, ReferenceStats, eval_settings, max_length_for
 from msa_core.progress import Progress, report, sub_progress
 
 if TYPE_CHECKING:
@@ -227,6 +227,31 @@ def eta_text(seconds: float) -> str:
     return f"about {round(seconds / 60)} min left"
 
 
+def unique_points(points: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
+    """``points`` keyed as the store keys them (10 significant digits), in order, duplicates removed."""
+    return list(dict.fromkeys(_key(float(a), float(b)) for a, b in points))
+
+
+def sweep_settings(
+    engine: Engine,
+    store: Optional[ResultStore],
+    *,
+    tier: str = "fast",
+    benchmark: str = "all",
+    subset: Optional[int] = None,
+    progress: Optional[Progress] = None,
+    batch_size: int = 16,
+    reference_cache: Optional[ReferenceCache] = None,
+) -> tuple[ReferenceStats, EvalSettings]:
+    """The reference (resolved through ``store`` and ``reference_cache``) and the evaluation settings
+    every point of a sweep is stored under (``settings.key``)."""
+    ref = resolve_reference(engine, benchmark=benchmark, subset=subset, store=store, progress=progress,
+                            batch_size=batch_size, cache=reference_cache)
+    settings = eval_settings(engine.experiment, engine.tokenizer, tier=tier, benchmark=benchmark, subset=subset,
+                             max_length=max_length_for(engine.model), reference=ref, model=engine.model_settings)
+    return ref, settings
+
+
 def run_sweep(
     engine: Engine,
     store: ResultStore,
@@ -263,16 +288,15 @@ def run_points(
     returns the results so far (every evaluated point is already stored; a re-run resumes).
     Progress messages estimate the time left from the mean time of the points evaluated so far.
     """
-    points = list(dict.fromkeys(_key(float(a), float(b)) for a, b in points))  # in order, no duplicates
+    points = unique_points(points)
     if not points:
         raise ValueError("the sweep grid is empty")
     for a, b in points:
         engine.experiment.validate_coefficients(a, b)
     report(progress, 0.0, "resolving the reference")
-    ref = resolve_reference(engine, benchmark=benchmark, subset=subset, store=store,
-                            progress=sub_progress(progress, 0.0, 0.05), batch_size=batch_size, cache=reference_cache)
-    settings = eval_settings(engine.experiment, engine.tokenizer, tier=tier, benchmark=benchmark, subset=subset,
-                             max_length=max_length_for(engine.model), reference=ref, model=engine.model_settings)
+    ref, settings = sweep_settings(engine, store, tier=tier, benchmark=benchmark, subset=subset,
+                                   progress=sub_progress(progress, 0.0, 0.05), batch_size=batch_size,
+                                   reference_cache=reference_cache)
     key = settings.key
     results: list[EvalResult] = []
     todo = sum(not store.has(engine.fingerprint, a, b, tier, key) for a, b in points)

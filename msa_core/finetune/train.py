@@ -28,7 +28,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -300,6 +300,62 @@ def finetune(
     key = run_key(base, tok_dir, sets, config)
     if prompt_format is not None:
         key = {**key, "prompt_format": prompt_format}
+
+    def build(tok: Any) -> TrainingSet:
+        examples = build_examples(tok, sets, config.max_length, prompt_format)
+        return TrainingSet(as_dataset(examples, config.group_by_length), Collator(int(tok.pad_token_id)),
+                           len(examples))
+
+    return train_folder(base, out, config, key=key, data_card=data_card(sets), build=build, tokenizer=tok_dir,
+                        progress=progress, reuse=reuse, started=started)
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """What the Trainer iterates: the dataset, its collator and the number of examples (which sets
+    the schedule)."""
+
+    dataset: Any
+    collator: Callable[[Sequence[dict[str, Any]]], dict[str, torch.Tensor]]
+    size: int
+
+
+def data_card(sets: Sequence[TrainingData], roles: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
+    """The card's description of the training sets (with each one's role when given)."""
+    out = []
+    for i, d in enumerate(sets):
+        entry: dict[str, Any] = {"name": d.name, "kind": d.kind, "signature": d.signature, "size": len(d)}
+        if roles is not None:
+            entry["role"] = roles[i]
+        out.append(entry)
+    return out
+
+
+def train_folder(
+    base: Path,
+    out: Path,
+    config: TrainConfig,
+    *,
+    key: dict[str, Any],
+    data_card: list[dict[str, Any]],
+    build: Callable[[Any], TrainingSet],
+    prepare: Optional[Callable[[Any, Any, TrainingSet], TrainingSet]] = None,
+    objective_params: Optional[dict[str, float]] = None,
+    tokenizer: Optional[Path] = None,
+    progress: Optional[Progress] = None,
+    reuse: bool = True,
+    started: Optional[float] = None,
+) -> FinetuneResult:
+    """The training run behind :func:`finetune` (and the unlearning baselines): reuse by ``key``,
+    resume, the Trainer with ``config.objective`` (and ``objective_params``), output folder with card.
+
+    ``build(tokenizer)`` makes the training set before the model is loaded; ``prepare(model, args,
+    set)``, when given, may replace it once the base model is loaded in fp32 and before training
+    (e.g. adding the reference model's NLLs, :func:`msa_core.finetune.unlearn_data.add_reference_nll`).
+    ``objective_params`` are recorded in the card only when given (``key`` must cover them)."""
+    started = time.perf_counter() if started is None else started
+    base, out = Path(base).expanduser(), Path(out).expanduser()
+    tok_dir = Path(tokenizer).expanduser() if tokenizer is not None else None
     recover_replacement(out, is_complete)
     clean_stale_temp(out)
     if out.exists() and not is_complete(out):
@@ -324,23 +380,26 @@ def finetune(
     if not state.is_main_process:
         resume_from = _last_checkpoint(work)
     tok = load_tokenizer(tok_dir or base)
-    examples = build_examples(tok, sets, config.max_length, prompt_format)
+    training_set = build(tok)
     old_threads = torch.get_num_threads()
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
     try:
         use_bf16 = uses_bf16_autocast(config)
-        steps_per_epoch, warmup_steps = schedule_steps(len(examples), config, state.num_processes)
+        steps_per_epoch, warmup_steps = schedule_steps(training_set.size, config, state.num_processes)
         # Arguments before the model: under a DeepSpeed ZeRO-3 launch they make from_pretrained
         # load the weights partitioned instead of whole on every process.
         args = _training_args(work, config, warmup_steps, use_bf16)
         # fp32 master weights whatever the checkpoint's dtype (module docstring).
         model = load_model(base, device="cpu", dtype=torch.float32)
+        if prepare is not None:
+            training_set = prepare(model, args, training_set)
         model.requires_grad_(True)
         model.train()
         trainer = MsaTrainer(
-            model=model, args=args, train_dataset=as_dataset(examples, config.group_by_length),
-            data_collator=Collator(int(tok.pad_token_id)), processing_class=tok, objective=config.objective,
+            model=model, args=args, train_dataset=training_set.dataset,
+            data_collator=training_set.collator, processing_class=tok, objective=config.objective,
+            objective_params=objective_params,
         )
         from transformers.trainer_callback import PrinterCallback
 
@@ -361,13 +420,16 @@ def finetune(
         result = FinetuneResult(out, config.epochs, losses[-1] if losses else None, 0.0,
                                 resumed=resume_from is not None)
         if state.is_main_process:
-            result.epoch_dirs = _write_output(trainer, base, tok_dir, sets, config, key, work, out, {
+            run: dict[str, Any] = {
                 "steps_per_epoch": steps_per_epoch, "warmup_steps": warmup_steps, "processes": state.num_processes,
                 "total_steps": trainer.state.global_step, "autocast": "bf16" if use_bf16 else "none",
-                "epoch_losses": losses, "final_loss": result.final_loss, "examples": len(examples),
+                "epoch_losses": losses, "final_loss": result.final_loss, "examples": training_set.size,
                 "resumed_from": resume_from.name if resume_from else None,
                 "seconds": round(time.perf_counter() - started, 3),
-            })
+            }
+            if objective_params is not None:
+                run["objective_params"] = dict(objective_params)
+            result.epoch_dirs = _write_output(trainer, base, tok_dir, data_card, config, key, work, out, run)
             shutil.rmtree(work, ignore_errors=True)
         state.wait_for_everyone()
     finally:
@@ -377,7 +439,7 @@ def finetune(
     return result
 
 
-def _write_output(trainer: MsaTrainer, base: Path, tok_dir: Optional[Path], sets: Sequence[TrainingData],
+def _write_output(trainer: MsaTrainer, base: Path, tok_dir: Optional[Path], data: list[dict[str, Any]],
                   config: TrainConfig, key: dict[str, Any], work: Path, out: Path,
                   run: dict[str, Any]) -> list[Path]:
     """Build ``out`` beside it (weights, tokenizer, epoch folders, card) and put it in place."""
@@ -395,7 +457,7 @@ def _write_output(trainer: MsaTrainer, base: Path, tok_dir: Optional[Path], sets
         card = {
             "format": CARD_FORMAT, "key": key, "base": str(base.resolve()),
             "tokenizer": str((tok_dir or base).resolve()),
-            "data": [{"name": d.name, "kind": d.kind, "signature": d.signature, "size": len(d)} for d in sets],
+            "data": data,
             "config": dataclasses.asdict(config), "epochs_done": config.epochs, "saved_dtype": "float32",
             "epoch_dirs": names, "versions": _versions(), **run,
         }
@@ -404,5 +466,5 @@ def _write_output(trainer: MsaTrainer, base: Path, tok_dir: Optional[Path], sets
     return [out / n for n in names]
 
 
-__all__ = ["CARD", "FinetuneOutOfMemory", "FinetuneResult", "TrainConfig", "finetune", "is_complete",
-           "model_files", "read_card", "work_dir"]
+__all__ = ["CARD", "FinetuneOutOfMemory", "FinetuneResult", "TrainConfig", "TrainingSet", "data_card", "finetune",
+           "is_complete", "model_files", "read_card", "run_key", "train_folder", "work_dir"]
