@@ -55,7 +55,8 @@ BASELINE_CONFIG = TrainConfig(epochs=10, lr=1e-5, batch_size=8, grad_accum=4, we
 @dataclass
 class BaselineResult:
     """What :func:`run_baseline` did: the training folder and its epoch folders, whether it
-    trained (False: reused), the training seconds of this call, every epoch's stored point
+    trained (False: reused), the training seconds of this call, the training key's hash and the
+    TrainConfig used (objective and save_every_epoch set), every epoch's stored point
     (``points``, epoch order), which of them this call evaluated (``evaluated``) and which were
     already stored (``reused_points``), and the whole call's seconds."""
 
@@ -65,6 +66,7 @@ class BaselineResult:
     trained: bool
     train_seconds: float
     key_hash: str
+    config: TrainConfig
     points: list[EvalResult] = field(default_factory=list)
     evaluated: list[str] = field(default_factory=list)
     reused_points: list[str] = field(default_factory=list)
@@ -218,7 +220,7 @@ def run_baseline(
     if not epochs:
         raise FileNotFoundError(f"{trained.out}: no epoch-K folders; the run's card lists none")
     result = BaselineResult(method, trained.out, epochs, not trained.reused,
-                            0.0 if trained.reused else trained.seconds, hashed)
+                            0.0 if trained.reused else trained.seconds, hashed, config)
     baseline = {"method": method, "key": hashed, "params": params, "config": config.key()}
     _evaluate_epochs(experiment, result, baseline, fingerprint, store=store, tier=tier, benchmark=benchmark,
                      subset=subset, device=device, dtype=dtype, cache_dir=cache_dir, batch_size=batch_size,

@@ -198,7 +198,7 @@ def _flash_attn_problem() -> tuple[bool, Optional[str]]:
     try:
         module = importlib.import_module("flash_attn")
     except ModuleNotFoundError as exc:
-        if exc.name in (None, "flash_attn"):
+        if exc.name == "flash_attn":
             return False, None
         return True, f"importing flash_attn failed: {type(exc).__name__}: {exc}"  # a dependency is missing
     except Exception as exc:  # noqa: BLE001 - a broken CUDA extension raises anything (ImportError, OSError, …)

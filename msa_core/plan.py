@@ -135,7 +135,12 @@ def meta_model(config: Any, *, trust_remote_code: bool = False) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
     with init_empty_weights():
-        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    # NOTE: under init_empty_weights (accelerate 1.15, transformers 5.23) from_config leaves a tied
+    # lm_head as its own parameter (the same call without it ties); tie again so tied weights count
+    # once. Harmless when already tied; remove when the two libraries tie on meta by themselves.
+    model.tie_weights()
+    return model
 
 
 def _config_dtype(config: Any) -> Optional[str]:

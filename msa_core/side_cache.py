@@ -203,6 +203,23 @@ def cached_count(cache_dir: Optional[Path] = None) -> int:
                            0))
 
 
+def clear_cache(cache_dir: Optional[Path] = None) -> int:
+    """Delete every cached side-model output (the file stays, empty); returns how many rows went.
+    The next request computes them again. 0 when there is no cache file."""
+    path = cache_path(cache_dir)
+    if not path.exists():
+        return 0
+
+    def fn(con: sqlite3.Connection) -> int:
+        con.execute("BEGIN IMMEDIATE")
+        n = con.execute("DELETE FROM side_outputs").rowcount
+        con.execute("DELETE FROM side_settings")
+        con.execute("COMMIT")
+        return int(n)
+
+    return int(_with_cache(path, "clear", fn, 0))
+
+
 # ----------------------------------------------------------------------------- keys
 def _folder(engine: Engine, role: str) -> Path:
     if role not in CACHED_ROLES:
@@ -246,7 +263,7 @@ def output_settings(engine: Engine, role: str, kind: str, *, max_new_tokens: Opt
         "tokenizer": tokenizer_fingerprint(engine),
         # raw continuations are not wrapped in the QA format
         "prompt_format": None if kind == "raw" else format_name(engine.tokenizer, engine.experiment.prompt_format),
-        "max_new_tokens": int(max_new_tokens) if generates else None,  # type: ignore[arg-type]
+        "max_new_tokens": int(max_new_tokens) if generates and max_new_tokens is not None else None,
         "greedy": True if generates else None,
         "dtype": model["dtype"],
         "device": model["device"],

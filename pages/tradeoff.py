@@ -142,8 +142,11 @@ def run_label(run_: StoredRun) -> str:
 by_key = {r.settings_key: r for r in runs}
 if W_RUNS in st.session_state and not set(st.session_state[W_RUNS]) <= set(by_key):
     del st.session_state[W_RUNS]  # a run was deleted or the filters changed: back to the newest
-if W_RUNS not in st.session_state:
+if W_RUNS not in st.session_state or (not st.session_state[W_RUNS]
+                                      and st.session_state.get(f"{W_RUNS}_of") != sorted(by_key)):
+    # first visit, or nothing picked among runs that changed (another subset or tier): the newest
     st.session_state[W_RUNS] = [runs[0].settings_key] if runs else []
+st.session_state[f"{W_RUNS}_of"] = sorted(by_key)
 shown_keys: list[str] = st.multiselect(
     "Stored runs to show", list(by_key), format_func=lambda k: run_label(by_key[k]), key=W_RUNS,
     help="A run is every point stored with the same evaluation settings (tier, benchmark, items, reference, "

@@ -35,7 +35,7 @@ from msa_core.eval.results import EvalResult, MetricValue
 from msa_core.experiment import CleanCandidate, save_experiment
 from msa_core.experiment import load_experiment as read_experiment
 from msa_core.fingerprints import experiment_fingerprint
-from studio import resources
+from studio import labels, resources
 
 
 def _perturbed_copy(src: Path, dst: Path, seed: int) -> Path:
@@ -168,7 +168,6 @@ def test_other_choices_are_their_own_series_with_their_best_point(history_yaml, 
     at.number_input(key="w_to_subset").set_value(subset).run()
     no_exceptions(at)
     assert at.toggle(key="w_to_choices").value is True
-    print([i.value for i in at.info], [e.value for e in at.error], [c.value for c in at.caption][:5])
     specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     scatter = [s for s in specs if str(s["layout"].get("title", {}).get("text", "")).startswith("Forgetting vs")][0]
     names = [t.get("name") for t in scatter["data"]]
@@ -180,7 +179,8 @@ def test_other_choices_are_their_own_series_with_their_best_point(history_yaml, 
     assert rows["MSA α/β · θ_clean=default, e_f=final, e_r=final"]["point"] == "α=1, β=0"
     # early: α = 2 keeps 0.4 < 0.45, so α = 1 (FQ 0.05) — better than the default's best.
     assert rows["θ_clean=early, e_f=final, e_r=final"]["point"] == "α=1, β=0"
-    assert rows["θ_clean=early, e_f=final, e_r=final"]["forget_quality"] == pytest.approx(0.05)
+    fq = f"{labels.metric_label('forget_quality', with_direction=False)} {labels.arrow('forget_quality')}"
+    assert rows["θ_clean=early, e_f=final, e_r=final"][fq] == pytest.approx(0.05)
     at.toggle(key="w_to_choices").set_value(False).run()
     no_exceptions(at)
     specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]

@@ -204,3 +204,51 @@ def test_refine_adds_the_proposed_points_and_a_cut_short_sweep_is_reported(tiny_
     assert any("sweep of 27 points was cancelled" in w.value for w in at.warning)
     at.run()
     assert not any("cancelled" in w.value for w in at.warning)
+
+
+def test_method_series_and_the_best_point_per_series_at_ninety_percent_utility(tiny_yaml, app_env):
+    at = _tradeoff(tiny_yaml, 8)
+    # No clean_history and no epoch folders: no θ_clean / epoch pickers, no other-choices series.
+    assert "w_choice_clean" not in [s.key for s in at.sidebar.selectbox]
+    store = ResultStore(app_env / "results.sqlite")
+    fp = _fingerprint(tiny_yaml)
+    model = {"dtype": "float32", "device": "cpu", "module_filter": None}  # the tiny engine's model settings
+
+    def metrics(fq: float, mu: float, rouge: float) -> dict:
+        return {"forget_quality": MetricValue("forget_quality", fq), "model_utility": MetricValue("model_utility", mu),
+                "forget_rouge": MetricValue("forget_rouge", rouge)}
+
+    # α/β points (utility 0.8 at the corrupted point: floor 0.72).
+    for alpha, fq, mu, rouge in ((0.0, 1e-4, 0.8, 0.9), (1.0, 0.03, 0.75, 0.5), (2.0, 0.4, 0.3, 0.1)):
+        store.put(EvalResult(alpha, 0.0, "fast", "tofu", fp, {"key": "to-best-8", "model": model, "subset": 8},
+                             0.0, metrics(fq, mu, rouge)))
+    # Two methods' epochs: GA-t8 keeps the utility only at epoch 1; NPO-t8 at both (epoch 2 forgets more).
+    for method, point, fq, mu, rouge in (("GA-t8", "epoch-1", 0.001, 0.78, 0.7), ("GA-t8", "epoch-2", 0.5, 0.1, 0.0),
+                                         ("NPO-t8", "epoch-1", 0.002, 0.79, 0.6),
+                                         ("NPO-t8", "epoch-2", 0.09, 0.73, 0.3)):
+        res = EvalResult(0.0, 0.0, "fast", "tofu", fp, {"key": "to-best-8-m"}, 0.0, metrics(fq, mu, rouge))
+        store.put(replace(res, model=method_model(method, point)))
+    at.run()
+    no_exceptions(at)
+    assert at.toggle(key="w_to_choices").disabled
+    at.selectbox(key="w_to_y").set_value("model_utility").run()
+    no_exceptions(at)
+    scatter = [s for s in _specs(at) if _title(s).startswith("Forgetting vs utility")][0]
+    by_name = {t.get("name"): t for t in scatter["data"]}
+    assert by_name["GA-t8"]["text"] == ["epoch-1", "epoch-2"] and _values(by_name["NPO-t8"]["y"]) == [0.79, 0.73]
+    assert _values(by_name["α/β grid"]["x"]) == [1e-4, 0.03, 0.4]
+    # The front across every series, by hand: NPO-t8 epoch-1 (0.002, 0.79) and the grid's
+    # (1e-4, 0.8) … (0.4, 0.3); the GA epoch-2 (0.5, 0.1) has the highest forget quality.
+    front = by_name["Pareto front (all series)"]
+    assert (0.5, 0.1) in set(zip(_values(front["x"]), _values(front["y"])))
+    assert (1e-4, 0.8) in set(zip(_values(front["x"]), _values(front["y"])))
+    best = next(d.value for d in at.dataframe if "series" in d.value.columns)
+    rows = {r["series"]: r for r in best.to_dict("records")}
+    fq_col = f"{charts.metric_label('forget_quality', with_direction=False)} ↑"
+    rouge_col = f"{charts.metric_label('forget_rouge', with_direction=False)} ↓"
+    # Floor 0.72: MSA's α = 1 (0.75) — α = 2 keeps 0.3; GA-t8 epoch-1; NPO-t8 epoch-2 (0.73, FQ 0.09).
+    assert (rows["MSA α/β"]["point"], rows["MSA α/β"][fq_col], rows["MSA α/β"][rouge_col]) == ("α=1, β=0", 0.03, 0.5)
+    assert rows["GA-t8"]["point"] == "epoch-1" and rows["GA-t8"][fq_col] == 0.001
+    assert rows["NPO-t8"]["point"] == "epoch-2" and rows["NPO-t8"][fq_col] == 0.09 and rows["NPO-t8"]["kept"]
+    assert list(best.columns)[2:4] == ["kept", f"{charts.metric_label('model_utility', with_direction=False)} ↑"]
+    assert any("Floor: Model utility ≥ 0.72" in c.value for c in at.caption)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from eval_fixtures import make_model, write_tofu
+from eval_fixtures import make_model, write_muse, write_tofu
 from tiny import build_tokenizer, make_checkpoints
 
 from msa_core.baselines import BASELINE_CONFIG, default_out_dir, method_params, run_baseline
@@ -230,9 +230,13 @@ def test_run_baseline_rejects_bad_inputs(tofu_exp, tmp_path):
     store = ResultStore(tmp_path / "results.sqlite")
     with pytest.raises(ValueError, match="unknown baseline method 'SimNPO'"):
         run_baseline(tofu_exp, "SimNPO", CONFIG, store=store)
-    with pytest.raises(ValueError, match="no data.tofu"):
-        run_baseline(dataclasses.replace(tofu_exp, data=dataclasses.replace(tofu_exp.data, tofu=None)), "NPO", CONFIG,
-                     store=store, benchmark="all", device="cpu")
+    muse_only = dataclasses.replace(tofu_exp, data=dataclasses.replace(tofu_exp.data, tofu=None,
+                                                                       muse=write_muse(tmp_path / "muse")))
+    with pytest.raises(ValueError, match="train on TOFU data; the experiment file has no data.tofu folder"):
+        run_baseline(muse_only, "NPO", CONFIG, store=store, device="cpu")
+    with pytest.raises(ValueError, match="benchmark 'muse' asked for"):
+        run_baseline(tofu_exp, "NPO", CONFIG, store=store, benchmark="muse")
+    assert store.count() == 0
 
 
 def test_cli_baseline_npo_smoke(tofu_exp, tmp_path, cache_dir, capsys):

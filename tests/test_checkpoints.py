@@ -1,10 +1,16 @@
 """Checkpoint folders: tensor index, sharded indexes, .bin files and safe loading; every error
-names the file and the tensor or key."""
+names the file and the tensor or key. The attention-backend guard, with fake ``flash_attn``
+modules (no GPU: the CUDA device is only a name here)."""
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
 import json
+import logging
 import re
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -12,7 +18,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tiny import rewrite_weights, weights_file
 
-from msa_core.checkpoints import load_model, load_tokenizer, read_tensor_index
+import msa_core.checkpoints as C
+from msa_core.checkpoints import attention_backend, load_model, load_tokenizer, read_tensor_index
 from msa_core.compatibility import check_compatible
 from msa_core.vectors import compute_vectors
 
@@ -148,3 +155,90 @@ def test_weights_missing_from_every_role_are_not_silently_initialised(tiny_exper
     rewrite_weights(folder, lambda sd: {k: v for k, v in sd.items() if k != "lm_head.weight"})
     with pytest.raises(ValueError, match=r"clean: the weights lack 1 tensor\(s\) the model needs, e.g. \['lm_head"):
         load_model(folder)
+
+
+# ----------------------------------------------------------------------------- attention backend
+
+CUDA = torch.device("cuda:0")
+
+
+def _good_flash_attn() -> types.ModuleType:
+    mod = types.ModuleType("flash_attn")
+    mod.flash_attn_func = lambda *a, **k: None  # type: ignore[attr-defined]
+    return mod
+
+
+class _FailingFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Finds ``flash_attn`` and raises ``exc`` when it is executed (a broken CUDA extension)."""
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+    def find_spec(self, name, path=None, target=None):
+        return importlib.machinery.ModuleSpec(name, self) if name == "flash_attn" else None
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        raise self.exc
+
+
+def _choose(caplog, device, dtype) -> tuple[str, list[logging.LogRecord]]:
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="msa_core.checkpoints"):
+        choice = attention_backend(device, dtype)
+    return choice, [r for r in caplog.records if r.name == "msa_core.checkpoints"]
+
+
+def test_attention_flash_only_on_cuda_in_half_precision(monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "flash_attn", _good_flash_attn())
+    monkeypatch.setattr(C, "_transformers_has_fa2", lambda: True)
+    choice, logs = _choose(caplog, CUDA, torch.bfloat16)
+    assert choice == "flash_attention_2" and len(logs) == 1 and logs[0].levelno == logging.INFO
+    assert _choose(caplog, CUDA, torch.float16)[0] == "flash_attention_2"
+    # --dtype float32 with flash-attn installed: sdpa, one info line giving the reason
+    choice, logs = _choose(caplog, CUDA, torch.float32)
+    assert choice == "sdpa" and len(logs) == 1 and logs[0].levelno == logging.INFO
+    assert "float32" in logs[0].getMessage() and "float16 or bfloat16" in logs[0].getMessage()
+    choice, logs = _choose(caplog, torch.device("cpu"), torch.bfloat16)
+    assert choice == "sdpa" and len(logs) == 1 and "needs CUDA" in logs[0].getMessage()
+
+
+def test_attention_without_flash_attn_is_sdpa_quietly(monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "flash_attn", None)  # import raises ModuleNotFoundError('flash_attn')
+    choice, logs = _choose(caplog, CUDA, torch.bfloat16)
+    assert choice == "sdpa" and len(logs) == 1 and logs[0].levelno == logging.INFO
+    assert "not installed" in logs[0].getMessage()
+
+
+@pytest.mark.parametrize("exc,shown", [
+    (ImportError("libcudart.so.12: undefined symbol: _ZN3c10"), "undefined symbol"),
+    (OSError("libc10_cuda.so: cannot open shared object file"), "cannot open shared object"),
+    (ModuleNotFoundError("No module named 'flash_attn_2_cuda'", name="flash_attn_2_cuda"), "flash_attn_2_cuda"),
+    (RuntimeError("CUDA driver version is insufficient"), "driver version"),
+])
+def test_broken_flash_attn_install_warns_and_uses_sdpa(monkeypatch, caplog, exc, shown):
+    monkeypatch.delitem(sys.modules, "flash_attn", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [_FailingFinder(exc), *sys.meta_path])
+    choice, logs = _choose(caplog, CUDA, torch.bfloat16)
+    assert choice == "sdpa" and len(logs) == 1 and logs[0].levelno == logging.WARNING
+    assert shown in logs[0].getMessage() and "flash-attn is installed but unusable" in logs[0].getMessage()
+
+
+def test_flash_attn_missing_its_symbol_or_unsupported_by_transformers_is_sdpa(monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "flash_attn", types.ModuleType("flash_attn"))  # no flash_attn_func
+    choice, logs = _choose(caplog, CUDA, torch.bfloat16)
+    assert choice == "sdpa" and logs[0].levelno == logging.WARNING and "flash_attn_func" in logs[0].getMessage()
+    monkeypatch.setitem(sys.modules, "flash_attn", _good_flash_attn())
+    monkeypatch.setattr(C, "_transformers_has_fa2", lambda: False)
+    choice, logs = _choose(caplog, CUDA, torch.bfloat16)
+    assert choice == "sdpa" and len(logs) == 1 and "transformers reports" in logs[0].getMessage()
+
+
+def test_load_model_logs_its_attention_choice_once(tiny_experiment, caplog):
+    with caplog.at_level(logging.INFO, logger="msa_core.checkpoints"):
+        model = load_model(tiny_experiment.checkpoints.corrupted, device="cpu", dtype=torch.float32)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("attention:")]
+    assert lines == ["attention: sdpa (device cpu; flash-attention 2 needs CUDA)"]
+    assert model.config._attn_implementation == "sdpa"

@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -151,6 +152,23 @@ def test_a_build_killed_mid_replacement_is_restored_by_the_next_build(tmp_path, 
         demo.build_demo(folder, quick=True, seed=1)
     assert "restored the previous copy from an interrupted replacement" in caplog.text
     assert demo.is_built(folder, seed=1, quick=True) and not aside.exists()
+
+
+def test_the_default_fine_tunes_keep_a_few_epoch_folders(tmp_path):
+    assert demo.kept_epochs(demo.FULL) == [3, 6, 9] and demo.kept_epochs(demo.QUICK) == [3, 6, 9]
+    assert demo.kept_epochs(replace(demo.QUICK, vectors=demo.Stage(2, 1e-3, 8))) == [1]
+    folder = tmp_path / "forget"
+    for k in range(1, 6):
+        (folder / f"epoch-{k}").mkdir(parents=True)
+        (folder / f"epoch-{k}" / "model.safetensors").write_text("w")
+    (folder / "msa_finetune.json").write_text(json.dumps({"key": {"k": 1}, "epoch_dirs": [f"epoch-{k}" for k in
+                                                                                           range(1, 6)]}))
+    assert demo._prune_epochs(folder, [2, 4]) == ["epoch-2", "epoch-4"]
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch-2", "epoch-4", "msa_finetune.json"]
+    assert json.loads((folder / "msa_finetune.json").read_text()) == {"key": {"k": 1}, "epoch_dirs": ["epoch-2",
+                                                                                                    "epoch-4"]}
+    # msa init with init_args keeps every epoch of the forget/retain fine-tunes, as the demo saves them
+    assert "--save-every-epoch" in demo.init_args(demo.QUICK, muse_dir=tmp_path)
 
 
 # ---------------------------------------------------------------- end to end (slow)

@@ -192,6 +192,11 @@ def test_a_damaged_cache_file_is_set_aside_and_rebuilt(setup, tmp_path, counted,
     assert again == first and "damaged" in caplog.text
     assert len(counted["generate"]) == 2 and side_cache.cached_count(cache) == 2
 
+    # cleared: the next request generates again
+    assert side_cache.clear_cache(cache) == 2 and side_cache.cached_count(cache) == 0
+    side_cache.side_answers(engine, "clean", QUESTIONS[:2], max_new_tokens=4, cache_dir=cache)
+    assert len(counted["generate"]) == 3 and side_cache.clear_cache(tmp_path / "nothing-here") == 0
+
 
 def test_reference_metrics_come_from_the_store_without_loading_the_model(setup, tmp_path, counted):
     root, engine = setup

@@ -87,7 +87,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     note(args, f"{args.method}: {'trained' if res.trained else 'reused'} {res.out}")
     payload = {
         "method": res.method, "out": str(res.out), "trained": res.trained, "train_seconds": round(res.train_seconds, 3),
-        "seconds": round(res.seconds, 3), "key": res.key_hash, "config": config.key(),
+        "seconds": round(res.seconds, 3), "key": res.key_hash, "config": res.config.key(),
         "evaluated": res.evaluated, "reused_points": res.reused_points,
         "points": [{"point": d.name, **p.to_json()} for d, p in zip(res.epoch_dirs, res.points)],
     }

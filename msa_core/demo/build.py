@@ -116,7 +116,9 @@ class Recipe:
     reference models from it, ``vectors`` the forget and retain models (see :data:`FULL` for
     why gentler). :func:`init_args` turns the two into ``msa init`` options that rebuild them.
     ``history_epoch``: the θ_clean epoch kept as the earlier candidate; ``baseline``: the
-    :data:`BASELINE_METHOD` run; ``compare_*``: the (α, β) grid measured per θ_clean choice.
+    :data:`BASELINE_METHOD` run; ``compare_*``: the (α, β) grid measured per θ_clean choice;
+    ``history_vectors``: the history candidates' forget/retain stage when not ``vectors`` (the
+    quick demo's shorter one keeps its build short; its comparison is then not like for like).
     """
 
     n_background: int
@@ -136,6 +138,7 @@ class Recipe:
     baseline: Stage
     compare_alphas: tuple[float, ...] = COMPARE_ALPHAS
     compare_betas: tuple[float, ...] = COMPARE_BETAS
+    history_vectors: Optional[Stage] = None
 
 
 # Sizing (measured on a shared 2-core CPU, one torch thread): a 1.9M-parameter Llama
@@ -157,13 +160,14 @@ FULL = Recipe(
     n_background=20, n_forget=3, n_retain=27, n_holdout=3, eval_retain_authors=9,
     vocab_size=2048, hidden=160, layers=4, intermediate=448, heads=4,
     clean=Stage(15, 1e-3, 8), finetune=Stage(8, 1e-3, 8), vectors=Stage(12, 4.5e-4, 8),
-    history_epoch=5, baseline=Stage(5, 5e-4, 8),
+    history_epoch=5, baseline=Stage(5, 1e-3, 8),
 )
 QUICK = Recipe(
     n_background=6, n_forget=2, n_retain=6, n_holdout=2, eval_retain_authors=3,
     vocab_size=1024, hidden=96, layers=2, intermediate=256, heads=2,
     clean=Stage(8, 2e-3, 8), finetune=Stage(12, 2e-3, 8), vectors=Stage(12, 7e-4, 8),
-    history_epoch=3, baseline=Stage(2, 1e-3, 8), compare_alphas=(1.0, 2.0), compare_betas=(0.0, 0.5),
+    history_epoch=3, baseline=Stage(2, 2e-3, 8), compare_alphas=(1.0, 2.0), compare_betas=(0.0, 0.5),
+    history_vectors=Stage(4, 7e-4, 8),
 )
 # The gradient baseline of the comparison (msa_core.baselines): NPO only needs the forget set
 # and θ_corrupted as its reference, so it is the cheapest of the three per epoch.
@@ -536,12 +540,14 @@ def _build_into(root: Path, recipe: Recipe, *, seed: int, quick: bool, progress:
         # forget and retain fine-tunes of the same data and settings as the default ones.
         t = time.perf_counter()
         history = []
+        hist_config = gentle if recipe.history_vectors is None else finetune_config(recipe.history_vectors, seed)
         for i, (label, clean, before, step, out) in enumerate((
                 (earlier, history_dir / "clean", True, float(recipe.history_epoch), history_dir),
                 (TASK_VECTOR, models / "corrupted", False, float(recipe.clean.epochs + recipe.finetune.epochs),
                  models / "history" / TASK_VECTOR))):
             lo, hi = bounds["history"]
-            cand, cand_runs = train_candidate(label, clean, stage_data, out, gentle, before_forget=before, step=step,
+            cand, cand_runs = train_candidate(label, clean, stage_data, out, hist_config, before_forget=before,
+                                              step=step,
                                               progress=sub_progress(progress, lo + (hi - lo) * i / 2,
                                                                     lo + (hi - lo) * (i + 1) / 2), reuse=False)
             history.append(cand)

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Optional, Union
 
+from msa_core.batching import choose_batch_size
 from msa_core.eval.data import load_muse
 from msa_core.eval.openunlearning import read_reference_tr
 from msa_core.eval.results import EvalResult, MetricValue
@@ -81,7 +82,7 @@ def evaluate_model(
     progress: Optional[Progress] = None,
     reference_tr: Optional[ReferenceTR] = None,
     reference_auc: Optional[float] = None,
-    batch_size: int = 16,
+    batch_size: Optional[int] = None,
     settings: Optional[EvalSettings] = None,
     fingerprint: str = "",
     label: str = "composed",
@@ -91,7 +92,8 @@ def evaluate_model(
 
     ``reference_tr`` (index → TR) enables forget quality, ``reference_auc`` MUSE PrivLeak,
     ``reference_tofu_auc`` the reference AUC of TOFU PrivLeak (else open-unlearning's 0.5).
-    ``settings`` defaults to :func:`eval_settings` for these arguments. The experiment's
+    ``batch_size`` None: chosen from the device's free memory (:func:`msa_core.batching.choose_batch_size`;
+    16 on the CPU). ``settings`` defaults to :func:`eval_settings` for these arguments. The experiment's
     ``prompt_format`` and ``conventions`` apply (and are recorded in the settings).
     """
     from msa_core.eval.muse import evaluate_muse
@@ -99,6 +101,8 @@ def evaluate_model(
 
     t0 = time.perf_counter()
     max_length = max_length_for(model)
+    if batch_size is None:
+        batch_size = choose_batch_size(model, max_length)
     if settings is None:
         srcs = ReferenceStats(tr_source="given" if reference_tr is not None else None,
                               auc_source=None if reference_auc is None else f"given:{reference_auc:.6g}",
@@ -152,7 +156,7 @@ def reference_result(
     subset: Optional[int] = None,
     store: Optional[ResultStore] = None,
     progress: Optional[Progress] = None,
-    batch_size: int = 16,
+    batch_size: Optional[int] = None,
     cache: Optional[ReferenceCache] = None,
 ) -> Optional[EvalResult]:
     """The reference model's (teacher-forced) evaluation.
@@ -208,7 +212,7 @@ def resolve_reference(
     subset: Optional[int] = None,
     store: Optional[ResultStore] = None,
     progress: Optional[Progress] = None,
-    batch_size: int = 16,
+    batch_size: Optional[int] = None,
     cache: Optional[ReferenceCache] = None,
 ) -> ReferenceStats:
     """Reference TRs from ``experiment.reference_eval`` when set (else the reference model), AUC from the model."""
@@ -254,7 +258,7 @@ def evaluate(
     progress: Optional[Progress] = None,
     reference: Union[EvalResult, ReferenceStats, None] = None,
     store: Optional[ResultStore] = None,
-    batch_size: int = 16,
+    batch_size: Optional[int] = None,
     reference_cache: Optional[ReferenceCache] = None,
 ) -> EvalResult:
     """Evaluate the engine's model composed at (α, β), inside one ``engine.session``.

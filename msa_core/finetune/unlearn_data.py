@@ -112,7 +112,7 @@ def _pad(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
 @dataclass(frozen=True)
 class PairedCollator:
     """Right-padded ``{part}_input_ids`` / ``_attention_mask`` / ``_labels`` for part forget (and
-    retain when the rows have it); ``forget_ref_nll`` as float32 when present."""
+    retain when the rows have it); ``forget_ref_nll`` as float64 when present."""
 
     pad_id: int
 
@@ -126,7 +126,7 @@ class PairedCollator:
             out[f"{part}_labels"] = _pad([ex[f"{part}_labels"] for ex in batch], IGNORE_INDEX)
             out[f"{part}_attention_mask"] = _pad([[1] * len(r) for r in ids], 0)
         if "forget_ref_nll" in batch[0]:
-            out["forget_ref_nll"] = torch.tensor([float(ex["forget_ref_nll"]) for ex in batch], dtype=torch.float32)
+            out["forget_ref_nll"] = torch.tensor([float(ex["forget_ref_nll"]) for ex in batch], dtype=torch.float64)
         return out
 
 
@@ -150,7 +150,7 @@ def reference_nll(model: torch.nn.Module, rows: dict[str, list[Any]], pad_id: in
                                   "forget_labels": rows["forget_labels"][i]} for i in chunk])
                 nll = sequence_nll(model, batch["forget_input_ids"].to(dev), batch["forget_attention_mask"].to(dev),
                                    batch["forget_labels"].to(dev))
-                out.extend(float(x) for x in nll.float().cpu())
+                out.extend(float(x) for x in nll.double().cpu())
     finally:
         model.train(was_training)
     return out
