@@ -275,8 +275,8 @@ def _offload_error(folder: Path, modules: list[str]) -> ValueError:
     shown = ", ".join(modules[:6]) + (f" and {len(modules) - 6} more" if len(modules) > 6 else "")
     return ValueError(
         f"{folder}: the device map leaves {len(modules)} module(s) off the devices (disk offload or meta): {shown}; "
-        "composition needs every weight resident on a device: give more max_memory, more devices, or 'cpu' "
-        "for those modules"
+        "composition needs every weight resident on a device (accelerate also offloads the 'cpu' part of a GPU "
+        "map): give more max_memory or more GPUs, or load the whole model on one device"
     )
 
 

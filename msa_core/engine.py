@@ -164,6 +164,13 @@ def resolve_device_map(device_map: Any) -> Any:
     if offloaded:
         raise ValueError(f"device map puts {', '.join(offloaded)} on disk/meta (offload); composition needs every "
                          "weight resident on a device (cpu or cuda): place those modules on a device")
+    on_cpu = [m or "(whole model)" for m, d in out.items() if d == "cpu"]
+    if on_cpu and len(on_cpu) < len(out) and any(isinstance(d, int) or str(d).startswith("cuda") for d in out.values()):
+        # accelerate runs such modules on the GPU and keeps their weights outside the module
+        # (meta parameters, copied in at each forward): nothing resident to compose in place.
+        raise ValueError(f"device map mixes CUDA devices with 'cpu' for {', '.join(on_cpu)}: accelerate offloads "
+                         "'cpu' modules of a GPU map (their weights are copied to the GPU at each forward), which the "
+                         "engine cannot compose in place; put those modules on a GPU, or the whole model on the CPU")
     return out
 
 
@@ -625,7 +632,7 @@ class Engine:
         return list(self._side)
 
     def warm_up_async(self) -> Optional[threading.Thread]:
-        """Compile the fused CPU kernel in a background thread (when this engine will use it),
+        """Compile the fused kernels (CPU and/or CUDA) in a background thread (when this engine will use them),
         so the first slider moves do not wait for the compiler; a compose that starts
         meanwhile waits for it. For long-lived processes (the app); None when not needed."""
         return self.plan.warm_up_async()

@@ -82,8 +82,11 @@ def dtype_name(dtype: Union[str, torch.dtype]) -> str:
 
 
 def fmt_gib(n: float) -> str:
-    """Bytes as GiB with one decimal, e.g. '74.8 GiB'."""
-    return f"{n / 2**30:.1f} GiB"
+    """Bytes in the largest binary unit that keeps one or more whole units, one decimal: '74.8 GiB', '3.2 MiB'."""
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n:.0f} B"
 
 
 # ----------------------------------------------------------------------------- the model's shape

@@ -1,6 +1,7 @@
 """Experiment page: build the demo or load an experiment; what was loaded and the vectors' shape.
 
-Shows the compatibility report, parameter count, device placement, whether τ_f/τ_r were
+Before loading, the memory plan (:mod:`msa_core.plan`) for the chosen device and dtype. Shows the
+compatibility report, parameter count, device placement, whether τ_f/τ_r were
 computed or read from the cache (and how long that took), and per-layer norms of τ_f
 and τ_r with their cosine similarity.
 """
@@ -9,18 +10,43 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
+from typing import Optional
 
 import pandas as pd
 import streamlit as st
 
-from msa_core.experiment import experiment_from_dict, save_experiment
+from msa_core.experiment import experiment_from_dict, load_experiment, save_experiment
 from msa_core.paths import default_cache_dir
+from msa_core.plan import page_rows, plan_for_experiment
 from msa_core.vectors import layer_norms
 from studio import charts, labels, resources, session, widgets
 
 widgets.page_guard()
 st.title(":material/science: Experiment")
 engine = resources.loaded_engine()
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _plan(path: str, mtime: float, device: str, dtype: str) -> tuple[list[dict[str, str]], str, str]:
+    """(rows, verdict, suggestion) of loading ``path`` with the chosen device and dtype (mtime: the file's)."""
+    plan = plan_for_experiment(load_experiment(path), device=device, dtype=dtype)
+    return page_rows(plan), plan.verdict(), "" if plan.fits else plan.suggestion
+
+
+def _memory_plan(path: Optional[str]) -> None:
+    """Before loading: the memory the engine would take for the Device/Dtype chosen above (msa plan)."""
+    if not path or not Path(path).is_file():
+        return
+    device, dtype = session.load_options()
+    try:
+        rows, verdict, suggestion = _plan(str(path), Path(path).stat().st_mtime, device, dtype)
+    except widgets.CORE_ERRORS as exc:
+        st.caption(f"No memory plan for `{path}`: {exc}")
+        return
+    st.caption(f"Memory plan for `{Path(path).name}` ({verdict.split(':')[0]}; `msa plan` shows every option)")
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    if suggestion:
+        st.warning(suggestion, icon=":material/memory:")
 
 
 def _load_forms() -> None:
@@ -39,6 +65,7 @@ def _load_forms() -> None:
             wkey = session.widget_mirror(key)
             col.selectbox(label, options, key=wkey, help=helptext, on_change=session.copy_widget, args=(wkey, key))
         path = st.text_input("Experiment file (.yaml)", key="w_page_exp_path", placeholder="/path/to/experiment.yaml")
+        _memory_plan(path.strip() or session.experiment_path())
         if st.button("Load experiment file", key="w_page_exp_load", disabled=not path.strip()):
             if widgets.try_choose_experiment(path.strip()):
                 st.rerun()

@@ -310,6 +310,11 @@ def draw(df: pd.DataFrame, version: int) -> None:
         comp = charts.composed(df)
         if comp.empty:
             st.info("No results for this tier/benchmark/run yet: run a sweep.")
+            if x_metric and y_metric and (choice_rows or not methods.empty):  # the other series alone
+                st.plotly_chart(charts.tradeoff_scatter(df, x_metric, y_metric, here, reference_of(df),
+                                                        methods=methods, choice_series=choice_rows,
+                                                        grid_name=grid_name),
+                                key=f"scatter_{version}", config={"displaylogo": False})
             return
         st.caption(f"{len(comp)} points shown ({tier} tier, {benchmark}"
                    f"{'' if subset_arg is None else f', first {subset_arg} items per set'}"

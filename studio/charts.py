@@ -442,11 +442,13 @@ def tradeoff_scatter(
     the current point — its grid row, else ``current_row`` (a stored evaluation there), else
     interpolated from the grid."""
     data = composed(df)
-    data = data.assign(**{c: np.nan for c in (x, y) if c not in data.columns}).dropna(subset=[x, y])
+    data = data.assign(**{c: np.nan for c in (x, y, *POINT_COLS) if c not in data.columns}).dropna(subset=[x, y])
     fig = go.Figure()
     runs = list(dict.fromkeys(data["settings_key"])) if "settings_key" in data.columns else [None]
+    if composed(df).empty:
+        runs = []  # no α/β point of this choice: only other choices' or methods' series
     everything = []
-    for i, key in enumerate(runs or [None]):
+    for i, key in enumerate(runs):
         rows = data if key is None else data[data["settings_key"] == key]
         name = (grid_name or "α/β grid") if len(runs) <= 1 else \
             f"α/β run {(run_names or {}).get(key, str(key)[:8])}" + (f" · {grid_name}" if grid_name else "")

@@ -175,3 +175,35 @@ def put(key: str, value: Any) -> None:
 def pop(key: str) -> Any:
     """Remove and return a session value (None when unset)."""
     return st.session_state.pop(key, None)
+
+
+# URL query parameters of the θ_clean / epoch choice (for studio.links): θ_clean label, e_f, e_r.
+CHOICE_PARAMS = ("clean", "ef", "er")
+
+
+def choice_params(choice: Any) -> dict[str, str]:
+    """The URL query values of a :class:`msa_core.choices.Choice` ({} for the default choice)."""
+    if choice is None or choice.is_default:
+        return {}
+    out = {"clean": str(choice.clean)}
+    for name, epoch in (("ef", choice.forget_epoch), ("er", choice.retain_epoch)):
+        if epoch is not None:
+            out[name] = str(epoch)
+    return out
+
+
+def request_choice_from_params(params: dict[str, str]) -> None:
+    """Ask for the choice named by URL query values (see :func:`choice_params`); it is applied, with a
+    progress bar, once the engine is loaded (studio.widgets.apply_pending_choice). No choice
+    parameter: nothing. ValueError naming the parameter when a value is not a label or an epoch."""
+    from msa_core.choices import Choice
+
+    if not any(params.get(k) for k in CHOICE_PARAMS):
+        return
+    epochs = []
+    for name in ("ef", "er"):
+        raw = str(params.get(name) or "final").strip()
+        if raw != "final" and not raw.isdigit():
+            raise ValueError(f"URL parameter {name}={raw!r:.40}: expected 'final' or an epoch number")
+        epochs.append(None if raw == "final" else int(raw))
+    put(K_PENDING_CHOICE, Choice(str(params.get("clean") or "default"), epochs[0], epochs[1]))

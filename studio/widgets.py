@@ -339,6 +339,7 @@ def ensure_engine() -> Optional[Engine]:
             session.put(session.K_EXP, None)
         else:
             vec = engine.vectors
+            apply_pending_choice(engine)  # a choice asked for before the engine existed (a shared link)
             status.update(
                 label=f"Loaded {engine.experiment.name} in {labels.fmt_seconds(time.perf_counter() - t0)} "
                 f"(engine {labels.fmt_seconds(engine.load_seconds)}, of which vectors "

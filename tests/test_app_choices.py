@@ -186,3 +186,19 @@ def test_other_choices_are_their_own_series_with_their_best_point(history_yaml, 
     specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     scatter = [s for s in specs if str(s["layout"].get("title", {}).get("text", "")).startswith("Forgetting vs")][0]
     assert "θ_clean=early, e_f=final, e_r=final" not in [t.get("name") for t in scatter["data"]]
+
+
+def test_a_choice_round_trips_through_url_parameters(monkeypatch):
+    from studio import session
+
+    asked = {}
+    monkeypatch.setattr(session, "put", lambda key, value: asked.__setitem__(key, value))
+    for choice in (Choice("early", forget_epoch=3), Choice("task-vector"), Choice("default", None, 2)):
+        params = session.choice_params(choice)
+        session.request_choice_from_params(params)
+        assert asked.pop(session.K_PENDING_CHOICE) == choice
+    assert session.choice_params(Choice()) == {} and session.choice_params(None) == {}
+    session.request_choice_from_params({"alpha": "1"})  # no choice parameter: nothing asked
+    assert not asked
+    with pytest.raises(ValueError, match="ef="):
+        session.request_choice_from_params({"clean": "early", "ef": "three"})

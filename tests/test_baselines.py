@@ -259,3 +259,11 @@ def test_cli_baseline_npo_smoke(tofu_exp, tmp_path, cache_dir, capsys):
     assert _method_rows(ResultStore(db), experiment_fingerprint(tofu_exp)) == [("NPO", "epoch-1")]
     assert main(["baseline", "NPO", str(yaml), "--epochs", "0", "--store", str(db), "--quiet"]) == 2
     assert "epochs must be an integer >= 1" in capsys.readouterr().err
+
+
+def test_finetune_refuses_a_paired_objective(tmp_path):
+    from msa_core.finetune import TrainConfig, finetune, qa_data
+
+    with pytest.raises(ValueError, match="objective 'GradDiff' trains on paired forget/retain batches"):
+        finetune(tmp_path / "base", qa_data("x", [("q?", "a.")]), tmp_path / "out", TrainConfig(objective="GradDiff"))
+    assert not (tmp_path / "out").exists()

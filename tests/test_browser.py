@@ -270,3 +270,58 @@ def test_guided_demo_compare_view_layers_and_glossary(server, browser):
     finally:
         context.close()
     assert "Traceback" not in log.read_text(encoding="utf-8", errors="replace")
+
+
+def test_tradeoff_comparison_plot(server, browser, tmp_path):
+    """The Trade-off page's comparison: the α/β grid, another method's named points (stored here
+    as a synthetic series), the Pareto front and the best-point table; a screenshot of the plot."""
+    from dataclasses import replace
+
+    from msa_core.eval import ResultStore
+    from msa_core.eval.results import EvalResult, MetricValue
+    from msa_core.eval.store import method_model
+    from msa_core.experiment import load_experiment
+    from msa_core.fingerprints import experiment_fingerprint
+
+    base_url, log, cache = server
+    context, page = _new_page(browser)
+    try:
+        bh.load_demo(page, base_url)
+        bh.open_page(page, "Trade-off")
+        page.locator(".st-key-w_to_alphas input").fill("0, 2")
+        page.locator(".st-key-w_to_alphas input").press("Enter")
+        page.locator(".st-key-w_to_betas input").fill("0")
+        page.locator(".st-key-w_to_betas input").press("Enter")
+        bh.wait_idle(page)
+        page.get_by_role("button", name="Run / resume sweep (2×1 = 2 points)").click()
+        page.get_by_text("sweep finished").wait_for(timeout=600_000)
+        bh.wait_idle(page, 600_000)
+        # A synthetic method series beside the grid: the stored α = 2 point's metrics, moved.
+        experiment = Path(page.locator(".st-key-exp_current code").inner_text().strip())
+        fp = experiment_fingerprint(load_experiment(experiment))
+        store = ResultStore(cache / "results.sqlite")
+        grid = store.grid(fp, "fast")
+        top = grid[grid["alpha"] == 2].iloc[-1]
+        keys = [c for c in grid.columns if c not in ("alpha", "beta", "tier", "benchmark", "settings_key", "seconds",
+                                                     "subset", "model") and top.notna().get(c, False)]
+        for k, scale in ((1, 0.6), (2, 0.9)):
+            metrics = {m: MetricValue(m, float(top[m]) * (scale if m.startswith("forget") else 1.1 - scale / 2))
+                       for m in keys}
+            res = EvalResult(0.0, 0.0, "fast", str(top["benchmark"]), fp, {"key": "browser-synthetic"}, 0.0, metrics)
+            store.put(replace(res, model=method_model("synthetic-NPO", f"epoch-{k}")))
+        bh.open_page(page, "Playground")  # away and back: the page reads the store afresh
+        bh.open_page(page, "Trade-off")
+        plot = page.locator('[data-testid="stPlotlyChart"]').filter(has_text="Forgetting vs utility")
+        plot.first.wait_for(timeout=120_000)
+        assert plot.first.get_by_text("synthetic-NPO").count() >= 1
+        assert page.get_by_text("Best point per series at").count() == 1
+        bh.assert_no_exception(page)
+        plot.first.scroll_into_view_if_needed()
+        shot = plot.first.screenshot(path=str(tmp_path / "tradeoff_comparison.png"))
+        assert len(shot) > 10_000  # a PNG of the drawn chart, not an empty box
+    except (AssertionError, sync_api.Error):
+        _shot(page, "comparison_failure")
+        raise
+    finally:
+        context.close()
+    assert "Traceback" not in log.read_text(encoding="utf-8", errors="replace")

@@ -131,3 +131,42 @@ def test_results_columns_and_all_columns(capsys):
     fast, full = _tables(capsys.readouterr().out)
     assert "exact_memorization" in fast[1].split() and "MU" not in fast[1].split()  # only columns with values
     assert {"exact_memorization", "MU", "fgt_R"} <= set(full[1].split())
+
+
+def test_results_merge_combines_stores_once_and_reports_conflicts(tmp_path, cache_dir, capsys):
+    from msa_core.cli import main
+    from msa_core.eval.results import EvalResult, MetricValue
+    from msa_core.eval.store import ResultStore
+
+    def point(a: float, fq: float) -> EvalResult:
+        return EvalResult(a, 0.0, "fast", "tofu", "fp", {"key": "k"}, 0.1,
+                          {"forget_quality": MetricValue("forget_quality", fq)})
+
+    r0, r1 = ResultStore(tmp_path / "r.rank0.sqlite"), ResultStore(tmp_path / "r.rank1.sqlite")
+    r0.put(point(0.0, 0.1))
+    r0.put(point(1.0, 0.2))
+    r1.put(point(2.0, 0.3))
+    r1.put(point(1.0, 0.25))  # the same point, stored later: the newest wins
+    into = tmp_path / "merged.sqlite"
+    argv = ["results", "--merge", str(r0.path), str(r1.path), "--into", str(into)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{r0.path}: 2 row(s), 2 added, 0 already there, 0 conflict(s)"
+    assert out[1] == (f"{r1.path}: 2 row(s), 1 added, 0 already there, 1 conflict(s) "
+                      "(newest kept: 1 taken from the source, 0 kept from the target)")
+    assert out[2] == f"{into}: 4 row(s) written, 3 row(s) in all"
+    merged = ResultStore(into)
+    assert [(r.alpha, r.get("forget_quality")) for r in merged.results("fp")] == [(0.0, 0.1), (1.0, 0.25), (2.0, 0.3)]
+
+    assert main([*argv, "--json", "-"]) == 0  # twice = once
+    again = json.loads(capsys.readouterr().out)
+    assert again["rows"] == 3 and [s["added"] + s["replaced"] for s in again["sources"]] == [0, 0]
+    assert again["sources"][0]["kept"] == 1  # rank 0's older row of α=1 loses again, and says so
+
+    assert main(["results", "--merge", str(tmp_path / "missing.sqlite"), "--into", str(into)]) == 2
+    assert "--merge " in capsys.readouterr().err
+    assert main(["results", "--merge", str(into), "--into", str(into)]) == 2
+    assert "this is the --into store itself" in capsys.readouterr().err
+    assert main(["results", "--into", str(into)]) == 2
+    assert "--into: only with --merge" in capsys.readouterr().err
+    assert ResultStore(into).count() == 3

@@ -344,7 +344,8 @@ def test_merge_is_the_union_idempotent_and_keeps_the_newest_of_a_conflict(tmp_pa
     assert _rows(a) == src_a and _rows(b) == src_b  # the sources are only read
 
     df = results_grid([into.get("fp", 0.0, 0.0, "fast", "k1"), into.get("fp", 1.0, 0.0, "fast", "k1")])
-    assert list(df["forget_quality"]) == [0.1, 0.2] and list(df.columns) == list(into.grid("fp", settings_key="k1").columns)
+    assert list(df["forget_quality"]) == [0.1, 0.2]
+    assert list(df.columns) == list(into.grid("fp", settings_key="k1").columns)
 
 
 def test_merge_refuses_missing_foreign_and_self(tmp_path):

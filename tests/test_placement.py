@@ -111,6 +111,15 @@ def test_resolve_device_map_checks_devices_before_loading():
         resolve_device_map({})
 
 
+def test_map_mixing_gpus_and_cpu_is_refused_before_loading(monkeypatch):
+    import msa_core.engine as E
+
+    monkeypatch.setattr(E, "available_devices", lambda: ["cpu", "cuda", "cuda:0", "cuda:1"])  # names only
+    assert resolve_device_map({"model": 0, "lm_head": "cuda:1"}) == {"model": 0, "lm_head": "cuda:1"}
+    with pytest.raises(ValueError, match=r"mixes CUDA devices with 'cpu' for lm_head.*offloads"):
+        resolve_device_map({"model": "cuda:0", "lm_head": "cpu"})
+
+
 def test_max_memory_and_sizes_are_parsed_to_bytes():
     assert parse_size("70GiB") == 70 * 2**30
     assert parse_size("1.5 gb") == 1_500_000_000

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from app_fixtures import _navigation_mode  # noqa: F401
 from transformers import LlamaConfig
 
 from msa_core.cli import main
+from msa_core.experiment import load_experiment
 from msa_core.plan import (
     HEADROOM_FRACTION,
     UNPLACED,
@@ -152,7 +154,6 @@ def test_an_explicit_device_map_places_modules_by_prefix(shapes):
 
 def test_the_quick_demo_plan_counts_the_checkpoints_parameters(quick_demo):
     from msa_core.checkpoints import load_model, read_tensor_index
-    from msa_core.experiment import load_experiment
 
     exp = load_experiment(quick_demo)
     shape = experiment_shape(exp)
@@ -169,8 +170,9 @@ def test_the_quick_demo_plan_counts_the_checkpoints_parameters(quick_demo):
 
 @pytest.mark.parametrize("tied", [False, True])
 def test_the_plan_matches_the_bytes_a_loaded_engine_holds(tmp_path, tied):
-    from msa_core.engine import Engine
     from tiny import make_checkpoints
+
+    from msa_core.engine import Engine
 
     exp = make_checkpoints(tmp_path / "ckpt", tie=tied, seed=3)
     engine = Engine.load(exp, device="cpu", dtype="bfloat16", cache_dir=tmp_path / "cache")
@@ -266,3 +268,17 @@ def test_bf16_stored_checkpoint_in_an_fp32_model_keeps_theta_c_at_2_bytes(tiny_e
     (row,) = plan.rows
     n = plan.parameter_count
     assert row.theta_c == 2 * n and row.working_model == 4 * n
+
+
+def test_the_experiment_page_shows_the_plan_before_loading(tiny_yaml):
+    from app_fixtures import new_app, no_exceptions
+
+    at = new_app().run()
+    at.text_input(key="w_page_exp_path").set_value(str(tiny_yaml)).run()
+    no_exceptions(at)
+    assert at.session_state["msa_exp_path"] is None  # nothing loaded yet
+    (table,) = [d.value for d in at.dataframe if "θ_c" in d.value.columns]
+    n = experiment_shape(load_experiment(tiny_yaml)).parameter_count
+    assert list(table["device"]) == ["cpu"] and list(table["fits"]) == ["yes"]
+    assert table["τ_f + τ_r"][0] == f"{8 * n / 2**20:.1f} MiB"  # fp32 vectors of a ~20k-parameter model
+    assert any("Memory plan for" in c.value and "fits" in c.value for c in at.caption)

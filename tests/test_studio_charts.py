@@ -262,3 +262,14 @@ def test_best_points_keep_ninety_percent_of_the_corrupted_utility_per_series():
     # Without the corrupted point stored there is no floor: the best forget quality of every point.
     loose = {r["series"]: r for r in charts.best_points({}, _methods(), None).to_dict("records")}
     assert loose["NPO"]["point"] == "epoch 2" and loose["GradDiff"]["kept"]
+
+
+def test_the_scatter_draws_other_series_when_the_current_choice_has_no_points():
+    other = _choice_grid(3.0)
+    fig = charts.tradeoff_scatter(pd.DataFrame(), "forget_quality", "model_utility", Point(1.0, 0.0), None,
+                                  methods=_methods(), choice_series={"θ_clean=early, e_f=final, e_r=final": other})
+    names = [t.name for t in fig.data]
+    assert "α/β grid" not in names and "θ_clean=early, e_f=final, e_r=final" in names and "NPO" in names
+    front = {(x, y) for t in fig.data if t.name == "Pareto front (all series)" for x, y in zip(t.x, t.y)}
+    # early (1e-5, 1), (1e-2, .98), (10, .96) against NPO (1e-4, .95), (0.5, .85), GradDiff (0.01, 0.2)
+    assert front == {(1e-5, 1.0), (1e-2, 0.98), (10.0, 0.96)}

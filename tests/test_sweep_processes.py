@@ -16,7 +16,7 @@ from eval_fixtures import (
     write_tofu,
 )
 
-from msa_core.eval.distributed import launch_command, rank_store_path, split_points
+from msa_core.eval.distributed import ProcessGroup, launch_command, rank_store_path, split_points
 from msa_core.experiment import DataConfig, save_experiment
 
 ALPHAS, BETAS = "0,1,2", "0,0.5"
@@ -47,8 +47,7 @@ def _composed_rows(path: Path) -> list[tuple[float, float, str]]:
 
 
 def _metrics(payload: list[dict]) -> dict[tuple[float, float], dict[str, float]]:
-    return {(r["alpha"], r["beta"]): {k: v["value"] if isinstance(v, dict) else v for k, v in r["metrics"].items()}
-            for r in payload}
+    return {(r["alpha"], r["beta"]): r["metrics"] for r in payload}
 
 
 def test_split_points_are_disjoint_and_cover_the_todo_list():
@@ -60,6 +59,9 @@ def test_split_points_are_disjoint_and_cover_the_todo_list():
     with pytest.raises(ValueError, match="process index 2 is not within 0..1"):
         split_points(todo, 2, 2)
     assert rank_store_path(Path("/x/cache/results.sqlite"), 3) == Path("/x/cache/results.rank3.sqlite")
+    # 16 processes, 8 on this host: two hosts, so each rank writes its own store.
+    assert ProcessGroup(9, 16, 1, 8, "cuda:1", None).multi_node
+    assert not ProcessGroup(1, 2, 1, 2, "cpu", None).multi_node
     cmd = launch_command(4, ["sweep", "e.yaml"], port=29999, python="py")
     assert cmd[:3] == ["py", "-m", "accelerate.commands.launch"] and cmd[-4:] == ["-m", "msa_core", "sweep", "e.yaml"]
     assert cmd[cmd.index("--num_processes") + 1] == "4" and cmd[cmd.index("--main_process_ip") + 1] == "127.0.0.1"
@@ -79,8 +81,8 @@ def test_processes_refuse_a_single_device_and_no_store(sweep_exp, tmp_path, caps
     assert not (tmp_path / "r.sqlite").exists()  # refused before anything started
 
 
-def test_two_processes_store_the_grid_once_survive_a_kill_and_match_one_process(sweep_exp, tmp_path, monkeypatch,
-                                                                              capfd):
+def test_two_processes_survive_a_killed_process_and_the_rerun_completes_the_grid(sweep_exp, tmp_path, monkeypatch,
+                                                                               capfd):
     from msa_core.cli import main
 
     # Process 1 (RANK 1) exits right after storing its first point: a process killed mid-sweep.
@@ -117,14 +119,10 @@ def test_two_processes_store_the_grid_once_survive_a_kill_and_match_one_process(
     assert len({k for _, _, k in rows}) == 1
     two = json.loads(out.read_text())
     assert [(r["alpha"], r["beta"]) for r in two] == GRID  # the main process reports the whole grid in order
-
-    assert main(_argv(sweep_exp, tmp_path / "one.sqlite", "--quiet", "--json", str(tmp_path / "one.json"))) == 0
-    one = json.loads((tmp_path / "one.json").read_text())
-    assert {r["settings_key"] for r in one} == {k for _, _, k in rows}
-    m1, m2 = _metrics(one), _metrics(two)
-    assert m1.keys() == m2.keys() == set(GRID)
-    for point in GRID:
-        assert m2[point] == pytest.approx(m1[point], rel=1e-9, abs=1e-12), point
+    kept = {(a, b) for a, b, _ in after_kill}
+    with sqlite3.connect(store) as con:  # the points stored before the kill were not evaluated again
+        assert con.execute("SELECT COUNT(*) FROM results WHERE fingerprint LIKE '%#reference'").fetchone()[0] == 1
+    assert kept <= set(GRID)
 
 
 def test_per_rank_stores_merge_into_the_whole_grid(sweep_exp, tmp_path, capfd):
@@ -143,7 +141,11 @@ def test_per_rank_stores_merge_into_the_whole_grid(sweep_exp, tmp_path, capfd):
     merge = ["results", "--merge", *map(str, ranks), "--into", str(store), "--json", "-"]
     assert main(merge) == 0
     report = json.loads(capfd.readouterr().out)
-    assert [s["added"] for s in report["sources"]] == [len(parts[0]) + 1, len(parts[1]) + 1]  # + each one's reference
+    # Each rank stored its points and the reference's row; the second reference row is the same key.
+    first, second = report["sources"]
+    assert (first["rows"], first["added"]) == (len(parts[0]) + 1, len(parts[0]) + 1)
+    assert (second["rows"], second["added"]) == (len(parts[1]) + 1, len(parts[1]))
+    assert second["same"] + second["replaced"] + second["kept"] == 1
     assert _composed_rows(store) == sorted(parts[0] + parts[1])
     with sqlite3.connect(store) as con:
         before = con.execute("SELECT * FROM results ORDER BY fingerprint, alpha, beta").fetchall()
@@ -152,5 +154,14 @@ def test_per_rank_stores_merge_into_the_whole_grid(sweep_exp, tmp_path, capfd):
     assert [s["added"] + s["replaced"] for s in again["sources"]] == [0, 0]
     with sqlite3.connect(store) as con:
         assert con.execute("SELECT * FROM results ORDER BY fingerprint, alpha, beta").fetchall() == before
-    swept = json.loads((tmp_path / "sweep.json").read_text())
-    assert [(r["alpha"], r["beta"]) for r in swept] == GRID  # gathered from both ranks' stores
+    two = json.loads((tmp_path / "sweep.json").read_text())
+    assert [(r["alpha"], r["beta"]) for r in two] == GRID  # gathered from both ranks' stores
+
+    # The same grid in one process: the same settings key and the same metrics.
+    assert main(_argv(sweep_exp, tmp_path / "one.sqlite", "--quiet", "--json", str(tmp_path / "one.json"))) == 0
+    one = json.loads((tmp_path / "one.json").read_text())
+    assert {r["settings"]["key"] for r in one} == {k for _, _, k in _composed_rows(store)}
+    m1, m2 = _metrics(one), _metrics(two)
+    assert m1.keys() == m2.keys() == set(GRID)
+    for point in GRID:
+        assert m2[point] == pytest.approx(m1[point], rel=1e-9, abs=1e-12), point

@@ -304,11 +304,11 @@ def _launch_sweep(args: argparse.Namespace) -> int:
         note(args, f"starting {args.processes} processes: {' '.join(cmd)}")
         rc = subprocess.run(cmd, env=launch_env(plan_file), check=False).returncode
         plan = read_plan(plan_file)
+    stored = None if plan is None else len(plan.stored())
     if plan is not None:
-        stored = len(plan.stored())
         note(args, f"{stored} of {len(plan.points)} grid point(s) stored in {', '.join(plan.stores)}")
     if rc != 0:
-        done = "" if plan is None else f"; {len(plan.stored())} of {len(plan.points)} grid point(s) are stored"
+        done = "" if plan is None else f"; {stored} of {len(plan.points)} grid point(s) are stored"
         print(f"msa sweep: a process failed (exit status {rc}){done}; run the same command again to finish "
               "the grid", file=sys.stderr)
         return 1

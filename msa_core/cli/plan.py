@@ -68,14 +68,23 @@ def _device_map(raw: Optional[str]) -> Any:
     return raw.strip()
 
 
-def _size(n: int) -> str:
-    return f"{n / 2**30:.1f}"
+def _unit(largest: int) -> tuple[str, int]:
+    """The table unit: GiB, or MiB / KiB for models too small to show in GiB."""
+    for name, size in (("GiB", 2**30), ("MiB", 2**20)):
+        if largest >= size:
+            return name, size
+    return "KiB", 2**10
 
 
 def print_table(plans: list[MemoryPlan]) -> None:
-    """One row per option combination: totals in GiB and whether it fits."""
-    print(f"  {'model':<9}{'vectors':<10}{'side models':<13}{'device map':<12}{'total GiB':>10}"
-          f"{'fullest GiB':>12}{'devices':>8}  fits")
+    """One row per option combination: totals and whether it fits."""
+    unit, size = _unit(max(p.total_bytes for p in plans))
+
+    def _size(n: int) -> str:
+        return f"{n / size:.1f}"
+
+    print(f"  {'model':<9}{'vectors':<10}{'side models':<13}{'device map':<12}{'total ' + unit:>10}"
+          f"{'fullest ' + unit:>12}{'devices':>8}  fits")
     for p in plans:
         o = p.options
         dm = "one device" if o.device_map is None else ("auto" if o.device_map == "auto" else "explicit")
@@ -86,12 +95,18 @@ def print_table(plans: list[MemoryPlan]) -> None:
 
 def print_plan(plan: MemoryPlan) -> None:
     """The chosen plan, one row per device, and its verdict."""
+    unit, size = _unit(max(r.total for r in plan.rows))
+
+    def _size(n: int) -> str:
+        return f"{n / size:.1f}"
+
     print(f"chosen: {plan.options.label()}")
     print(f"  {'device':<11}{'model':>8}{'θ_c':>8}{'τf+τr':>8}{'side':>8}{'headroom':>9}{'total':>8}"
-          f"{'capacity':>9}  fits   (GiB)")
+          f"{'capacity':>9}  fits   ({unit})")
     for r in plan.rows:
+        cap = f"{r.capacity / 2**30:.1f}G" if unit != "GiB" else _size(r.capacity)
         print(f"  {r.device:<11}{_size(r.working_model):>8}{_size(r.theta_c):>8}{_size(r.vectors):>8}"
-              f"{_size(r.side_models):>8}{_size(r.headroom):>9}{_size(r.total):>8}{_size(r.capacity):>9}  "
+              f"{_size(r.side_models):>8}{_size(r.headroom):>9}{_size(r.total):>8}{cap:>9}  "
               f"{'yes' if r.fits else 'no'}")
     print(plan.verdict())
 

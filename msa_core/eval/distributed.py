@@ -225,18 +225,19 @@ def run_sweep_share(
     key, fp = settings.key, engine.fingerprint
     readable = [store, *also_read]
     mine = [i for i, (a, b) in enumerate(grid) if any(s.has(fp, a, b, tier, key) for s in readable)]
-    views = group.gather((key, mine, str(store.path)))  # also the moment every process has looked at the store
-    keys = sorted({k for k, _, _ in views})
-    if len(keys) > 1:
-        raise ValueError(f"the processes evaluate under different settings keys ({', '.join(keys)}): "
-                         "they must load the same experiment with the same options")
-    done = set().union(*(set(m) for _, m, _ in views))
+    # Also the moment every process has looked at the store(s): no point is evaluated before.
+    views = group.gather((fp, key, mine, str(store.path)))
+    for what, values in (("experiment fingerprints", {v[0] for v in views}), ("settings keys", {v[1] for v in views})):
+        if len(values) > 1:
+            raise ValueError(f"the processes see different {what} ({', '.join(sorted(values))}): they must load "
+                             "the same experiment (same checkpoint files on every host) with the same options")
+    done = set().union(*(set(v[2]) for v in views))
     todo = [p for i, p in enumerate(grid) if i not in done]
     share = split_points(todo, group.index, group.count)
     logger.info("%s: %d of %d grid points to evaluate, %d of them here", group.label(), len(todo), len(grid),
                 len(share))
     if group.is_main and plan_file is not None:
-        stores = [path for _, _, path in views] + [str(s.path) for s in also_read]
+        stores = [v[3] for v in views] + [str(s.path) for s in also_read]
         plan = SweepPlan(fp, tier, key, tuple(grid), len(todo), group.count, tuple(dict.fromkeys(stores)))
         write_json(plan_file, plan.to_json())
     results = []

@@ -21,7 +21,6 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Optional, Union
 
-from msa_core.batching import choose_batch_size
 from msa_core.eval.data import load_muse
 from msa_core.eval.openunlearning import read_reference_tr
 from msa_core.eval.results import EvalResult, MetricValue
@@ -102,6 +101,8 @@ def evaluate_model(
     t0 = time.perf_counter()
     max_length = max_length_for(model)
     if batch_size is None:
+        from msa_core.batching import choose_batch_size
+
         batch_size = choose_batch_size(model, max_length)
     if settings is None:
         srcs = ReferenceStats(tr_source="given" if reference_tr is not None else None,

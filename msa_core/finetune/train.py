@@ -38,7 +38,14 @@ import torch
 from msa_core.atomic import clean_stale_temp, recover_replacement, replace_dir, temp_dir_beside, write_json
 from msa_core.finetune.data import TrainingData
 from msa_core.finetune.examples import Collator, as_dataset, build_examples
-from msa_core.finetune.trainer import OBJECTIVES, EpochExporter, MsaTrainer, ProgressReporter, model_files
+from msa_core.finetune.trainer import (
+    OBJECTIVES,
+    PAIRED_OBJECTIVES,
+    EpochExporter,
+    MsaTrainer,
+    ProgressReporter,
+    model_files,
+)
 from msa_core.progress import Progress, report
 from msa_core.untrusted import read_json_object
 
@@ -295,6 +302,9 @@ def finetune(
     sets = [data] if isinstance(data, TrainingData) else list(data)
     if not sets:
         raise ValueError(f"finetune {out}: no training data given")
+    if config.objective in PAIRED_OBJECTIVES:
+        raise ValueError(f"finetune {out}: objective {config.objective!r} trains on paired forget/retain batches; "
+                         "run it with msa_core.baselines.run_baseline (msa baseline)")
     check_causal_lm(base)
     tok_dir = Path(tokenizer).expanduser() if tokenizer is not None else None
     key = run_key(base, tok_dir, sets, config)
