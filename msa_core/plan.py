@@ -439,7 +439,9 @@ def resolve_dtype(dtype: Optional[str], shape: ModelShape, devices: Mapping[str,
     """The model dtype for 'auto'/None as the engine picks it: the checkpoint's, bf16 on a GPU for fp32 ones."""
     if dtype is not None and str(dtype).strip().lower() not in ("", "auto"):
         return dtype_name(dtype)
-    stored = shape.stored_dtype
+    # as msa_core.checkpoints.resolve_dtype: the one stored dtype, else fp32
+    dtypes = {p.stored_dtype for p in shape.params}
+    stored = dtypes.pop() if len(dtypes) == 1 else "float32"
     if stored == "float32" and any(d.startswith("cuda") for d in devices):
         return "bfloat16"
     return stored if stored in ("float32", "bfloat16", "float16") else "float32"

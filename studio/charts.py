@@ -1,6 +1,7 @@
 """Plotly figures of MSA Studio (no caches, no st calls): the Trade-off page's heatmaps,
-forget-vs-utility scatter (α/β runs and other methods' named points) and small multiples
-along α over the results grid, and the Experiment page's per-layer norms of τ_f and τ_r.
+forget-vs-utility scatter (α/β runs, other θ_clean / epoch choices and other methods' named
+points) with its best-point-per-series table, and small multiples along α over the results
+grid, and the Experiment page's per-layer norms of τ_f and τ_r.
 
 Every axis, colour bar and legend names the metric with its better direction, so a reader
 never has to guess whether up is good. Forget quality is drawn on a log scale whose ticks
@@ -444,7 +445,7 @@ def tradeoff_scatter(
     data = composed(df)
     data = data.assign(**{c: np.nan for c in (x, y, *POINT_COLS) if c not in data.columns}).dropna(subset=[x, y])
     fig = go.Figure()
-    runs = list(dict.fromkeys(data["settings_key"])) if "settings_key" in data.columns else [None]
+    runs = (list(dict.fromkeys(data["settings_key"])) if "settings_key" in data.columns else []) or [None]
     if composed(df).empty:
         runs = []  # no α/β point of this choice: only other choices' or methods' series
     everything = []

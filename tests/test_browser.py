@@ -315,10 +315,14 @@ def test_tradeoff_comparison_plot(server, browser, tmp_path):
         plot.first.wait_for(timeout=120_000)
         assert plot.first.get_by_text("synthetic-NPO").count() >= 1
         assert page.get_by_text("Best point per series at").count() == 1
+        if load_experiment(experiment).clean_history:  # the demo's θ_clean candidates: picker and series
+            assert page.locator(".st-key-w_choice_clean").count() == 1
+            assert plot.first.get_by_text("θ_clean=task-vector", exact=False).count() >= 1
         bh.assert_no_exception(page)
         plot.first.scroll_into_view_if_needed()
         shot = plot.first.screenshot(path=str(tmp_path / "tradeoff_comparison.png"))
         assert len(shot) > 10_000  # a PNG of the drawn chart, not an empty box
+        bh.screenshot(page, tmp_path / "tradeoff_page.png")
     except (AssertionError, sync_api.Error):
         _shot(page, "comparison_failure")
         raise

@@ -280,5 +280,5 @@ def test_the_experiment_page_shows_the_plan_before_loading(tiny_yaml):
     (table,) = [d.value for d in at.dataframe if "θ_c" in d.value.columns]
     n = experiment_shape(load_experiment(tiny_yaml)).parameter_count
     assert list(table["device"]) == ["cpu"] and list(table["fits"]) == ["yes"]
-    assert table["τ_f + τ_r"][0] == f"{8 * n / 2**20:.1f} MiB"  # fp32 vectors of a ~20k-parameter model
+    assert table["τ_f + τ_r"][0] == f"{8 * n / 2**10:.1f} KiB"  # fp32 vectors of a ~38k-parameter model
     assert any("Memory plan for" in c.value and "fits" in c.value for c in at.caption)

@@ -77,7 +77,7 @@ def test_processes_refuse_a_single_device_and_no_store(sweep_exp, tmp_path, caps
     argv = _argv(sweep_exp, tmp_path / "r.sqlite", "--processes", "2")
     argv[argv.index("cpu")] = "cuda:1"
     assert main(argv) == 2
-    assert "--device cuda:1: with --processes each process takes cuda:<local rank>" in capsys.readouterr().err
+    assert "--device cuda:1: with several processes each takes cuda:<local rank>" in capsys.readouterr().err
     assert not (tmp_path / "r.sqlite").exists()  # refused before anything started
 
 

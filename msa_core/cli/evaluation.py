@@ -230,6 +230,18 @@ def _point_printer(args: argparse.Namespace, prefix: str = "") -> Callable[[Eval
     return on_point
 
 
+def _check_process_options(args: argparse.Namespace) -> None:
+    """The options a sweep over several processes cannot take (ValueError naming the option)."""
+    if args.no_store:
+        raise ValueError("--no-store: the processes of a sweep share their work through the results store")
+    if args.device not in (None, "cpu", "cuda"):
+        raise ValueError(f"--device {args.device}: with several processes each takes cuda:<local rank>; "
+                         "pass --device cuda or --device cpu (or leave it out)")
+    if getattr(args, "device_map", None) is not None:
+        raise ValueError("--device-map: with several processes each process holds its engine on its own GPU; "
+                         "a model spread over several GPUs is swept by one process (without --processes)")
+
+
 def _sweep_process(args: argparse.Namespace) -> int:
     """One of the processes of a launched sweep (module docstring)."""
     from msa_core.eval.distributed import PLAN_ENV, join_process_group, rank_store_path, run_sweep_share
@@ -237,36 +249,35 @@ def _sweep_process(args: argparse.Namespace) -> int:
     from msa_core.eval.store import ResultStore, results_grid
     from msa_core.paths import default_results_path
 
-    if args.no_store:
-        raise ValueError("--no-store: the processes of a sweep share their work through the results store")
+    _check_process_options(args)
     experiment, alphas, betas = _grids(args)
     columns = _columns(args)
     group = join_process_group(args.device)
-    try:
-        engine_args = argparse.Namespace(**vars(args))
-        engine_args.device = group.device
-        if not group.is_main:
-            engine_args.quiet = True  # one progress bar: the main process's
-        engine = load_engine(engine_args, experiment)
-        if group.device == "cpu" and requested_threads(args) is None:
-            import torch
+    # No try/finally around the collectives: a process that fails must exit at once (torchrun then
+    # stops the others), not wait in a collective call for processes that wait for it.
+    engine_args = argparse.Namespace(**vars(args))
+    engine_args.device = group.device
+    if not group.is_main:
+        engine_args.quiet = True  # one progress bar: the main process's
+    engine = load_engine(engine_args, experiment)
+    if group.device == "cpu" and requested_threads(args) is None:
+        import torch
 
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // group.local_count))
-        base = Path(args.store).expanduser() if args.store else default_results_path()
-        per_rank = bool(args.store_per_rank) or group.multi_node
-        if per_rank:
-            store = ResultStore(rank_store_path(base, group.index))
-            also = [ResultStore(base)] if base.is_file() else []
-        else:
-            store, also = ResultStore(base), []
-        plan = os.environ.get(PLAN_ENV)
-        results = run_sweep_share(
-            engine, store, [(a, b) for a in alphas for b in betas], group, shared_store=not per_rank,
-            also_read=also, tier=args.tier, benchmark=args.benchmark, subset=args.subset,
-            progress=progress_for(engine_args), on_point=_point_printer(args, f"[{group.label()}] "),
-            batch_size=args.batch_size, reference_cache=ReferenceCache(), plan_file=Path(plan) if plan else None)
-    finally:
-        group.close()
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // group.local_count))
+    base = Path(args.store).expanduser() if args.store else default_results_path()
+    per_rank = bool(args.store_per_rank) or group.multi_node
+    if per_rank:
+        store = ResultStore(rank_store_path(base, group.index))
+        also = [ResultStore(base)] if base.is_file() else []
+    else:
+        store, also = ResultStore(base), []
+    plan = os.environ.get(PLAN_ENV)
+    results = run_sweep_share(
+        engine, store, [(a, b) for a in alphas for b in betas], group, shared_store=not per_rank,
+        also_read=also, tier=args.tier, benchmark=args.benchmark, subset=args.subset,
+        progress=progress_for(engine_args), on_point=_point_printer(args, f"[{group.label()}] "),
+        batch_size=args.batch_size, reference_cache=ReferenceCache(), plan_file=Path(plan) if plan else None)
+    group.close()
     if not group.is_main:
         return 0
     if per_rank:
@@ -280,15 +291,11 @@ def _launch_sweep(args: argparse.Namespace) -> int:
     """``msa sweep --processes N``: start N processes of this sweep on this host and wait for them."""
     from msa_core.eval.distributed import free_port, launch_command, launch_env, read_plan
 
-    if args.no_store:
-        raise ValueError("--no-store: the processes of a sweep share their work through the results store")
+    _check_process_options(args)
     raw = getattr(args, "_sweep_argv", None)
     if raw is None:
         raise ValueError("--processes: this sweep's command line is unknown (call msa_core.cli.main with argv)")
     _grids(args)  # bad grids and experiment files answer before any process starts
-    if args.device not in (None, "cpu", "cuda"):
-        raise ValueError(f"--device {args.device}: with --processes each process takes cuda:<local rank>; "
-                         "pass --device cuda or --device cpu (or leave it out)")
     if args.device != "cpu":
         import torch
 

@@ -67,6 +67,11 @@ def train_model(
         raise ValueError(f"{label}: no training data given")
     if config.save_every_epoch:
         raise ValueError(f"{label}: save_every_epoch needs an output folder; use finetune()")
+    from msa_core.finetune.trainer import PAIRED_OBJECTIVES
+
+    if config.objective in PAIRED_OBJECTIVES:
+        raise ValueError(f"{label}: objective {config.objective!r} trains on paired forget/retain batches; "
+                         "use msa_core.baselines.run_baseline")
     examples = build_examples(tokenizer, sets, config.max_length, prompt_format)
     old_threads = torch.get_num_threads()
     if config.num_threads is not None:
