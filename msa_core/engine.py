@@ -333,6 +333,23 @@ class _StoredCorrupted:
         return stored
 
 
+def release_host_memory() -> bool:
+    """Hand freed heap memory back to the OS (glibc ``malloc_trim``), e.g. the CPU fp32 vectors
+    once they are placed: tensors under glibc's mmap threshold (≤ 32 MB) are freed into the heap,
+    which otherwise stays in the process's RSS. True when it ran (Linux with glibc)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim this way
+        return False
+    return True
+
+
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
@@ -518,6 +535,7 @@ class Engine:
             max_memory=max_memory,
         )
         del vectors  # the CPU fp32 tensors: the engine holds the placed copies
+        release_host_memory()
         engine.load_seconds = time.perf_counter() - t0
         report(progress, 1.0, "engine ready")
         return engine

@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import types
 from collections.abc import Callable, Sequence
 from typing import Optional, Union
 
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 # Kernel families: the device types a compiled kernel exists for.
 FAMILIES = ("cpu", "cuda")
 _LOCK = threading.Lock()
-_KERNELS: dict[tuple[str, bool, bool], Callable[..., None]] = {}
+_KERNELS: dict[tuple[str, bool, bool], Callable[..., None]] = {}  # (family or "cuda:N", use_a, use_b)
 _DISABLED: dict[str, str] = {}  # family → why it was disabled in this process
 
 
@@ -109,10 +110,24 @@ _PATTERNS = {
 _EAGER_BELOW = 4096
 
 
+def own_code(fn: Callable[..., None], suffix: str) -> Callable[..., None]:
+    """A copy of ``fn`` with its own code object (named ``fn.__name__ + suffix``): torch.compile
+    keeps its cache and recompile budget per code object."""
+    name = fn.__name__ + suffix
+    return types.FunctionType(fn.__code__.replace(co_name=name), fn.__globals__, name, fn.__defaults__,
+                              fn.__closure__)
+
+
 def _kernel(use_a: bool, use_b: bool, family: str = "cpu") -> Callable[..., None]:
     # dynamic=True: one kernel serves every tensor size; the coefficients are 0-d tensors so
-    # a new (α, β) never recompiles.
-    return torch.compile(_PATTERNS[(family, use_a, use_b)], dynamic=True, fullgraph=True)
+    # a new (α, β) never recompiles. "cuda:N" (N > 0): the CUDA pattern with a code object of
+    # its own, so each GPU of a dispatched model has its own compile cache (the device index is
+    # guarded; 8 GPUs sharing one code object would exhaust its recompile budget).
+    kind, _, index = family.partition(":")
+    fn = _PATTERNS[(kind, use_a, use_b)]
+    if index:
+        fn = own_code(fn, f"_{index}")
+    return torch.compile(fn, dynamic=True, fullgraph=True)
 
 
 def _eager(p: torch.Tensor, b: torch.Tensor, f: torch.Tensor, r: torch.Tensor, ca: float, cb: float) -> None:
@@ -174,9 +189,10 @@ def compose_fused(views: Views, ca: float, cb: float, *, family: Optional[str] =
     # the engine must call them in the same mode or the first real move recompiles.
     with _LOCK, torch.no_grad():  # compilation is not thread-safe; composes are serial per engine anyway
         try:
-            fn = _KERNELS.get((family, use_a, use_b))
+            slot = f"{family}:{device.index}" if family == "cuda" and device.index else family
+            fn = _KERNELS.get((slot, use_a, use_b))
             if fn is None:
-                fn = _KERNELS[(family, use_a, use_b)] = _kernel(use_a, use_b, family)
+                fn = _KERNELS[(slot, use_a, use_b)] = _kernel(use_a, use_b, slot)
             for p, b, f, r in views:
                 if p.numel() < _EAGER_BELOW:
                     _eager(p, b, f, r, ca, cb)

@@ -411,6 +411,8 @@ class RecomposePlan:
         """
         ca, cb = -alpha, beta
         paths = [(g.compose(ca, cb), g.device) for g in self._groups]
+        if not paths:
+            return PATH_EAGER  # nothing to compose
         if len(paths) == 1:
             return paths[0][0]
         return " + ".join(f"{path} on {dev}" for path, dev in paths)

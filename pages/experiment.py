@@ -28,9 +28,10 @@ engine = resources.loaded_engine()
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _plan(path: str, mtime: float, device: str, dtype: str) -> tuple[list[dict[str, str]], str, str]:
-    """(rows, verdict, suggestion) of loading ``path`` with the chosen device and dtype (mtime: the file's)."""
+    """(rows, options, suggestion: '' when it fits) of loading ``path`` with the chosen device and dtype
+    (mtime: the file's, so an edited file is planned again)."""
     plan = plan_for_experiment(load_experiment(path), device=device, dtype=dtype)
-    return page_rows(plan), plan.verdict(), "" if plan.fits else plan.suggestion
+    return page_rows(plan), plan.options.label(), "" if plan.fits else plan.suggestion
 
 
 def _memory_plan(path: Optional[str]) -> None:
@@ -39,11 +40,12 @@ def _memory_plan(path: Optional[str]) -> None:
         return
     device, dtype = session.load_options()
     try:
-        rows, verdict, suggestion = _plan(str(path), Path(path).stat().st_mtime, device, dtype)
+        rows, options, suggestion = _plan(str(path), Path(path).stat().st_mtime, device, dtype)
     except widgets.CORE_ERRORS as exc:
         st.caption(f"No memory plan for `{path}`: {exc}")
         return
-    st.caption(f"Memory plan for `{Path(path).name}` ({verdict.split(':')[0]}; `msa plan` shows every option)")
+    st.caption(f"Memory plan for `{Path(path).name}` before loading: {options} "
+               f"({'fits' if not suggestion else 'does not fit'}; `msa plan` lists every option)")
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
     if suggestion:
         st.warning(suggestion, icon=":material/memory:")

@@ -144,6 +144,15 @@ def test_the_pickers_switch_theta_clean_and_epochs_and_keep_alpha_beta(history_y
     assert engine.choice is None and engine.fingerprint == base
     _assert_weights(engine, exp, Choice(), 0.5, 1.0)
 
+    # A choice that does not exist (a shared link naming epoch 9): the error names it and lists the
+    # available epochs; the engine keeps its choice.
+    at.session_state["msa_pending_choice"] = Choice("default", forget_epoch=9)
+    at.run()
+    no_exceptions(at)
+    errors = [e.value for e in at.sidebar.error]
+    assert any("epoch-9" in e and "available epochs: final, 1" in e for e in errors), errors
+    assert engine.choice is None and engine.fingerprint == base
+
 
 def test_other_choices_are_their_own_series_with_their_best_point(history_yaml, app_env):
     exp = read_experiment(history_yaml)

@@ -361,6 +361,20 @@ def test_cuda_kernel_family_compiles_and_agrees_on_cpu_tensors(monkeypatch):
         fused._reset_for_tests()
 
 
+def test_each_gpu_gets_kernels_with_a_code_object_of_its_own():
+    f = fused.own_code(fused._ab_cuda, "_1")
+    assert f.__code__ is not fused._ab_cuda.__code__ and f.__name__ == "_ab_cuda_1"
+    out, ref = torch.empty(5), torch.empty(5)
+    args = (torch.arange(5.0), torch.ones(5), torch.full((5,), 2.0), torch.tensor(-0.5), torch.tensor(0.25))
+    f(out, *args)
+    fused._ab_cuda(ref, *args)
+    assert torch.equal(out, ref) and torch.equal(out, torch.arange(5.0) - 0.5 + 0.5)
+
+
+def test_empty_plan_composes_nothing():
+    assert RecomposePlan([], [], [], []).compose(1.0, 1.0) == R.PATH_EAGER
+
+
 # ----------------------------------------------------------------------------- CLI options
 
 def test_cli_device_map_and_max_memory_parsing(tmp_path):

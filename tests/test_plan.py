@@ -282,3 +282,36 @@ def test_the_experiment_page_shows_the_plan_before_loading(tiny_yaml):
     assert list(table["device"]) == ["cpu"] and list(table["fits"]) == ["yes"]
     assert table["τ_f + τ_r"][0] == f"{8 * n / 2**10:.1f} KiB"  # fp32 vectors of a ~38k-parameter model
     assert any("Memory plan for" in c.value and "fits" in c.value for c in at.caption)
+
+
+def test_the_experiment_page_warns_with_the_suggestion_when_the_plan_does_not_fit(tiny_yaml, monkeypatch):
+    from app_fixtures import new_app, no_exceptions
+
+    import msa_core.plan
+
+    monkeypatch.setattr(msa_core.plan, "machine_devices", lambda: {"cpu": 400 * 2**10})  # a 400 KiB machine
+    at = new_app().run()
+    at.session_state["msa_dtype"] = "float16"  # a dtype no other test plans with: not a cached plan
+    at.text_input(key="w_page_exp_path").set_value(str(tiny_yaml)).run()
+    no_exceptions(at)
+    (table,) = [d.value for d in at.dataframe if "θ_c" in d.value.columns]
+    assert list(table["fits"]) == ["no"]
+    assert any("bf16 vectors" in w.value for w in at.warning)
+
+
+def test_engine_max_memory_leaves_room_for_theta_c_and_the_vectors_beside_each_layer():
+    from msa_core.plan import engine_max_memory
+
+    opts = PlanOptions("bfloat16", "bfloat16", "cached")
+    got = engine_max_memory({"cuda:0": 80 * GiB, "cuda:1": 40 * GiB, "cpu": 100 * GiB}, opts, stored_dtype="bfloat16")
+    # model 2 B of the engine's 2 + 2 + 4 = 8 B per parameter, after 10% headroom
+    assert got == {0: int(80 * GiB / 1.1 * 2 / 8), 1: int(40 * GiB / 1.1 * 2 / 8), "cpu": int(100 * GiB / 1.1 * 2 / 8)}
+    fp32_ckpt = engine_max_memory({"cuda:0": 80 * GiB}, replace_opts(opts, side_models="device"),
+                                  stored_dtype="float32", side_models=2)
+    assert fp32_ckpt == {0: int(80 * GiB / 1.1 * 2 / (2 + 4 + 4 + 2 * 2))}  # θ_c kept in fp32, two side models
+
+
+def replace_opts(opts, **changes):
+    from dataclasses import replace
+
+    return replace(opts, **changes)
