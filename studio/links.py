@@ -3,8 +3,10 @@
 Query parameters (:data:`PARAMS`): ``experiment`` (the experiment file's path), ``alpha`` and
 ``beta``, ``page`` (a page's name, e.g. ``playground``; see :func:`page_name`) and
 ``questions`` (the Playground's selection, ``<set>:<i>,<j>,…`` with item indices of that
-set, e.g. ``forget:0,3,7``), and ``pins``, the pinned comparison points (``α:β`` pairs joined
-by ``,``, e.g. ``0.8:0.5,2:1``). :func:`restore` applies them once per browser session, before
+set, e.g. ``forget:0,3,7``), ``pins``, the pinned comparison points (``α:β`` pairs joined
+by ``,``, e.g. ``0.8:0.5,2:1``), and ``clean`` / ``ef`` / ``er``, the θ_clean candidate and the
+forget/retain fine-tune epochs when they are not the experiment's default
+(:func:`studio.session.choice_params`). :func:`restore` applies them once per browser session, before
 the sidebar is drawn; in the first session of a server process, a URL without an
 ``experiment`` parameter reloads the most recently used experiment (the recent list of
 :mod:`studio.resources`), so a restarted server comes back where it was. A value that cannot
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("msa.app")
 
-PARAMS = ("experiment", "alpha", "beta", "page", "questions", "pins")
+PARAMS = ("experiment", "alpha", "beta", "page", "questions", "pins", *session.CHOICE_PARAMS)
 
 
 def page_name(page: StreamlitPage) -> str:
@@ -135,6 +137,10 @@ def restore(pages: Sequence[StreamlitPage], current: StreamlitPage) -> None:
         else:
             for p in pins:
                 compare.pin(p)
+    try:
+        session.request_choice_from_params({k: params[k] for k in session.CHOICE_PARAMS if params[k]})
+    except ValueError as exc:
+        warnings.append(f"{exc}; kept the experiment's default θ_clean and epochs")
     session.put(session.K_URL_WARNINGS, warnings)
     wanted = params["page"]
     if wanted and wanted != page_name(current):
@@ -157,6 +163,9 @@ def write(current: StreamlitPage) -> None:
     if path:
         p = session.point()
         want.update(experiment=path, alpha=f"{p.alpha:.10g}", beta=f"{p.beta:.10g}")
+        engine = resources.loaded_engine(path)
+        if engine is not None:
+            want.update(session.choice_params(resources.current_choice(engine)))
     want["page"] = page_name(current)
     chosen = session.get(session.K_QUESTIONS)
     if chosen:
