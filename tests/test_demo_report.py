@@ -171,6 +171,11 @@ def test_the_claims_compare_the_best_forget_qualities():
     assert claims["msa_beats_task_vector"] is False and claims["msa_beats_NPO"] is True
     assert claims["closer_checkpoint_better"] == {"pretrain-e3": True} and claims["beta0_forget_quality"] == 0.3
     assert _claims({"default": 0.5}, None)["msa_beats_task_vector"] is None
+    # a method none of whose points keeps 90% of the utility (None) loses to one that has such a point
+    claims = _claims({"default": 0.5, "task-vector": None, "NPO": None}, "NPO")
+    assert claims["msa_beats_task_vector"] is True and claims["msa_beats_NPO"] is True
+    assert _claims({"default": None, "task-vector": None}, None)["msa_beats_task_vector"] is None
+    assert _claims({"default": None, "task-vector": 0.1}, None)["msa_beats_task_vector"] is False
     table = comparison_table({"rows": [{"method": "NPO", "point": "epoch-2", "forget_quality": 0.0123,
                                         "model_utility": 0.5, "forget_rougeL_recall": None,
                                         "retain_rougeL_recall": 0.75, "keeps_utility": False}]})

@@ -4,6 +4,7 @@ hand-computed values, the planner against a loaded engine, refuse-and-suggest, d
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from app_fixtures import _navigation_mode  # noqa: F401
@@ -306,12 +307,6 @@ def test_engine_max_memory_leaves_room_for_theta_c_and_the_vectors_beside_each_l
     got = engine_max_memory({"cuda:0": 80 * GiB, "cuda:1": 40 * GiB, "cpu": 100 * GiB}, opts, stored_dtype="bfloat16")
     # model 2 B of the engine's 2 + 2 + 4 = 8 B per parameter, after 10% headroom
     assert got == {0: int(80 * GiB / 1.1 * 2 / 8), 1: int(40 * GiB / 1.1 * 2 / 8), "cpu": int(100 * GiB / 1.1 * 2 / 8)}
-    fp32_ckpt = engine_max_memory({"cuda:0": 80 * GiB}, replace_opts(opts, side_models="device"),
+    fp32_ckpt = engine_max_memory({"cuda:0": 80 * GiB}, replace(opts, side_models="device"),
                                   stored_dtype="float32", side_models=2)
     assert fp32_ckpt == {0: int(80 * GiB / 1.1 * 2 / (2 + 4 + 4 + 2 * 2))}  # θ_c kept in fp32, two side models
-
-
-def replace_opts(opts, **changes):
-    from dataclasses import replace
-
-    return replace(opts, **changes)

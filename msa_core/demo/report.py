@@ -377,10 +377,10 @@ def measure_comparison(experiment_path: Path, store: ResultStore, *, alphas: Seq
                          for k, v in splits.items()}
             rows.append(_row(_method_name(cand), f"α={a:g}, β={b:g}", result, kept, rouge,
                              choice=cand.label, alpha=a, beta=b, before_forget=cand.before_forget, step=cand.step))
-            best_beta0 = _best([(p, r) for p, r in zip(grid[1:], results[1:]) if p[1] == 0.0], floor)
             if cand.label == "default":
-                best_fq["default_beta0"] = _value(best_beta0[1], "forget_quality")
-            best_fq[cand.label] = rows[-1]["forget_quality"]
+                beta0 = _best([(p, r) for p, r in zip(grid[1:], results[1:]) if p[1] == 0.0], floor)
+                best_fq["default_beta0"] = _value(beta0[1], "forget_quality") if beta0[2] else None
+            best_fq[cand.label] = rows[-1]["forget_quality"] if kept else None
         if baseline is not None:
             from msa_core.baselines import run_baseline
 
@@ -399,7 +399,7 @@ def measure_comparison(experiment_path: Path, store: ResultStore, *, alphas: Seq
                 del model
                 rows.append(_row(baseline.method, point, result, kept, rouge, choice=None,
                                  epochs=baseline.config.epochs, lr=baseline.config.lr))
-                best_fq[baseline.method] = rows[-1]["forget_quality"]
+                best_fq[baseline.method] = rows[-1]["forget_quality"] if kept else None
             report(span, 1.0, f"{baseline.method}: done")
     finally:
         torch.set_num_threads(old_threads)
@@ -426,11 +426,17 @@ def _baseline_results(store: ResultStore, fingerprint: str, method: str) -> list
 
 
 def _claims(best_fq: dict[str, Optional[float]], method: Optional[str]) -> dict[str, Any]:
-    """The paper's comparative claims as measured (best forget quality at ≥ 90% utility per method);
-    a claim is None when a side of it was not measured."""
+    """The paper's comparative claims as measured: ``best_fq`` maps each measured method to its
+    best forget quality at ≥ 90% of the corrupted model's utility, None when none of its points
+    keeps that utility (it then loses to any method that has one). A claim is None when a side
+    of it was not measured, or neither side keeps the utility."""
     def beats(a: str, b: str) -> Optional[bool]:
-        x, y = best_fq.get(a), best_fq.get(b)
-        return None if x is None or y is None else x > y
+        if a not in best_fq or b not in best_fq:
+            return None
+        x, y = best_fq[a], best_fq[b]
+        if x is None or y is None:
+            return None if x is None and y is None else y is None
+        return x > y
 
     earlier = [k for k in best_fq if k not in ("default", "default_beta0", "task-vector", method)]
     out: dict[str, Any] = {
