@@ -394,7 +394,7 @@ def reference_max_length(engine: Engine) -> Optional[int]:
 
 def reference_result(
     engine: Engine, *, benchmark: str = "all", subset: Optional[int] = None, store: Optional[ResultStore] = None,
-    progress: Optional[Progress] = None, batch_size: int = 16, cache: Optional[ReferenceCache] = None,
+    progress: Optional[Progress] = None, batch_size: Optional[int] = None, cache: Optional[ReferenceCache] = None,
     free_after: Optional[bool] = None,
 ) -> Optional[EvalResult]:
     """:func:`msa_core.eval.run.reference_result` (same settings, same store rows) that loads the

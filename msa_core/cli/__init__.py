@@ -3,7 +3,8 @@
 The CLI sits above the library: its modules import msa_core, and nothing in msa_core
 imports them. Commands: ``demo``, ``vectors``, ``compose``, ``generate``
 (:mod:`.models`), ``eval``, ``sweep``, ``results`` (:mod:`.evaluation`), ``finetune``
-(:mod:`.training`) and ``init`` (:mod:`.init`). Every
+(:mod:`.training`), ``init`` (:mod:`.init`), ``import`` (:mod:`.interop`), ``rtt`` (:mod:`.rtt`),
+``plan`` (:mod:`.plan`) and ``baseline`` (:mod:`.baseline`). Every
 command takes ``--json FILE`` (``-`` = stdout) and ``--quiet``, with one meaning
 everywhere (:mod:`.output`). This package is the only part of msa_core that prints.
 

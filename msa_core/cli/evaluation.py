@@ -73,8 +73,9 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--benchmark", choices=("tofu", "muse", "all"), default="all",
                    help="which benchmarks' metrics (default all the experiment has data for)")
     p.add_argument("--subset", type=int, default=None, help="evaluate only the first N items of each split")
-    p.add_argument("--batch-size", type=int, default=16, metavar="N",
-                   help="sequences scored per forward pass (default 16; results do not depend on it)")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="sequences scored per forward pass (default: from free GPU memory, 16 on the CPU; "
+                        "results do not depend on it beyond floating-point rounding)")
     p.add_argument("--store", default=None, help="results database (default: cache/results.sqlite)")
     p.add_argument("--no-store", action="store_true", help="neither read nor write the results store")
 

@@ -33,7 +33,6 @@ from msa_core.eval.settings import (
     model_settings_of,
     reference_file,
     reference_file_source,
-    side_model_settings,
 )
 from msa_core.experiment import Experiment
 from msa_core.progress import Progress, report, sub_progress
@@ -164,28 +163,14 @@ def reference_result(
 
     Read from ``store`` when it holds it (and written there when computed); with a ``cache``
     it is computed at most once per fingerprint and settings for the cache's owner.
-    None when the experiment has no reference checkpoint.
+    None when the experiment has no reference checkpoint. The reference model is loaded only
+    when the store lacks the result (:func:`msa_core.side_cache.reference_result`), and released
+    after use on CUDA, so it costs no GPU memory while idle.
     """
-    model = engine.side_model("reference")
-    if model is None:
-        return None
-    exp = engine.experiment
-    settings = eval_settings(exp, engine.tokenizer, tier="fast", benchmark=benchmark, subset=subset,
-                             max_length=max_length_for(model), model=side_model_settings(engine))
+    from msa_core.side_cache import reference_result as lazy_reference_result
 
-    def compute() -> EvalResult:
-        stored = store.get(f"{engine.fingerprint}#reference", 0.0, 0.0, "fast", settings.key) if store else None
-        if stored is None:
-            stored = evaluate_model(model, engine.tokenizer, exp, tier="fast", benchmark=benchmark, subset=subset,
-                                    progress=progress, batch_size=batch_size, settings=settings,
-                                    fingerprint=engine.fingerprint, label="reference")
-            if store is not None:
-                store.put(stored)
-        return stored
-
-    if cache is None:
-        return compute()
-    return cache.get_or_compute((engine.fingerprint, settings.key), compute)
+    return lazy_reference_result(engine, benchmark=benchmark, subset=subset, store=store, progress=progress,
+                                 batch_size=batch_size, cache=cache)
 
 
 def reference_stats(reference: Union[EvalResult, ReferenceStats, None]) -> Optional[ReferenceStats]:

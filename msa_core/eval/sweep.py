@@ -240,7 +240,7 @@ def sweep_settings(
     benchmark: str = "all",
     subset: Optional[int] = None,
     progress: Optional[Progress] = None,
-    batch_size: int = 16,
+    batch_size: Optional[int] = None,
     reference_cache: Optional[ReferenceCache] = None,
 ) -> tuple[ReferenceStats, EvalSettings]:
     """The reference (resolved through ``store`` and ``reference_cache``) and the evaluation settings
@@ -274,7 +274,7 @@ def run_points(
     subset: Optional[int] = None,
     progress: Optional[Progress] = None,
     on_point: Optional[Callable[[EvalResult, bool], None]] = None,
-    batch_size: int = 16,
+    batch_size: Optional[int] = None,
     reference_cache: Optional[ReferenceCache] = None,
     should_stop: Optional[Callable[[], bool]] = None,
 ) -> list[EvalResult]:
