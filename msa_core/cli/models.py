@@ -39,6 +39,12 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                         help="memory per device for --device-map auto, e.g. cuda:0=70GiB,cuda:1=70GiB,cpu=100GiB")
     parser.add_argument("--only", default=None, help="apply α/β only to parameters matching this regex (e.g. mlp)")
     parser.add_argument("--layers", default=None, help="apply α/β only to this layer range, e.g. 0-7")
+    parser.add_argument("--clean", default=None, metavar="LABEL",
+                        help="θ_clean candidate from the experiment's clean_history (default: its checkpoints)")
+    parser.add_argument("--forget-epoch", type=int, default=None, metavar="N",
+                        help="use epoch N of the forget fine-tune (msa finetune --save-every-epoch; default: final)")
+    parser.add_argument("--retain-epoch", type=int, default=None, metavar="N",
+                        help="use epoch N of the retain fine-tune (default: final)")
 
 
 def add_point_args(parser: argparse.ArgumentParser) -> None:
@@ -121,6 +127,22 @@ def parse_max_memory(text: Optional[str]) -> Optional[dict[str, str]]:
     return out
 
 
+def chosen_experiment(args: argparse.Namespace, experiment: Experiment) -> Experiment:
+    """``experiment`` on the θ_clean / epoch choice of ``--clean`` / ``--forget-epoch`` /
+    ``--retain-epoch`` (msa_core.choices.experiment_for: the same derived experiment, vector cache
+    and results fingerprint as the app's pickers); ``experiment`` itself when none is given."""
+    from msa_core.choices import Choice, experiment_for
+    from msa_core.experiment import DEFAULT_CANDIDATE
+
+    clean = getattr(args, "clean", None) or DEFAULT_CANDIDATE
+    choice = Choice(clean, getattr(args, "forget_epoch", None), getattr(args, "retain_epoch", None))
+    if choice.is_default:
+        return experiment
+    derived = experiment_for(experiment, choice)
+    note(args, f"using {choice.label()}")
+    return derived
+
+
 def load_engine(args: argparse.Namespace, experiment: Experiment) -> Engine:
     """The engine of ``experiment`` as the engine arguments ask (progress on stderr)."""
     from msa_core.engine import Engine
@@ -130,6 +152,7 @@ def load_engine(args: argparse.Namespace, experiment: Experiment) -> Engine:
     max_memory = parse_max_memory(getattr(args, "max_memory", None))
     if max_memory is not None and device_map is None:
         raise ValueError("--max-memory needs --device-map (e.g. --device-map auto)")
+    experiment = chosen_experiment(args, experiment)
     engine = Engine.load(experiment, device=args.device, dtype=args.dtype, module_filter=flt,
                          progress=progress_for(args), vector_dtype=getattr(args, "vector_dtype", None) or "float32",
                          device_map=device_map, max_memory=max_memory)
@@ -185,7 +208,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     # --out '' is passed on (and refused), not taken as "the default folder"
-    path = build_demo(args.out, quick=args.quick, seed=args.seed, progress=progress_for(args), force=args.force)
+    store = None
+    if args.store:
+        from msa_core.eval.store import ResultStore
+
+        store = ResultStore(args.store)
+    path = build_demo(args.out, quick=args.quick, seed=args.seed, progress=progress_for(args), force=args.force,
+                      store=store)
     payload = {"experiment": str(path), "seconds": round(time.perf_counter() - t0, 2)}
     emit(args.json, payload, lambda: print(path))
     return 0
@@ -233,6 +262,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ValueError("give at least one --prompt")
     experiment = experiment_at_point(args)
     from msa_core.generation import generate_answers  # torch: after the checks above
+    from msa_core.side_cache import side_answers
     from msa_core.targets import Point, Side, has_model, model_for
 
     engine = load_engine(args, experiment)
@@ -240,6 +270,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     columns: dict[str, list[str]] = {}
     for target in targets:
         if not has_model(engine, target):
+            continue
+        if isinstance(target, Side) and not args.sample:
+            # greedy side answers come from the on-disk side cache (computed once per prompt)
+            columns[target.label] = side_answers(engine, target.role, prompts, max_new_tokens=args.max_new_tokens)
             continue
         with model_for(engine, target) as model:
             columns[target.label] = generate_answers(
@@ -263,6 +297,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("demo", help="build the embedded demo experiment (no download)")
     p.add_argument("--out", default=None, help="folder (default: cache/demo or cache/demo-quick)")
     p.add_argument("--quick", action="store_true", help="tiny variant for tests (< 1 min)")
+    p.add_argument("--store", default=None, metavar="PATH",
+                   help="results store for the comparison's points (default: the app's store for the default "
+                        "folder, else <out>/results.sqlite)")
     p.add_argument("--seed", type=int, default=0, help="seed of the demo's data and training (default 0)")
     p.add_argument("--force", action="store_true",
                    help="rebuild even if a finished build exists (only a folder made by msa demo is replaced)")

@@ -233,8 +233,11 @@ def model_settings_of(model: Any) -> dict[str, Any]:
 
 
 def side_model_settings(engine: Engine) -> dict[str, Any]:
-    """The settings of the engine's side models: its dtype and device; α/β (so the filter) do not apply."""
-    return {**engine.model_settings, "module_filter": None}
+    """The settings of the engine's side models: its dtype and device. α/β (so the module filter)
+    and the vectors' storage dtype do not touch them (clean and reference are loaded as they are)."""
+    settings = {**engine.model_settings, "module_filter": None}
+    settings.pop("vector_dtype", None)
+    return settings
 
 
 def max_length_for(model: Any) -> int:
