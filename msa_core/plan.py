@@ -674,11 +674,17 @@ def page_rows(plan: MemoryPlan) -> list[dict[str, str]]:
 
 def plan_for_experiment(exp: Experiment, *, device: Optional[str] = None, dtype: Optional[str] = None,
                         vector_dtype: str = "float32", side_models: str = "cached",
-                        devices: Optional[Mapping[str, int]] = None) -> MemoryPlan:
+                        devices: Optional[Mapping[str, int]] = None, device_map: DeviceMap = None) -> MemoryPlan:
     """The plan of loading ``exp`` on one ``device`` ('auto'/None: the first of ``devices``) in
-    ``dtype`` ('auto'/None: as the engine picks), the way the app loads it. Capacities come from
+    ``dtype`` ('auto'/None: as the engine picks), the way the app loads it; with ``device_map``
+    'auto', spread over all of ``devices`` (``device`` is then ignored). Capacities come from
     ``devices`` (default: :func:`machine_devices`, plus the CPU's RAM for 'cpu')."""
     devs = dict(devices) if devices is not None else machine_devices()
+    if device_map == "auto":
+        shape = experiment_shape(exp)
+        opts = PlanOptions(dtype=resolve_dtype(dtype, shape, devs), vector_dtype=vector_dtype,
+                           side_models=side_models, device_map="auto")
+        return plan_memory(shape, opts, devs, side_models=side_model_count(exp))
     if device is None or str(device).strip().lower() in ("", "auto"):
         name = next(iter(devs))
     else:

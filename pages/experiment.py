@@ -27,10 +27,12 @@ engine = resources.loaded_engine()
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def _plan(path: str, mtime: float, device: str, dtype: str) -> tuple[list[dict[str, str]], str, str]:
-    """(rows, options, suggestion: '' when it fits) of loading ``path`` with the chosen device and dtype
-    (mtime: the file's, so an edited file is planned again)."""
-    plan = plan_for_experiment(load_experiment(path), device=device, dtype=dtype)
+def _plan(path: str, mtime: float, device: str, dtype: str, vector_dtype: str = "float32",
+          placement: str = "one device") -> tuple[list[dict[str, str]], str, str]:
+    """(rows, options, suggestion: '' when it fits) of loading ``path`` with the chosen device, dtype,
+    vector dtype and placement (mtime: the file's, so an edited file is planned again)."""
+    plan = plan_for_experiment(load_experiment(path), device=device, dtype=dtype, vector_dtype=vector_dtype,
+                               device_map="auto" if placement == "auto" else None)
     return page_rows(plan), plan.options.label(), "" if plan.fits else plan.suggestion
 
 
@@ -39,8 +41,10 @@ def _memory_plan(path: Optional[str]) -> None:
     if not path or not Path(path).is_file():
         return
     device, dtype = session.load_options()
+    vector_dtype, placement = session.placement_options()
     try:
-        rows, options, suggestion = _plan(str(path), Path(path).stat().st_mtime, device, dtype)
+        rows, options, suggestion = _plan(str(path), Path(path).stat().st_mtime, device, dtype, vector_dtype,
+                                          placement)
     except widgets.CORE_ERRORS as exc:
         st.caption(f"No memory plan for `{path}`: {exc}")
         return
@@ -53,13 +57,19 @@ def _memory_plan(path: Optional[str]) -> None:
 
 def _load_forms() -> None:
     with st.expander("Load an experiment file or checkpoint folders", expanded=engine is None):
-        c1, c2 = st.columns(2)
+        c1, c2, c3, c4 = st.columns(4)
         for col, label, options, key, helptext in (
             (c1, "Device", widgets.device_choices(), session.K_DEVICE,
              "auto = the GPU when there is one. Only this machine's devices are listed. "
              "Changing it loads a second engine."),
             (c2, "Dtype", widgets.DTYPE_CHOICES, session.K_DTYPE,
              "auto = the checkpoint's dtype (bf16 on a GPU for fp32 checkpoints)."),
+            (c3, "Vectors", widgets.VECTOR_DTYPE_CHOICES, session.K_VECTOR_DTYPE,
+             "How τ_f, τ_r are stored: bfloat16 halves their memory (an 8B model then fits an 80 GB card); "
+             "the arithmetic stays float32."),
+            (c4, "Placement", widgets.placement_choices(), session.K_PLACEMENT,
+             "one device = the Device above; auto = the model spread over every GPU by accelerate "
+             "(each weight's vectors on its GPU)."),
         ):
             if session.get(key) not in options:  # e.g. a device this machine does not have
                 session.put(key, "auto")

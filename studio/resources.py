@@ -111,7 +111,8 @@ class _Slot:
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)
-def _engine_slot(path: str, mtime_ns: int, device: str, dtype: str) -> _Slot:
+def _engine_slot(path: str, mtime_ns: int, device: str, dtype: str, vector_dtype: str = "float32",
+                 placement: str = "one device") -> _Slot:
     # The slot, not the engine, is the cached value: the engine is then loaded outside
     # the cached function, so its progress bar draws live in the caller's page.
     return _Slot()
@@ -119,7 +120,8 @@ def _engine_slot(path: str, mtime_ns: int, device: str, dtype: str) -> _Slot:
 
 def _slot_for(path: str) -> _Slot:
     device, dtype = session.load_options()
-    return _engine_slot(path, Path(path).stat().st_mtime_ns, device, dtype)
+    vector_dtype, placement = session.placement_options()
+    return _engine_slot(path, Path(path).stat().st_mtime_ns, device, dtype, vector_dtype, placement)
 
 
 def loaded_engine(path: Optional[str] = None) -> Optional[Engine]:
@@ -136,14 +138,18 @@ def get_engine(path: str, progress: Optional[Progress] = None) -> Engine:
 
     exp = experiment(path)
     device, dtype = session.load_options()
+    vector_dtype, placement = session.placement_options()
+    spread = placement == "auto"
     slot = _slot_for(path)
     with slot.lock:
         if slot.engine is None:
             slot.engine = Engine.load(
                 exp,
-                device=None if device == "auto" else device,
+                device=None if device == "auto" or spread else device,
                 dtype=None if dtype == "auto" else dtype,
                 progress=progress,
+                vector_dtype=vector_dtype,
+                device_map="auto" if spread else None,
             )
             slot.engine.warm_up_async()  # large CPU models: compile the fused kernel before the first move
     return slot.engine

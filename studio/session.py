@@ -33,6 +33,8 @@ K_ALPHA = "msa_alpha"
 K_BETA = "msa_beta"
 K_DEVICE = "msa_device"  # "auto" | "cpu" | "cuda"
 K_DTYPE = "msa_dtype"  # "auto" | a torch dtype name
+K_VECTOR_DTYPE = "msa_vector_dtype"  # "float32" | "bfloat16": how τ_f, τ_r are stored
+K_PLACEMENT = "msa_placement"  # "one device" | "auto" (accelerate's device_map over every GPU)
 K_PENDING_DEMO = "msa_pending_demo"  # None | "quick" | "full": a demo build asked for
 K_LOAD_ERROR = "msa_load_error"  # the last loading error, shown by the no-experiment offer
 K_ANSWERS = "msa_answers"  # what the Playground showed: {"alpha", "beta", "questions", role: answers}
@@ -78,6 +80,7 @@ def init_session() -> None:
     """Put every per-session default in place (idempotent; call once per script run)."""
     ss = st.session_state
     for key, value in ((K_EXP, None), (K_ALPHA, 1.0), (K_BETA, 1.0), (K_DEVICE, "auto"), (K_DTYPE, "auto"),
+                       (K_VECTOR_DTYPE, "float32"), (K_PLACEMENT, "one device"),
                        (K_PENDING_DEMO, None), (K_LOAD_ERROR, None)):
         ss.setdefault(key, value)
 
@@ -142,6 +145,12 @@ def experiment_path() -> Optional[str]:
 def load_options() -> tuple[str, str]:
     """The (device, dtype) the session asked for ('auto' = the engine's choice)."""
     return str(st.session_state[K_DEVICE]), str(st.session_state[K_DTYPE])
+
+
+def placement_options() -> tuple[str, str]:
+    """The (vector dtype, placement) the session asked for: 'float32' | 'bfloat16', and
+    'one device' | 'auto' (the model spread over every GPU by accelerate's device_map)."""
+    return str(st.session_state[K_VECTOR_DTYPE]), str(st.session_state[K_PLACEMENT])
 
 
 def widget_key(key: str) -> str:

@@ -380,6 +380,16 @@ def device_choices() -> list[str]:
 
 
 DTYPE_CHOICES = ["auto", "float32", "bfloat16", "float16"]
+VECTOR_DTYPE_CHOICES = ["float32", "bfloat16"]
+
+
+def placement_choices() -> list[str]:
+    """The Placement select's options: 'one device', plus 'auto' (accelerate's device_map) when
+    this machine has more than one GPU."""
+    from msa_core.engine import available_devices
+
+    gpus = [d for d in available_devices() if d.startswith("cuda")]
+    return ["one device", "auto"] if len(gpus) > 1 else ["one device"]
 
 
 def no_experiment_offer() -> None:

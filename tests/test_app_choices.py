@@ -66,7 +66,7 @@ def history_yaml(app_env, tmp_path_factory) -> Path:
 
 def _engine(path: Path):
     """The engine the app loaded for ``path`` (st.cache_resource is process-wide)."""
-    slot = resources._engine_slot(str(path), path.stat().st_mtime_ns, "auto", "auto")
+    slot = resources._engine_slot(str(path), path.stat().st_mtime_ns, "auto", "auto", "float32", "one device")
     assert slot.engine is not None, "the app has not loaded the experiment"
     return slot.engine
 

@@ -310,3 +310,32 @@ def test_engine_max_memory_leaves_room_for_theta_c_and_the_vectors_beside_each_l
     fp32_ckpt = engine_max_memory({"cuda:0": 80 * GiB}, replace(opts, side_models="device"),
                                   stored_dtype="float32", side_models=2)
     assert fp32_ckpt == {0: int(80 * GiB / 1.1 * 2 / (2 + 4 + 4 + 2 * 2))}  # θ_c kept in fp32, two side models
+
+
+def test_bf16_vectors_chosen_on_the_experiment_page_halve_the_plan_and_the_loaded_vectors(app_env, tmp_path):
+    """The Experiment page's Vectors select: the plan before loading counts bf16 vectors (half of
+    fp32), and the engine the app then loads stores τ_f, τ_r in bf16; Placement offers 'auto'
+    only on a machine with several GPUs."""
+    import torch
+    from app_fixtures import load_experiment as load_in_app
+    from app_fixtures import make_tiny_app_experiment, new_app, no_exceptions
+
+    from studio import resources
+
+    path = make_tiny_app_experiment(tmp_path / "vec")
+    at = new_app().run()
+    assert at.selectbox(key="w_msa_vector_dtype").options == ["float32", "bfloat16"]
+    assert at.selectbox(key="w_msa_placement").options == ["one device"]  # this CPU machine
+    at.selectbox(key="w_msa_vector_dtype").set_value("bfloat16").run()
+    at.text_input(key="w_page_exp_path").set_value(str(path)).run()
+    no_exceptions(at)
+    (table,) = [d.value for d in at.dataframe if "θ_c" in d.value.columns]
+    n = experiment_shape(load_experiment(path)).parameter_count
+    assert table["τ_f + τ_r"][0] == f"{4 * n / 2**10:.1f} KiB"
+    assert any("bfloat16 vectors" in c.value for c in at.caption)
+    load_in_app(at, path)
+    resolved = path.resolve()
+    engine = resources._engine_slot(str(resolved), resolved.stat().st_mtime_ns, "auto", "auto", "bfloat16",
+                                    "one device").engine
+    assert engine is not None and engine.vector_dtype == torch.bfloat16
+    assert {t.dtype for t in engine.vectors.forget.values()} == {torch.bfloat16}
