@@ -510,6 +510,16 @@ class Engine:
             raise ValueError(f"give a device ({device!r}) or a device map ({device_map!r}), not both")
         device_map = resolve_device_map(device_map)
         max_memory = resolve_max_memory(max_memory)
+        if isinstance(device_map, str) and device_map in AUTO_MAPS and max_memory is None:
+            from msa_core.plan import default_max_memory
+
+            # accelerate alone fills each GPU with weights; θ_c, τ_f, τ_r need room beside them
+            max_memory = resolve_max_memory(default_max_memory(
+                experiment, dtype=None if dtype is None else str(dtype).replace("torch.", ""),
+                vector_dtype=str(resolve_vector_dtype(vector_dtype)).replace("torch.", "")))
+            if max_memory is not None:
+                log.info("device_map %s: max_memory per device %s (room for θ_c and the vectors beside the model)",
+                         device_map, max_memory)
         dev = resolve_device(device) if device_map is None else None
         dtype = resolve_model_dtype(dtype)
         vdtype = resolve_vector_dtype(vector_dtype)

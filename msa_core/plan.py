@@ -664,6 +664,21 @@ def engine_max_memory(devices: Mapping[str, int], options: PlanOptions, *, side_
             for d, cap in devices.items()}
 
 
+def default_max_memory(exp: Experiment, *, dtype: Optional[str] = None, vector_dtype: str = "float32",
+                       devices: Optional[Mapping[str, int]] = None) -> Optional[dict[Union[int, str], int]]:
+    """The ``max_memory`` an engine loaded with a device-map strategy ('auto', …) and no explicit
+    ``max_memory`` gives accelerate: on each CUDA device, room for the model's share only, so θ_c
+    and τ_f, τ_r fit beside it (:func:`engine_max_memory`; accelerate alone would fill each GPU
+    with model weights). None without CUDA devices (accelerate's own choice then)."""
+    devs = dict(devices) if devices is not None else machine_devices()
+    gpus = {d: cap for d, cap in devs.items() if d.startswith("cuda")}
+    if not gpus:
+        return None
+    shape = experiment_shape(exp)
+    opts = PlanOptions(dtype=resolve_dtype(dtype, shape, gpus), vector_dtype=vector_dtype, device_map="auto")
+    return engine_max_memory(gpus, opts, side_models=0, stored_dtype=shape.stored_dtype)
+
+
 def page_rows(plan: MemoryPlan) -> list[dict[str, str]]:
     """The plan as table rows in GiB (the Experiment page shows them before loading)."""
     return [{"device": r.device, "working model": fmt_gib(r.working_model), "θ_c": fmt_gib(r.theta_c),

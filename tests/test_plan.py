@@ -339,3 +339,19 @@ def test_bf16_vectors_chosen_on_the_experiment_page_halve_the_plan_and_the_loade
                                     "one device").engine
     assert engine is not None and engine.vector_dtype == torch.bfloat16
     assert {t.dtype for t in engine.vectors.forget.values()} == {torch.bfloat16}
+
+
+def test_default_max_memory_leaves_room_on_each_gpu_and_is_none_without_one(tiny_yaml):
+    """A device-map strategy without --max-memory: accelerate gets each GPU's share for the model
+    alone (engine_max_memory: θ_c and the vectors beside it); on a CPU-only machine, nothing."""
+    from msa_core.plan import default_max_memory, engine_max_memory
+
+    exp = load_experiment(tiny_yaml)
+    assert default_max_memory(exp, devices={"cpu": 64 * GiB}) is None
+    got = default_max_memory(exp, vector_dtype="bfloat16", dtype="bfloat16",
+                             devices={"cuda:0": 80 * GiB, "cuda:1": 40 * GiB, "cpu": 64 * GiB})
+    stored = experiment_shape(exp).stored_dtype
+    want = engine_max_memory({"cuda:0": 80 * GiB, "cuda:1": 40 * GiB},
+                             PlanOptions("bfloat16", "bfloat16", device_map="auto"), side_models=0, stored_dtype=stored)
+    assert got == want and set(got) == {0, 1}
+    assert got[0] < 80 * GiB / 2  # the model's share: well under half of the card
