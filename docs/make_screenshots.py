@@ -8,6 +8,8 @@ Chromium through Playwright (the same helpers as tests/test_browser.py), and sav
 
 - playground.png: α = 1, β = 0.5, the side-by-side answers and the fast-tier metric tiles;
 - tradeoff.png: after a 5×3 sweep (α 0–2, β 0–1) on the Trade-off page;
+- tradeoff_compare.png: that page's forgetting-vs-utility chart alone (the grid, the demo's
+  other θ_clean choices and its NPO baseline's epochs, stored by the demo build);
 - probe.png: the Probe page on its default question;
 - compare.png: the Playground with α = 1, β = 0.5 pinned beside α = 2;
 - layers.png: the Layers page at α = 2, β = 0.5;
@@ -79,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
                 bh.wait_idle(page)
                 bh.assert_no_exception(page)
                 shot(page, "tradeoff")
+                # the comparison chart alone: the grid, the other θ_clean choices and the baseline
+                plot = page.locator('[data-testid="stPlotlyChart"]').filter(has_text="Forgetting vs utility")
+                plot.first.scroll_into_view_if_needed()
+                plot.first.screenshot(path=str(args.out / "tradeoff_compare.png"))
 
                 bh.open_page(page, "Probe")
                 bh.click(page, "w_probe_run")

@@ -219,15 +219,9 @@ y_metric: Optional[str] = None
 
 
 def follow_default(key: str, default: Optional[str], fallback: int) -> None:
-    """Keep an axis picker on the page's default while the user has not chosen another value:
-    the default changes as points arrive (none stored → a sweep's metrics), and a value picked
-    before that (e.g. another method's metric) would hide every grid point."""
-    memo = f"{key}_default"
-    want = default if default in choices else choices[min(fallback, len(choices) - 1)]
-    current = st.session_state.get(key)
-    if current is None or current not in choices or current == st.session_state.get(memo):
-        st.session_state[key] = want
-    st.session_state[memo] = want
+    """The axis picker ``key`` follows the page's default (session.follow_default), else the
+    ``fallback``-th metric."""
+    session.follow_default(key, default if default in choices else choices[min(fallback, len(choices) - 1)], choices)
 
 
 if choices:

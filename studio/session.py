@@ -20,6 +20,7 @@ Every computation at a point runs inside ``engine.session(α, β)`` (through
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -53,6 +54,7 @@ K_GUIDE_STEP = "msa_guide_step"  # the guided demo's current step (0-based index
 K_THREADS = "msa_threads"  # the sidebar's CPU-thread setting: "auto" or a count (studio.threads_control)
 K_PENDING_CHOICE = "msa_pending_choice"  # a msa_core.choices.Choice picked in the sidebar, applied with progress
 K_CHOICE_MSG = "msa_choice_msg"  # ("success" | "error", text): the last choice switch, shown once under the pickers
+K_AXIS_DEFAULTS = "msa_axis_defaults"  # {picker key: the default it last followed} (follow_default)
 K_ENTRY = "_msa_entrypoint_running"  # True while app.py runs the page (see widgets.page_guard)
 
 # Widget keys shared between modules (the coefficient inputs in the sidebar).
@@ -151,6 +153,18 @@ def placement_options() -> tuple[str, str]:
     """The (vector dtype, placement) the session asked for: 'float32' | 'bfloat16', and
     'one device' | 'auto' (the model spread over every GPU by accelerate's device_map)."""
     return str(st.session_state[K_VECTOR_DTYPE]), str(st.session_state[K_PLACEMENT])
+
+
+def follow_default(key: str, want: str, choices: Sequence[str]) -> None:
+    """Keep the picker ``key`` on the page's default ``want`` while the user has not chosen another
+    value: the default changes as data arrives, and a value picked before that (e.g. another
+    method's metric) could hide every point. The default last followed is kept per picker
+    (:data:`K_AXIS_DEFAULTS`), so a user's own pick is never overwritten."""
+    followed = st.session_state.setdefault(K_AXIS_DEFAULTS, {})
+    current = st.session_state.get(key)
+    if current is None or current not in choices or current == followed.get(key):
+        st.session_state[key] = want
+    followed[key] = want
 
 
 def widget_key(key: str) -> str:

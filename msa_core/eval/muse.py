@@ -39,22 +39,12 @@ def _head(values: Optional[tuple], subset: Optional[int]) -> Optional[tuple]:
     return values[: max(0, int(subset))]
 
 
-def mink_scores(
-    model: Any,
-    tokenizer: Any,
-    texts: list[str],
-    *,
-    k: float = MINK_K,
-    batch_size: int = 8,
-    max_length: Optional[int] = None,
-    progress: Optional[Progress] = None,
-    convention: str = DEFAULT_CONVENTIONS["min_k"],
-) -> tuple[list[float], list[float]]:
-    """(Min-K% scores, Min-K%++ scores) of ``texts``, one forward pass each (deduplicated)."""
+def mink_scores(model: Any, tokenizer: Any, texts: list[str], **options: Any) -> tuple[list[float], list[float]]:
+    """(Min-K% scores, Min-K%++ scores) of ``texts``, one forward pass each (deduplicated);
+    ``options`` are :func:`pair_mink_scores`' keywords (k, batch_size, max_length, progress, convention)."""
     book = PairBook()
     idx = [book.add(*encode_continuation(tokenizer, "", t)) for t in texts]
-    return pair_mink_scores(model, tokenizer, book.pairs, idx, k=k, batch_size=batch_size, max_length=max_length,
-                            progress=progress, convention=convention)
+    return pair_mink_scores(model, tokenizer, book.pairs, idx, **options)
 
 
 def pair_mink_scores(
