@@ -10,8 +10,9 @@ Three measurements, each fp32 vectors against bf16 vectors (the model dtype and 
 setting unchanged; the compose computes in fp32 either way, only the storage of the vectors
 narrows):
 
-- demo: the demo experiment (``cache/demo`` when built, else the quick demo built into a temp
-  folder): max abs difference of the composed weights at (α, β), relative to max |τ|; the
+- demo: the demo experiment (``cache/demo`` when built, else ``cache/demo-quick``, built if
+  missing; bench/_common.demo_experiment_path): max abs difference of the composed weights at
+  (α, β), relative to max |τ|; the
   vectors' bytes on the device; and the process's RSS after ``Engine.load`` in a fresh
   subprocess per vector dtype, plus the previous behaviour (the CPU fp32 vector set kept
   alive beside the placed copies) for the RSS the placement frees.
@@ -38,7 +39,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from _common import machine_info, machine_line, rss_gib, set_threads, table, write_json
+from _common import demo_experiment_path, machine_info, machine_line, rss_gib, set_threads, table, write_json
 
 # TinyLlama-1.1B's per-layer shapes (see bench/synthetic.py); (name, shape).
 LAYER_SHAPES = [
@@ -48,22 +49,6 @@ LAYER_SHAPES = [
     ("mlp.down_proj.weight", (2048, 5632)), ("input_layernorm.weight", (2048,)),
     ("post_attention_layernorm.weight", (2048,)),
 ]
-
-
-def demo_experiment(explicit: Optional[str], tmp: Path) -> Path:
-    """``explicit``; else cache/demo (or cache/demo-quick) when built; else a quick demo built in ``tmp``."""
-    if explicit:
-        return Path(explicit)
-    from msa_core.paths import default_cache_dir
-
-    for name in ("demo", "demo-quick"):
-        folder = default_cache_dir() / name
-        if (folder / "build.json").is_file() and (folder / "experiment.yaml").is_file():
-            return folder / "experiment.yaml"
-    from msa_core.demo import build_demo
-
-    print(f"building the quick demo in {tmp} …", file=sys.stderr)
-    return Path(build_demo(tmp / "demo", quick=True, seed=0))
 
 
 def _weights(engine: Any) -> list[torch.Tensor]:
@@ -175,7 +160,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"torch threads {threads}; point α={args.alpha:g}, β={args.beta:g}; RSS of this process "
           f"{rss_gib():.2f} GiB at start")
     with tempfile.TemporaryDirectory(prefix="msa-bench-vdtype-") as tmp:
-        exp_path = demo_experiment(args.experiment, Path(tmp))
+        exp_path = demo_experiment_path(args.experiment)
         # the vectors of a demo built here stay here; a built demo's use the default cache
         cache_dir = Path(tmp) / "cache" if Path(tmp) in exp_path.parents else None
         demo = demo_weights(exp_path, args.alpha, args.beta, cache_dir)
