@@ -196,3 +196,62 @@ def test_engine_commands_apply_the_thread_policy_and_say_so(tiny_experiment, cac
         assert "--threads must be between 1 and" in capsys.readouterr().err
     finally:
         torch.set_num_threads(before)
+
+
+def _with_swapped_candidate(exp, tmp_path):
+    """The tiny experiment plus a θ_clean candidate 'swap' whose forget / retain fine-tunes are the
+    experiment's retain / forget ones (so its vectors are the default's, exchanged)."""
+    from dataclasses import replace
+
+    from msa_core.experiment import CleanCandidate, save_experiment
+
+    ck = exp.checkpoints
+    path = tmp_path / "swap.yaml"
+    save_experiment(replace(exp, clean_history=(CleanCandidate("swap", ck.clean, ck.retain, ck.forget),)), path)
+    return path
+
+
+def test_cli_clean_choice_composes_that_choice_and_names_unknown_ones(tiny_experiment, cache_dir, tmp_path, capsys):
+    """--clean LABEL composes θ_c − α(θ_f − θ_clean) + β(θ_r − θ_clean) with that candidate's folders
+    (float64 oracle from the files); an unknown label or epoch is one error listing what exists."""
+    ck = tiny_experiment.checkpoints
+    path = _with_swapped_candidate(tiny_experiment, tmp_path)
+    out = tmp_path / "swapped"
+    assert cli.main(["compose", str(path), "--alpha", "1.5", "--beta", "0.5", "--clean", "swap", "--out", str(out),
+                     "--quiet"]) == 0
+    got = load_file(str(next(out.glob("*.safetensors"))))
+    t = {r: load_file(str(next(getattr(ck, r).glob("*.safetensors")))) for r in ("clean", "corrupted", "forget", "retain")}
+    for name, w in got.items():
+        c, f, r, k = (t[x][name].double() for x in ("clean", "forget", "retain", "corrupted"))
+        want = k - 1.5 * (r - c) + 0.5 * (f - c)  # forget and retain exchanged
+        default = k - 1.5 * (f - c) + 0.5 * (r - c)
+        # fp32 arithmetic against a float64 oracle: equal to rounding, far from the default choice
+        assert float((w.double() - want).abs().max()) < 1e-6, name
+        assert float((default - want).abs().max()) > 1e-3, name
+    rc = cli.main(["compose", str(path), "--alpha", "1", "--clean", "nope", "--out", str(tmp_path / "x")])
+    assert rc == 2 and "no θ_clean candidate 'nope'; available: default, swap" in capsys.readouterr().err
+    rc = cli.main(["compose", str(path), "--alpha", "1", "--forget-epoch", "3", "--out", str(tmp_path / "y")])
+    assert rc == 2 and "no complete epoch-3 folder; available epochs: final" in capsys.readouterr().err
+
+
+def test_cli_generate_reads_side_answers_from_the_disk_cache(tiny_experiment, cache_dir, capsys, monkeypatch):
+    """msa generate's corrupted and reference columns are generated once; a second run reads them
+    from the side cache (counted generations), the unlearned column is generated each time."""
+    import msa_core.eval.probe as probe
+
+    calls: list[str] = []
+    real = probe.generate_for
+
+    def counted(engine, target, prompts, **kw):
+        calls.append(target.label)
+        return real(engine, target, prompts, **kw)
+
+    monkeypatch.setattr(probe, "generate_for", counted)
+    argv = ["generate", _exp_file(tiny_experiment), "--alpha", "1", "--prompt", "Where was Ana Lenz born?",
+            "--max-new-tokens", "4", "--json", "-"]
+    assert cli.main(argv) == 0
+    first = json.loads(capsys.readouterr().out)["answers"]
+    assert sorted(calls) == ["corrupted", "reference"]
+    calls.clear()
+    assert cli.main(argv) == 0
+    assert calls == [] and json.loads(capsys.readouterr().out)["answers"] == first
