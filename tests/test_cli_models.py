@@ -220,7 +220,8 @@ def test_cli_clean_choice_composes_that_choice_and_names_unknown_ones(tiny_exper
     assert cli.main(["compose", str(path), "--alpha", "1.5", "--beta", "0.5", "--clean", "swap", "--out", str(out),
                      "--quiet"]) == 0
     got = load_file(str(next(out.glob("*.safetensors"))))
-    t = {r: load_file(str(next(getattr(ck, r).glob("*.safetensors")))) for r in ("clean", "corrupted", "forget", "retain")}
+    roles = ("clean", "corrupted", "forget", "retain")
+    t = {r: load_file(str(next(getattr(ck, r).glob("*.safetensors")))) for r in roles}
     for name, w in got.items():
         c, f, r, k = (t[x][name].double() for x in ("clean", "forget", "retain", "corrupted"))
         want = k - 1.5 * (r - c) + 0.5 * (f - c)  # forget and retain exchanged
