@@ -26,7 +26,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from msa_core.checkpoints import weight_files
-from msa_core.experiment import DEFAULT_CANDIDATE, CleanCandidate, Experiment, check_candidate_label
+from msa_core.experiment import (
+    DEFAULT_CANDIDATE,
+    TASK_VECTOR_LABEL,
+    CleanCandidate,
+    Experiment,
+    check_candidate_label,
+)
 from msa_core.fingerprints import experiment_fingerprint
 from msa_core.paths import default_cache_dir
 from msa_core.progress import Progress, report, sub_progress
@@ -37,7 +43,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TASK_VECTOR_LABEL = "task-vector"
 EPOCH_PREFIX = "epoch-"
 _EPOCH_DIR = re.compile(r"epoch-([1-9][0-9]*)")
 # Vector sets kept in memory for switching back (each costs 8 bytes per parameter beyond the one

@@ -62,6 +62,8 @@ _SPLIT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 _CANDIDATE_LABEL = re.compile(r"[A-Za-z0-9_.\-]+")
 # The label of the experiment's own checkpoints (``checkpoints:``) among the θ_clean candidates.
 DEFAULT_CANDIDATE = "default"
+# The task-vector baseline's candidate label: θ_clean = θ_corrupted (msa init --task-vector).
+TASK_VECTOR_LABEL = "task-vector"
 CANDIDATE_ROLES = ("clean", "forget", "retain")
 _CANDIDATE_KEYS = ("label", *CANDIDATE_ROLES, "before_forget", "step")
 

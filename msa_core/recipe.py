@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from msa_core.atomic import write_text
+from msa_core.experiment import TASK_VECTOR_LABEL as TASK_VECTOR
 from msa_core.experiment import Checkpoints, DataConfig, Experiment, check_split_name, save_experiment
 from msa_core.finetune import (
     FinetuneResult,
@@ -65,7 +66,6 @@ MARKER = "msa_init.json"
 ROLES = ("forget", "retain", "corrupted", "reference")
 _FORGET = re.compile(r"forget(\d\d)")
 # The label and folder (inside OUT) of the task-vector candidate; its fine-tunes' roles.
-TASK_VECTOR = "task-vector"
 CANDIDATE_ROLES = ("forget", "retain")
 
 
