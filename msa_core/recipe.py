@@ -65,7 +65,7 @@ MARKER = "msa_init.json"
 # Roles in training order: the cheap forget/retain runs first, so a bad setting shows early.
 ROLES = ("forget", "retain", "corrupted", "reference")
 _FORGET = re.compile(r"forget(\d\d)")
-# The label and folder (inside OUT) of the task-vector candidate; its fine-tunes' roles.
+# The roles of a candidate's fine-tunes (the task-vector candidate: label and folder TASK_VECTOR inside OUT).
 CANDIDATE_ROLES = ("forget", "retain")
 
 
