@@ -80,7 +80,9 @@ def try_choose_experiment(path: str, where: Any = None) -> bool:
 
 
 # The demo-build controls' one wording (the page's offer and, once an experiment is loaded, the sidebar).
-DEMO_SIZES = {"full": "Full (clear forgetting effect, a few minutes)", "quick": "Quick (under a minute, weak effect)"}
+# Build times measured on a 2-core CPU (README, "The embedded demo"): full 600 s, quick 76 s.
+DEMO_SIZES = {"full": "Full (clear forgetting effect and the paper's comparisons, about 10 minutes on 2 cores)",
+              "quick": "Quick (about a minute, weak effect)"}
 DEMO_BUILD_LABEL = "Build the embedded demo"
 
 
