@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import pandas as pd
@@ -97,7 +98,9 @@ def experiment_picker() -> None:
         if not session.experiment_path():  # the page shows the one build offer (no_experiment_offer)
             st.sidebar.caption(f"Choose its size and press **{DEMO_BUILD_LABEL}** on the page.")
         else:
-            kind = st.sidebar.radio("Demo size", list(DEMO_SIZES), index=1 if session.demo_quick_default() else 0,
+            # the size of the demo in use (the quick one lives in cache/demo-quick), else the default
+            quick = Path(session.experiment_path() or "").parent.name == "demo-quick" or session.demo_quick_default()
+            kind = st.sidebar.radio("Demo size", list(DEMO_SIZES), index=1 if quick else 0,
                                     key="w_demo_kind", format_func=DEMO_SIZES.__getitem__)
             if st.sidebar.button(DEMO_BUILD_LABEL, key="w_demo_build", width="stretch"):
                 session.put(session.K_PENDING_DEMO, kind)
