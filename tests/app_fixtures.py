@@ -122,3 +122,22 @@ def playground(at: AppTest) -> AppTest:
     at.switch_page("pages/playground.py").run()
     no_exceptions(at)
     return at
+
+
+def independent_answers(yaml_path: Path, alpha: float, beta: float, questions: list[str],
+                        max_new_tokens: int = MAX_NEW) -> list[str]:
+    """Greedy answers of θ_c − α(θ_f − θ_clean) + β(θ_r − θ_clean), built by hand from the tiny
+    app experiment's files (no engine), for checking what a page shows."""
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from msa_core.generation import generate_answers
+
+    root = yaml_path.parent
+    sd = {r: load_file(str(root / r / "model.safetensors")) for r in ("clean", "corrupted", "forget", "retain")}
+    merged = {k: sd["corrupted"][k] - alpha * (sd["forget"][k] - sd["clean"][k])
+              + beta * (sd["retain"][k] - sd["clean"][k]) for k in sd["corrupted"]}
+    model = LlamaForCausalLM.from_pretrained(root / "corrupted").eval()
+    model.load_state_dict(merged, strict=False)
+    tok = AutoTokenizer.from_pretrained(root / "corrupted")
+    return generate_answers(model, tok, questions, max_new_tokens=max_new_tokens)

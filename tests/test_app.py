@@ -31,6 +31,7 @@ from app_fixtures import (  # noqa: F401  (fixtures and helpers)
     ROOT,
     TIMEOUT,
     _navigation_mode,
+    independent_answers,
     load_experiment,
     make_tiny_app_experiment,
     new_app,
@@ -129,22 +130,6 @@ def test_sliders_number_inputs_presets_and_page_switch(tiny_yaml):
     assert at.sidebar.number_input(key="w_alpha_num").max == pytest.approx(5.0)
 
 
-def _independent_answers(yaml_path: Path, alpha: float, beta: float, questions: list[str]) -> list[str]:
-    """θ_c − α(θ_f − θ_clean) + β(θ_r − θ_clean) built by hand from the files, then greedy answers."""
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
-    from msa_core.generation import generate_answers
-
-    root = yaml_path.parent
-    sd = {r: load_file(str(root / r / "model.safetensors")) for r in ("clean", "corrupted", "forget", "retain")}
-    merged = {k: sd["corrupted"][k] - alpha * (sd["forget"][k] - sd["clean"][k])
-              + beta * (sd["retain"][k] - sd["clean"][k]) for k in sd["corrupted"]}
-    model = LlamaForCausalLM.from_pretrained(root / "corrupted").eval()
-    model.load_state_dict(merged, strict=False)
-    tok = AutoTokenizer.from_pretrained(root / "corrupted")
-    return generate_answers(model, tok, questions, max_new_tokens=MAX_NEW)
-
-
 def test_playground_slider_changes_only_the_unlearned_column(tiny_yaml):
     at = load_experiment(new_app(), tiny_yaml)
     at.sidebar.button(key="w_preset_corrupted").click().run()
@@ -161,7 +146,7 @@ def test_playground_slider_changes_only_the_unlearned_column(tiny_yaml):
     assert second["alpha"] == 5.0
     assert second["corrupted"] == first["corrupted"]
     assert second["unlearned"] != first["unlearned"]
-    assert second["unlearned"] == _independent_answers(tiny_yaml, 5.0, 0.0, second["questions"])
+    assert second["unlearned"] == independent_answers(tiny_yaml, 5.0, 0.0, second["questions"])
     # Gold answers, the gold-fact marks and p(gold) are drawn for every column.
     md = " ".join(m.value for m in at.markdown)
     assert "Gold: `In Velmora.`" in md and ("forget fact gone" in md or "forget fact still leaked" in md)

@@ -6,8 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from app_fixtures import _navigation_mode, load_experiment, new_app, no_exceptions  # noqa: F401
-from safetensors.torch import load_file
+from app_fixtures import _navigation_mode, independent_answers, load_experiment, new_app, no_exceptions  # noqa: F401
 
 from msa_core.eval.probe import GOLD_THRESHOLD, gold_overlap
 from studio.labels import md_escape
@@ -17,19 +16,7 @@ POOL, RETAIN_SHOWN = 8, 3  # pages/guided.py: forget questions scanned, retain q
 
 
 def _answers(yaml_path: Path, alpha: float, beta: float, questions: list[str]) -> list[str]:
-    """Greedy answers of θ_c − α(θ_f − θ_clean) + β(θ_r − θ_clean), built by hand from the files."""
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
-    from msa_core.generation import generate_answers
-
-    root = yaml_path.parent
-    sd = {r: load_file(str(root / r / "model.safetensors")) for r in ("clean", "corrupted", "forget", "retain")}
-    merged = {k: sd["corrupted"][k] - alpha * (sd["forget"][k] - sd["clean"][k])
-              + beta * (sd["retain"][k] - sd["clean"][k]) for k in sd["corrupted"]}
-    model = LlamaForCausalLM.from_pretrained(root / "corrupted").eval()
-    model.load_state_dict(merged, strict=False)
-    tok = AutoTokenizer.from_pretrained(root / "corrupted")
-    return generate_answers(model, tok, questions, max_new_tokens=GUIDE_MAX_NEW)
+    return independent_answers(yaml_path, alpha, beta, questions, GUIDE_MAX_NEW)
 
 
 def _sentence(at) -> str:
