@@ -170,3 +170,27 @@ def test_results_merge_combines_stores_once_and_reports_conflicts(tmp_path, cach
     assert main(["results", "--into", str(into)]) == 2
     assert "--into: only with --merge" in capsys.readouterr().err
     assert ResultStore(into).count() == 3
+
+
+def test_sweep_and_results_of_a_clean_choice_are_their_own_rows(tmp_path, cache_dir, capsys):
+    """`msa sweep --clean LABEL` stores under that choice's fingerprint: `msa results` without the
+    option does not list those points, `msa results --clean LABEL` does."""
+    from tiny import make_checkpoints
+
+    from msa_core.cli import main
+    from msa_core.experiment import CleanCandidate
+
+    exp = make_checkpoints(tmp_path / "ckpt")
+    ck = exp.checkpoints
+    exp = replace(exp, data=DataConfig(tofu=write_tofu(tmp_path / "tofu")),
+                  clean_history=(CleanCandidate("swap", ck.clean, ck.retain, ck.forget),))
+    path = str(save_experiment(exp, tmp_path / "ckpt" / "experiment.yaml"))
+    store = str(tmp_path / "r.sqlite")
+    assert main(["sweep", path, "--alphas", "1", "--betas", "0", "--subset", "2", "--quiet", "--device", "cpu",
+                 "--clean", "swap", "--store", store]) == 0
+    capsys.readouterr()
+    assert main(["results", path, "--store", store, "--json", "-"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert main(["results", path, "--store", store, "--clean", "swap", "--json", "-"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["alpha"], r["beta"]) for r in rows] == [(1.0, 0.0)]

@@ -37,7 +37,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from msa_core.cli.models import add_engine_args, add_point_args, experiment_at_point, load_engine, requested_threads
+from msa_core.cli.models import (
+    add_choice_args,
+    add_engine_args,
+    add_point_args,
+    chosen_experiment,
+    experiment_at_point,
+    load_engine,
+    requested_threads,
+)
 from msa_core.cli.output import add_output_args, chatty, emit, note, progress_for
 from msa_core.eval.results import METRIC_INFO, METRIC_ORDER, EvalResult
 
@@ -377,7 +385,7 @@ def cmd_results(args: argparse.Namespace) -> int:
     if not args.experiment:
         raise ValueError("msa results needs an experiment file (or --merge STORE …)")
     columns = _columns(args)
-    experiment = load_experiment(args.experiment)
+    experiment = chosen_experiment(args, load_experiment(args.experiment))
     from msa_core.fingerprints import experiment_fingerprint  # torch: after the checks above
 
     fp = experiment_fingerprint(experiment)
@@ -477,6 +485,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="the store --merge writes into (default: --store, else cache/results.sqlite)")
     p.add_argument("--tier", choices=("fast", "full"), default=None, help="only this tier (default: each, in turn)")
     p.add_argument("--store", default=None, help="results database (default: cache/results.sqlite)")
+    add_choice_args(p)
     shown = p.add_mutually_exclusive_group()
     shown.add_argument("--columns", default=None, metavar="M1,M2",
                        help="metrics to show, by name (e.g. forget_quality,retain_rouge; default: the tier's "

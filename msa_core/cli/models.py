@@ -39,6 +39,11 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                         help="memory per device for --device-map auto, e.g. cuda:0=70GiB,cuda:1=70GiB,cpu=100GiB")
     parser.add_argument("--only", default=None, help="apply α/β only to parameters matching this regex (e.g. mlp)")
     parser.add_argument("--layers", default=None, help="apply α/β only to this layer range, e.g. 0-7")
+    add_choice_args(parser)
+
+
+def add_choice_args(parser: argparse.ArgumentParser) -> None:
+    """--clean / --forget-epoch / --retain-epoch: the θ_clean and epoch choice (msa_core.choices)."""
     parser.add_argument("--clean", default=None, metavar="LABEL",
                         help="θ_clean candidate from the experiment's clean_history (default: its checkpoints)")
     parser.add_argument("--forget-epoch", type=int, default=None, metavar="N",
