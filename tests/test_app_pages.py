@@ -34,6 +34,20 @@ def test_first_screen_has_one_demo_build_control_and_the_sidebar_uses_its_wordin
     assert list(at.sidebar.radio(key="w_demo_kind").options) == list(DEMO_SIZES.values())
 
 
+def test_the_sidebar_demo_size_starts_on_the_quick_demo_in_use(app_env, tmp_path, monkeypatch):
+    """With Full as the default, a session on the quick demo (its folder is cache/demo-quick) sees
+    Quick selected in the sidebar; a session on another experiment sees the default."""
+    from app_fixtures import make_tiny_app_experiment
+
+    monkeypatch.setenv("MSA_DEMO_QUICK", "0")
+    for folder, want in (("demo-quick", "quick"), ("other", "full")):
+        path = make_tiny_app_experiment(tmp_path / folder)
+        at = load_experiment(new_app(), path)
+        at.sidebar.radio(key="w_exp_source").set_value("Embedded demo").run()
+        no_exceptions(at)
+        assert at.sidebar.radio(key="w_demo_kind").value == want, folder
+
+
 def _export(at, out) -> None:
     at.text_input(key="w_export_out").set_value(str(out)).run()
     at.button(key="w_export_btn").click().run()
