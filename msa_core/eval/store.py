@@ -28,8 +28,8 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -184,6 +184,25 @@ class ResultStore:
     def _connect(self) -> AbstractContextManager[sqlite3.Connection]:
         return connect(self.path, "results store")
 
+    @contextmanager
+    def _write(self, what: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE … COMMIT, rolled back on any failure); an SQLite
+        failure becomes OSError naming this store and ``what`` was being done."""
+        with self._connect() as con:
+            try:
+                con.execute("BEGIN IMMEDIATE")
+                try:
+                    yield con
+                    con.execute("COMMIT")
+                except BaseException:
+                    # SQLite has already rolled back after some errors (a full disk): rolling back
+                    # again would raise "no transaction is active" and hide the real cause.
+                    if con.in_transaction:
+                        con.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise OSError(f"results store {self.path}: cannot {what}: {exc}") from None
+
     def put(self, result: EvalResult) -> None:
         """Store (or replace) one point atomically."""
         if not result.settings_key:
@@ -194,20 +213,8 @@ class ResultStore:
             result.benchmark, result.model, time.time(), float(result.seconds), payload,
         )
         where = f"α={result.alpha}, β={result.beta}, tier {result.tier}"
-        with self._connect() as con:
-            try:
-                con.execute("BEGIN IMMEDIATE")
-                try:
-                    con.execute("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?)", row)
-                    con.execute("COMMIT")
-                except BaseException:
-                    # SQLite has already rolled back after some errors (a full disk): rolling back
-                    # again would raise "no transaction is active" and hide the real cause.
-                    if con.in_transaction:
-                        con.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise OSError(f"results store {self.path}: cannot store the result ({where}): {exc}") from None
+        with self._write(f"store the result ({where})") as con:
+            con.execute("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?)", row)
 
     def get(self, fingerprint: str, alpha: float, beta: float, tier: str, settings_key: str) -> Optional[EvalResult]:
         """The stored result of one point, or None."""
@@ -280,18 +287,8 @@ class ResultStore:
         if tier is not None:
             sql += " AND tier=?"
             args.append(tier)
-        with self._connect() as con:
-            try:
-                con.execute("BEGIN IMMEDIATE")
-                try:
-                    n = con.execute(sql, args).rowcount
-                    con.execute("COMMIT")
-                except BaseException:
-                    if con.in_transaction:
-                        con.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise OSError(f"results store {self.path}: cannot delete run {settings_key} ({exc})") from None
+        with self._write(f"delete run {settings_key}") as con:
+            n = con.execute(sql, args).rowcount
         return int(n)
 
     def count(self, fingerprint: Optional[str] = None) -> int:
@@ -342,32 +339,22 @@ class ResultStore:
         added = same = replaced = kept = 0
         conflicts = []
         where = " AND ".join(f"{c}=?" for c in _KEY_COLUMNS)
-        with self._connect() as con:
-            try:
-                con.execute("BEGIN IMMEDIATE")
-                try:
-                    for row in rows:
-                        key = tuple(row[:5])
-                        mine = con.execute(f"SELECT created, payload FROM results WHERE {where}", key).fetchone()
-                        if mine is None:
-                            added += 1
-                        elif mine[1] == row[9]:
-                            same += 1
-                            continue
-                        else:
-                            conflicts.append(key)
-                            if float(row[7]) <= float(mine[0]):
-                                kept += 1
-                                continue
-                            replaced += 1
-                        con.execute("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?)", row)
-                    con.execute("COMMIT")
-                except BaseException:
-                    if con.in_transaction:
-                        con.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise OSError(f"results store {self.path}: cannot merge {src} ({exc})") from None
+        with self._write(f"merge {src}") as con:
+            for row in rows:
+                key = tuple(row[:5])
+                mine = con.execute(f"SELECT created, payload FROM results WHERE {where}", key).fetchone()
+                if mine is None:
+                    added += 1
+                elif mine[1] == row[9]:
+                    same += 1
+                    continue
+                else:
+                    conflicts.append(key)
+                    if float(row[7]) <= float(mine[0]):
+                        kept += 1
+                        continue
+                    replaced += 1
+                con.execute("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?)", row)
         return MergeReport(src, len(rows), added, same, replaced, kept, tuple(conflicts))
 
     def method_grid(self, fingerprint: str, tier: Optional[str] = None) -> Any:
