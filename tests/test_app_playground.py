@@ -10,6 +10,7 @@ import pytest
 from app_fixtures import (  # noqa: F401  (fixtures and helpers)
     MAX_NEW,
     _navigation_mode,
+    independent_answers,
     load_experiment,
     new_app,
     no_exceptions,
@@ -31,7 +32,6 @@ def _ready(tiny_yaml):
 
 
 def test_the_verdict_counts_equal_an_independent_count(tiny_yaml):
-    from test_app import _independent_answers
 
     from msa_core.eval.questions import load_question_sets
     from msa_core.experiment import load_experiment as read_experiment
@@ -44,7 +44,7 @@ def test_the_verdict_counts_equal_an_independent_count(tiny_yaml):
     counts = {}
     for name in ("forget", "retain"):
         items = sets[name][:VERDICT_N]
-        answers = _independent_answers(tiny_yaml, 2.0, 1.0, [it.question for it in items])
+        answers = independent_answers(tiny_yaml, 2.0, 1.0, [it.question for it in items])
         counts[name] = sum(_holds(a, it.answer) for a, it in zip(answers, items))
     c = v["counts"]
     assert (c.leaked, c.forget_total, c.kept, c.retain_total) == (counts["forget"], VERDICT_N,
@@ -105,9 +105,8 @@ def test_pinned_points_are_extra_columns_with_their_metrics(tiny_yaml, app_env):
     no_exceptions(at)
     seen = at.session_state["msa_answers"]
     assert "pin0" in seen and seen["pin0"] != seen["unlearned"]
-    from test_app import _independent_answers
 
-    assert seen["pin0"] == _independent_answers(tiny_yaml, 2.0, 1.0, seen["questions"])
+    assert seen["pin0"] == independent_answers(tiny_yaml, 2.0, 1.0, seen["questions"])
     assert any("Pinned α=2, β=1" in c.value for c in at.caption)
     # Compute metrics fills corrupted, the current and the pinned point; the wait is shown with its parts.
     at.number_input(key="w_pg_subset").set_value(4).run()
