@@ -34,7 +34,6 @@ import gc
 import json
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -67,7 +66,7 @@ def compare(a: list[torch.Tensor], b: list[torch.Tensor], taus: list[torch.Tenso
     return out
 
 
-def demo_weights(exp_path: Path, alpha: float, beta: float, cache_dir: Optional[Path]) -> dict[str, Any]:
+def demo_weights(exp_path: Path, alpha: float, beta: float) -> dict[str, Any]:
     from msa_core.engine import Engine
     from msa_core.experiment import load_experiment
 
@@ -75,7 +74,7 @@ def demo_weights(exp_path: Path, alpha: float, beta: float, cache_dir: Optional[
     out: dict[str, Any] = {}
     composed = {}
     for vdt in ("float32", "bfloat16"):
-        engine = Engine.load(exp, device="cpu", cache_dir=cache_dir, vector_dtype=vdt)
+        engine = Engine.load(exp, device="cpu", vector_dtype=vdt)
         engine.set_coefficients(alpha, beta)
         composed[vdt] = _weights(engine)
         out[vdt] = {"vector_bytes": engine.memory_bytes()["vectors"], "params": engine.parameter_count,
@@ -89,17 +88,17 @@ def demo_weights(exp_path: Path, alpha: float, beta: float, cache_dir: Optional[
     return out
 
 
-def rss_after_load(exp_path: Path, mode: str, cache_dir: Optional[Path]) -> float:
+def rss_after_load(exp_path: Path, mode: str) -> float:
     """RSS (GiB) of a fresh process after Engine.load in ``mode`` (fp32 | bf16 | bf16-keep-cpu)."""
     code = (
         "import sys, gc, json; sys.path.insert(0, 'bench'); from _common import rss_gib\n"
         "from msa_core.engine import Engine; from msa_core.experiment import load_experiment\n"
         "from msa_core.vectors import compute_vectors\n"
-        f"exp = load_experiment({str(exp_path)!r}); cache = {None if cache_dir is None else str(cache_dir)!r}\n"
+        f"exp = load_experiment({str(exp_path)!r})\n"
         f"mode = {mode!r}\n"
-        "keep = compute_vectors(exp, cache) if mode == 'bf16-keep-cpu' else None\n"
+        "keep = compute_vectors(exp) if mode == 'bf16-keep-cpu' else None\n"
         "vdt = 'float32' if mode == 'fp32' else 'bfloat16'\n"
-        "e = Engine.load(exp, device='cpu', cache_dir=cache, vector_dtype=vdt)\n"
+        "e = Engine.load(exp, device='cpu', vector_dtype=vdt)\n"
         "gc.collect(); print(json.dumps(rss_gib()))\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
@@ -129,7 +128,7 @@ def one_b_weights(layers: int, alpha: float, beta: float, seed: int = 0) -> dict
     return out
 
 
-def metrics(exp_path: Path, alpha: float, beta: float, cache_dir: Optional[Path]) -> dict[str, dict[str, float]]:
+def metrics(exp_path: Path, alpha: float, beta: float) -> dict[str, dict[str, float]]:
     from msa_core.engine import Engine
     from msa_core.eval.run import evaluate
     from msa_core.experiment import load_experiment
@@ -137,7 +136,7 @@ def metrics(exp_path: Path, alpha: float, beta: float, cache_dir: Optional[Path]
     exp = load_experiment(exp_path)
     out: dict[str, dict[str, float]] = {}
     for vdt in ("float32", "bfloat16"):
-        engine = Engine.load(exp, device="cpu", cache_dir=cache_dir, vector_dtype=vdt)
+        engine = Engine.load(exp, device="cpu", vector_dtype=vdt)
         out[vdt] = evaluate(engine, alpha, beta, tier="fast").flat()
         del engine
         gc.collect()
@@ -159,37 +158,34 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(machine_line(info))
     print(f"torch threads {threads}; point α={args.alpha:g}, β={args.beta:g}; RSS of this process "
           f"{rss_gib():.2f} GiB at start")
-    with tempfile.TemporaryDirectory(prefix="msa-bench-vdtype-") as tmp:
-        exp_path = demo_experiment_path(args.experiment)
-        # the vectors of a demo built here stay here; a built demo's use the default cache
-        cache_dir = Path(tmp) / "cache" if Path(tmp) in exp_path.parents else None
-        demo = demo_weights(exp_path, args.alpha, args.beta, cache_dir)
-        rss = {mode: rss_after_load(exp_path, mode, cache_dir) for mode in ("fp32", "bf16", "bf16-keep-cpu")}
-        one_b = one_b_weights(args.layers, args.alpha, args.beta)
-        rows = []
-        for name, res in (("demo", demo), (f"1B-shaped ({args.layers} layers, bf16 model)", one_b)):
-            d = res["diff"]
-            rows.append({
-                "set": name,
-                "params": f"{(res.get('params') or res['float32']['params']) / 1e6:.1f} M",
-                "vectors fp32": f"{res['float32']['vector_bytes'] / 2**20:.1f} MiB",
-                "vectors bf16": f"{res['bfloat16']['vector_bytes'] / 2**20:.1f} MiB",
-                "max |Δw|": f"{d['max_abs_diff']:.3g}",
-                "max |Δw| / max |τ|": f"{d['rel_to_max_tau']:.3g}",
-                "elements differing": f"{100 * d['share_differ']:.2f} %",
-            })
-        print("\nComposed weights, bf16 vectors vs fp32 vectors")
-        print(table(rows))
-        print("\nRSS after Engine.load on the CPU (fresh process each; GiB)")
-        print(table([{"vectors": k, "RSS GiB": f"{v:.3f}"} for k, v in rss.items()]))
-        met: dict[str, dict[str, float]] = {}
-        if not args.skip_metrics:
-            met = metrics(exp_path, args.alpha, args.beta, cache_dir)
-            names = sorted(set(met["float32"]) & set(met["bfloat16"]))
-            print(f"\nFast-tier metrics at α={args.alpha:g}, β={args.beta:g}")
-            print(table([{"metric": n, "fp32 vectors": f"{met['float32'][n]:.6g}",
-                          "bf16 vectors": f"{met['bfloat16'][n]:.6g}",
-                          "Δ": f"{met['bfloat16'][n] - met['float32'][n]:+.3g}"} for n in names]))
+    exp_path = demo_experiment_path(args.experiment)
+    demo = demo_weights(exp_path, args.alpha, args.beta)
+    rss = {mode: rss_after_load(exp_path, mode) for mode in ("fp32", "bf16", "bf16-keep-cpu")}
+    one_b = one_b_weights(args.layers, args.alpha, args.beta)
+    rows = []
+    for name, res in (("demo", demo), (f"1B-shaped ({args.layers} layers, bf16 model)", one_b)):
+        d = res["diff"]
+        rows.append({
+            "set": name,
+            "params": f"{(res.get('params') or res['float32']['params']) / 1e6:.1f} M",
+            "vectors fp32": f"{res['float32']['vector_bytes'] / 2**20:.1f} MiB",
+            "vectors bf16": f"{res['bfloat16']['vector_bytes'] / 2**20:.1f} MiB",
+            "max |Δw|": f"{d['max_abs_diff']:.3g}",
+            "max |Δw| / max |τ|": f"{d['rel_to_max_tau']:.3g}",
+            "elements differing": f"{100 * d['share_differ']:.2f} %",
+        })
+    print("\nComposed weights, bf16 vectors vs fp32 vectors")
+    print(table(rows))
+    print("\nRSS after Engine.load on the CPU (fresh process each; GiB)")
+    print(table([{"vectors": k, "RSS GiB": f"{v:.3f}"} for k, v in rss.items()]))
+    met: dict[str, dict[str, float]] = {}
+    if not args.skip_metrics:
+        met = metrics(exp_path, args.alpha, args.beta)
+        names = sorted(set(met["float32"]) & set(met["bfloat16"]))
+        print(f"\nFast-tier metrics at α={args.alpha:g}, β={args.beta:g}")
+        print(table([{"metric": n, "fp32 vectors": f"{met['float32'][n]:.6g}",
+                      "bf16 vectors": f"{met['bfloat16'][n]:.6g}",
+                      "Δ": f"{met['bfloat16'][n] - met['float32'][n]:+.3g}"} for n in names]))
     if not args.no_json:
         path = write_json("vector_dtype", {"machine": info, "alpha": args.alpha, "beta": args.beta,
                                            "demo": demo, "rss_gib": rss, "one_b": one_b, "metrics": met})
