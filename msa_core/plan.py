@@ -695,20 +695,19 @@ def plan_for_experiment(exp: Experiment, *, device: Optional[str] = None, dtype:
     'auto', spread over all of ``devices`` (``device`` is then ignored). Capacities come from
     ``devices`` (default: :func:`machine_devices`, plus the CPU's RAM for 'cpu')."""
     devs = dict(devices) if devices is not None else machine_devices()
-    if device_map == "auto":
-        shape = experiment_shape(exp)
-        opts = PlanOptions(dtype=resolve_dtype(dtype, shape, devs), vector_dtype=vector_dtype,
-                           side_models=side_models, device_map="auto")
-        return plan_memory(shape, opts, devs, side_models=side_model_count(exp))
-    if device is None or str(device).strip().lower() in ("", "auto"):
-        name = next(iter(devs))
+    spread = device_map == "auto"
+    if spread:
+        where = devs
+    elif device is None or str(device).strip().lower() in ("", "auto"):
+        where = dict([next(iter(devs.items()))])
     else:
         name = device_name(device)
         if name not in devs and name == "cpu":
             devs[name] = cpu_ram()
         if name not in devs:
             raise ValueError(f"device {device!r}: not among the planned devices {', '.join(devs)}")
+        where = {name: devs[name]}
     shape = experiment_shape(exp)
-    one = {name: devs[name]}
-    opts = PlanOptions(dtype=resolve_dtype(dtype, shape, one), vector_dtype=vector_dtype, side_models=side_models)
-    return plan_memory(shape, opts, one, side_models=side_model_count(exp))
+    opts = PlanOptions(dtype=resolve_dtype(dtype, shape, where), vector_dtype=vector_dtype, side_models=side_models,
+                       device_map="auto" if spread else None)
+    return plan_memory(shape, opts, where, side_models=side_model_count(exp))

@@ -72,7 +72,7 @@ def _load_forms() -> None:
              "(each weight's vectors on its GPU)."),
         ):
             if session.get(key) not in options:  # e.g. a device this machine does not have
-                session.put(key, "auto")
+                session.put(key, options[0])  # the default ('auto', 'float32', 'one device')
                 session.pop(session.widget_key(key))
             wkey = session.widget_mirror(key)
             col.selectbox(label, options, key=wkey, help=helptext, on_change=session.copy_widget, args=(wkey, key))

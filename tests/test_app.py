@@ -307,6 +307,12 @@ def test_device_select_offers_only_this_machines_devices(tiny_yaml):
     at.run()
     no_exceptions(at)
     assert at.session_state["msa_device"] == "auto" and at.selectbox(key="w_msa_device").value == "auto"
+    # the same for the Vectors and Placement selects: back on their first option, not on "auto"
+    at.session_state["msa_vector_dtype"] = "int4"
+    at.session_state["msa_placement"] = "auto"  # offered only with several GPUs
+    at.run()
+    no_exceptions(at)
+    assert at.session_state["msa_vector_dtype"] == "float32" and at.session_state["msa_placement"] == "one device"
 
 
 def test_a_bad_device_or_dtype_is_one_clear_error(app_env, tmp_path):
