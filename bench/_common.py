@@ -198,10 +198,10 @@ def demo_experiment_path(explicit: Optional[str] = None) -> Path:
     demo's (built if missing)."""
     if explicit:
         return Path(explicit)
-    from msa_core.paths import default_cache_dir
+    from msa_core.paths import default_demo_dir
 
-    for name in ("demo", "demo-quick"):
-        folder = default_cache_dir() / name
+    for quick in (False, True):
+        folder = default_demo_dir(quick)
         if (folder / "build.json").is_file() and (folder / "experiment.yaml").is_file():
             return folder / "experiment.yaml"
     from msa_core.demo import build_demo

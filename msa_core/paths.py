@@ -21,6 +21,12 @@ def default_cache_dir() -> Path:
     return path
 
 
+def default_demo_dir(quick: bool = False) -> Path:
+    """Where ``msa demo`` (and the app's first start) builds the demo: ``<cache>/demo``, or
+    ``<cache>/demo-quick`` for the quick variant."""
+    return default_cache_dir() / ("demo-quick" if quick else "demo")
+
+
 def default_results_path() -> Path:
     """Where the results store lives unless told otherwise: ``<cache>/results.sqlite``."""
     return default_cache_dir() / "results.sqlite"

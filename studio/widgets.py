@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import pandas as pd
 import streamlit as st
 
+from msa_core.paths import default_demo_dir
 from msa_core.targets import Point
 from studio import labels, resources, session, threads_control
 
@@ -98,8 +99,10 @@ def experiment_picker() -> None:
         if not session.experiment_path():  # the page shows the one build offer (no_experiment_offer)
             st.sidebar.caption(f"Choose its size and press **{DEMO_BUILD_LABEL}** on the page.")
         else:
-            # the size of the demo in use (the quick one lives in cache/demo-quick), else the default
-            quick = Path(session.experiment_path() or "").parent.name == "demo-quick" or session.demo_quick_default()
+            # the size of the demo in use (the quick one's folder is named like default_demo_dir(quick=True)),
+            # else the default
+            in_use = Path(session.experiment_path() or "").parent
+            quick = in_use.name == default_demo_dir(quick=True).name or session.demo_quick_default()
             kind = st.sidebar.radio("Demo size", list(DEMO_SIZES), index=1 if quick else 0,
                                     key="w_demo_kind", format_func=DEMO_SIZES.__getitem__)
             if st.sidebar.button(DEMO_BUILD_LABEL, key="w_demo_build", width="stretch"):

@@ -370,9 +370,9 @@ def build_demo(out_dir: Optional[str | os.PathLike[str]] = None, *, quick: bool 
     """
     own_store = out_dir is not None
     if out_dir is None:
-        from msa_core.paths import default_cache_dir
+        from msa_core.paths import default_demo_dir
 
-        out_dir = default_cache_dir() / ("demo-quick" if quick else "demo")
+        out_dir = default_demo_dir(quick)
     raw = os.fspath(out_dir)
     if not raw.strip():
         raise ValueError("the demo folder is empty (''); give a folder name, or none for the default")
