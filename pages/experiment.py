@@ -27,8 +27,8 @@ engine = resources.loaded_engine()
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def _plan(path: str, mtime: float, device: str, dtype: str, vector_dtype: str = "float32",
-          placement: str = "one device") -> tuple[list[dict[str, str]], str, str]:
+def _plan(path: str, mtime: float, device: str, dtype: str, vector_dtype: str,
+          placement: str) -> tuple[list[dict[str, str]], str, str]:
     """(rows, options, suggestion: '' when it fits) of loading ``path`` with the chosen device, dtype,
     vector dtype and placement (mtime: the file's, so an edited file is planned again)."""
     plan = plan_for_experiment(load_experiment(path), device=device, dtype=dtype, vector_dtype=vector_dtype,

@@ -111,8 +111,7 @@ class _Slot:
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)
-def _engine_slot(path: str, mtime_ns: int, device: str, dtype: str, vector_dtype: str = "float32",
-                 placement: str = "one device") -> _Slot:
+def _engine_slot(path: str, mtime_ns: int, device: str, dtype: str, vector_dtype: str, placement: str) -> _Slot:
     # The slot, not the engine, is the cached value: the engine is then loaded outside
     # the cached function, so its progress bar draws live in the caller's page.
     return _Slot()
