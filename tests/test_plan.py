@@ -344,14 +344,27 @@ def test_bf16_vectors_chosen_on_the_experiment_page_halve_the_plan_and_the_loade
 def test_default_max_memory_leaves_room_on_each_gpu_and_is_none_without_one(tiny_yaml):
     """A device-map strategy without --max-memory: accelerate gets each GPU's share for the model
     alone (engine_max_memory: θ_c and the vectors beside it); on a CPU-only machine, nothing."""
-    from msa_core.plan import default_max_memory, engine_max_memory
+    from msa_core.plan import default_max_memory
 
     exp = load_experiment(tiny_yaml)
     assert default_max_memory(exp, devices={"cpu": 64 * GiB}) is None
     got = default_max_memory(exp, vector_dtype="bfloat16", dtype="bfloat16",
                              devices={"cuda:0": 80 * GiB, "cuda:1": 40 * GiB, "cpu": 64 * GiB})
-    stored = experiment_shape(exp).stored_dtype
-    want = engine_max_memory({"cuda:0": 80 * GiB, "cuda:1": 40 * GiB},
-                             PlanOptions("bfloat16", "bfloat16", device_map="auto"), side_models=0, stored_dtype=stored)
-    assert got == want and set(got) == {0, 1}
-    assert got[0] < 80 * GiB / 2  # the model's share: well under half of the card
+    theta_c = {"float32": 4, "bfloat16": 2}[experiment_shape(exp).stored_dtype]
+    share = 2 / (2 + theta_c + 2 * 2)  # the bf16 model's bytes of model + θ_c as stored + bf16 τ_f, τ_r
+    assert got == {0: int(80 * GiB / (1 + HEADROOM_FRACTION) * share),
+                   1: int(40 * GiB / (1 + HEADROOM_FRACTION) * share)}
+
+
+def test_plan_for_experiment_with_device_map_auto_spreads_over_every_device(tiny_yaml):
+    """The Experiment page's Placement 'auto': the plan spans all given devices and counts every
+    parameter once; one device (the default) plans only the first."""
+    exp = load_experiment(tiny_yaml)
+    devices = {"cuda:0": 80 * GiB, "cuda:1": 80 * GiB}
+    spread = plan_for_experiment(exp, dtype="bfloat16", devices=devices, device_map="auto")
+    one = plan_for_experiment(exp, dtype="bfloat16", devices=devices)
+    assert spread.options.device_map == "auto" and one.options.device_map is None
+    assert [r.device for r in one.rows] == ["cuda:0"]
+    assert {r.device for r in spread.rows} <= set(devices)
+    n = experiment_shape(exp).parameter_count
+    assert sum(r.working_model for r in spread.rows) == sum(r.working_model for r in one.rows) == 2 * n
